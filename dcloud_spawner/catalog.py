@@ -1,0 +1,379 @@
+"""The admin's catalog: what exists, and who may use what.
+
+The catalog is one YAML file. It is parsed into pydantic models that refuse unknown
+keys and check every cross-reference, so a typo fails at load time with the key and
+its place named, instead of surfacing later as a pod that does not schedule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .quantity import memory_bytes
+
+# Catalog ids end up in labels, volume names and form field values.
+ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$"
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+# Label keys and values of node selectors, as Kubernetes accepts them.
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; ``errors`` lists one line per problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_memory(value: str) -> str:
+    try:
+        memory_bytes(value)
+    except ValueError as exc:
+        raise ValueError(f"'{value}' is not a memory quantity such as 16Gi") from exc
+    return str(value)
+
+
+MemoryQuantity = Annotated[str, Field(min_length=1)]
+
+
+class EnvironmentImages(_Strict):
+    gpu: str | None = Field(None, description="Image used when the server has a GPU.")
+    cpu: str = Field(description="Image used without a GPU.")
+
+
+class Environment(_Strict):
+    id: Id
+    display_name: str
+    description: str = ""
+    image: EnvironmentImages
+    python: str | None = Field(
+        None,
+        description="Local backend only: the Python interpreter of this environment "
+        "(default: the interpreter running the hub).",
+    )
+
+    @property
+    def has_gpu_image(self) -> bool:
+        return self.image.gpu is not None
+
+
+class Toleration(_Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    def manifest(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+
+class GpuClass(_Strict):
+    id: Id
+    display_name: str
+    description: str = ""
+    resource: str = Field("nvidia.com/gpu", description="Kubernetes extended resource name.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    max_count: int = Field(1, ge=1, le=64)
+
+    @field_validator("resource")
+    @classmethod
+    def _resource_name(cls, value: str) -> str:
+        if not _RESOURCE_NAME.match(value):
+            raise ValueError(f"'{value}' is not an extended resource name such as nvidia.com/gpu")
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(str(label)):
+                raise ValueError(f"'{key}={label}' is not a valid node label")
+        return value
+
+
+class NumberRange(_Strict):
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+    default: float = Field(gt=0)
+    request_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Request = chosen value × this fraction; the chosen value is the limit.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NumberRange:
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class MemoryRange(_Strict):
+    min: MemoryQuantity
+    max: MemoryQuantity
+    default: MemoryQuantity
+    request_fraction: float = Field(1.0, gt=0, le=1)
+
+    _memory = field_validator("min", "max", "default")(_check_memory)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MemoryRange:
+        if not memory_bytes(self.min) <= memory_bytes(self.default) <= memory_bytes(self.max):
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class Resources(_Strict):
+    cpu: NumberRange = NumberRange(min=0.5, max=64, default=1)
+    memory: MemoryRange = MemoryRange(min="512Mi", max="512Gi", default="2Gi")
+
+
+class PvcSource(_Strict):
+    type: Literal["pvc"]
+    claim_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class NfsSource(_Strict):
+    type: Literal["nfs"]
+    server: str = Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$")
+    path: str = Field(pattern=r"^/")
+    csi_driver: str | None = Field(
+        "nfs.csi.k8s.io",
+        description="Mount through this CSI driver as an inline volume (allowed under Pod "
+        "Security 'restricted'); null mounts a plain nfs volume, which needs 'baseline'.",
+    )
+
+
+class HostPathSource(_Strict):
+    type: Literal["host_path"]
+    path: str = Field(pattern=r"^/")
+
+
+DatasetSource = Annotated[PvcSource | NfsSource | HostPathSource, Field(discriminator="type")]
+
+
+class Dataset(_Strict):
+    id: Id
+    display_name: str
+    description: str = ""
+    size: str = ""
+    format: str = ""
+    source: DatasetSource
+    mount_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9._/-]*$")
+    read_only: bool = True
+    groups: list[str] | None = Field(
+        None, description="Groups that may use it; null means everyone."
+    )
+
+    @property
+    def path_in_pod(self) -> str:
+        return self.mount_path or f"/datasets/{self.id}"
+
+
+class Packages(_Strict):
+    enabled: bool = True
+    index_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    max_count: int = Field(10, ge=0, le=100)
+
+
+Choices = list[str] | Literal["*"]
+
+
+class Policy(_Strict):
+    environments: Choices = "*"
+    gpu_classes: Choices = Field(default_factory=list)
+    datasets: Choices = Field(default_factory=list)
+    max_gpus: int = Field(0, ge=0)
+    max_cpu: float | None = Field(None, gt=0)
+    max_memory: MemoryQuantity | None = None
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return None if value is None else _check_memory(value)
+
+
+class Policies(_Strict):
+    everyone: Policy = Policy()
+    groups: dict[str, Policy] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What one user may choose: the union of the policies of their groups."""
+
+    environments: tuple[str, ...]
+    gpu_classes: tuple[str, ...]
+    datasets: tuple[str, ...]
+    max_gpus: int
+    max_cpu: float
+    max_memory: int
+
+
+class Catalog(_Strict):
+    environments: list[Environment] = Field(min_length=1)
+    gpu_classes: list[GpuClass] = Field(default_factory=list)
+    resources: Resources = Resources()
+    shared_memory: MemoryQuantity = "1Gi"
+    datasets: list[Dataset] = Field(default_factory=list)
+    packages: Packages = Packages()
+    policies: Policies = Policies()
+
+    _shm = field_validator("shared_memory")(_check_memory)
+
+    @model_validator(mode="after")
+    def _references(self) -> Catalog:
+        problems: list[str] = []
+        for kind, items in (
+            ("environments", self.environments),
+            ("gpu_classes", self.gpu_classes),
+            ("datasets", self.datasets),
+        ):
+            seen: set[str] = set()
+            for index, item in enumerate(items):
+                if item.id in seen:
+                    problems.append(f"{kind}[{index}].id: duplicate id '{item.id}'")
+                seen.add(item.id)
+        known = {
+            "environments": {e.id for e in self.environments},
+            "gpu_classes": {g.id for g in self.gpu_classes},
+            "datasets": {d.id for d in self.datasets},
+        }
+        named = [("policies.everyone", self.policies.everyone)] + [
+            (f"policies.groups.{name}", policy) for name, policy in self.policies.groups.items()
+        ]
+        for where, policy in named:
+            for field, ids in known.items():
+                chosen = getattr(policy, field)
+                if chosen == "*":
+                    continue
+                for index, ref in enumerate(chosen):
+                    if ref not in ids:
+                        allowed = ", ".join(sorted(ids)) or "none defined"
+                        problems.append(
+                            f"{where}.{field}[{index}]: unknown {field[:-1].replace('_', ' ')} "
+                            f"'{ref}' (defined: {allowed})"
+                        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def environment(self, env_id: str) -> Environment:
+        return next(e for e in self.environments if e.id == env_id)
+
+    def gpu_class(self, gpu_id: str) -> GpuClass:
+        return next(g for g in self.gpu_classes if g.id == gpu_id)
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return next(d for d in self.datasets if d.id == dataset_id)
+
+    def allowance(self, groups: Iterable[str]) -> Allowance:
+        """The most permissive value of each field over the user's groups and 'everyone'."""
+        groups = set(groups)
+        policies = [self.policies.everyone] + [
+            p for name, p in self.policies.groups.items() if name in groups
+        ]
+
+        def union(field: str, all_ids: list[str]) -> tuple[str, ...]:
+            chosen: set[str] = set()
+            for policy in policies:
+                value = getattr(policy, field)
+                chosen.update(all_ids if value == "*" else value)
+            return tuple(i for i in all_ids if i in chosen)  # keep catalog order
+
+        dataset_ids = [d.id for d in self.datasets]
+        granted = set(union("datasets", dataset_ids))
+        granted.update(
+            d.id for d in self.datasets if d.groups is None or groups.intersection(d.groups)
+        )
+        cpu = self.resources.cpu
+        memory = self.resources.memory
+        max_cpus = [p.max_cpu for p in policies if p.max_cpu is not None]
+        max_mems = [memory_bytes(p.max_memory) for p in policies if p.max_memory is not None]
+        return Allowance(
+            environments=union("environments", [e.id for e in self.environments]),
+            gpu_classes=union("gpu_classes", [g.id for g in self.gpu_classes]),
+            datasets=tuple(i for i in dataset_ids if i in granted),
+            max_gpus=max(p.max_gpus for p in policies),
+            max_cpu=min(max(max_cpus), cpu.max) if max_cpus else cpu.max,
+            max_memory=(
+                min(max(max_mems), memory_bytes(memory.max))
+                if max_mems
+                else memory_bytes(memory.max)
+            ),
+        )
+
+    # -- loading ------------------------------------------------------------------------
+
+    @classmethod
+    def from_data(cls, data: Any) -> Catalog:
+        if not isinstance(data, dict):
+            raise CatalogError(["catalog: the top level must be a mapping"])
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise CatalogError(_describe(exc)) from None
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Catalog:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CatalogError([f"catalog: not valid YAML: {exc}"]) from None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Catalog:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CatalogError([f"{path}: cannot read the catalog: {exc.strerror}"]) from None
+        return cls.from_yaml(text)
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    """One line per problem: where it is (``gpu_classes[1].max_count``) and what is wrong."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        parts: list[str] = []
+        for item in error["loc"]:
+            if isinstance(item, int):
+                parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+            elif item in ("pvc", "nfs", "host_path", "function-after[_ordered(), NumberRange]"):
+                continue  # discriminator branches: the key path already says where
+            else:
+                parts.append(str(item))
+        where = ".".join(parts) or "catalog"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        elif error["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {message}")
+    return lines

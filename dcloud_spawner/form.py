@@ -1,0 +1,162 @@
+"""The spawn form: rendering it for one user, and reading it back into a request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from .catalog import Allowance, Catalog
+from .quantity import format_memory, memory_bytes
+from .request import MAX_FILE_BYTES, load_options_file
+
+_templates = Environment(
+    loader=PackageLoader("dcloud_spawner", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+)
+
+
+@dataclass(frozen=True)
+class GpuAvailability:
+    """Free and total GPUs of one class on the cluster right now."""
+
+    free: int
+    total: int
+    largest_free_block: int = 0  # most GPUs of this class free on a single node
+
+
+@dataclass
+class FormContext:
+    """What the form shows besides the catalog: live data and backend notices."""
+
+    availability: Mapping[str, GpuAvailability] | None = None
+    notices: list[str] = field(default_factory=list)
+    limits_enforced: bool = True
+    gpu_help: str = ""
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def form_values(catalog: Catalog, allowance: Allowance, options: Mapping[str, Any] | None) -> dict:
+    """The form's field values from user_options (or a rejected attempt), as strings."""
+    options = dict(options or {})
+    gpu = options.get("gpu") if isinstance(options.get("gpu"), Mapping) else {}
+    cpu_default = min(catalog.resources.cpu.default, allowance.max_cpu)
+    mem_default = min(memory_bytes(catalog.resources.memory.default), allowance.max_memory)
+    datasets = options.get("datasets") or []
+    packages = options.get("packages") or []
+    env = options.get("environment") or (allowance.environments[0] if allowance.environments else "")
+    return {
+        "environment": str(env),
+        "gpu_type": str(gpu.get("type") or ""),
+        "gpu_count": str(gpu.get("count") or 1),
+        "cpu": str(options["cpu"] if options.get("cpu") is not None else _num(cpu_default)),
+        "memory": str(options.get("memory") or format_memory(mem_default)),
+        "datasets": [str(d) for d in datasets] if isinstance(datasets, list) else [],
+        "packages": "\n".join(str(p) for p in packages) if isinstance(packages, list) else "",
+    }
+
+
+def render_form(
+    catalog: Catalog,
+    allowance: Allowance,
+    options: Mapping[str, Any] | None = None,
+    context: FormContext | None = None,
+) -> str:
+    """HTML for the spawn form, showing only what ``allowance`` permits.
+
+    ``options`` pre-fills the fields: the last valid user_options, or the values of a
+    submission that was just refused (so the user keeps their choices).
+    """
+    context = context or FormContext()
+    values = form_values(catalog, allowance, options)
+    gpu_classes = []
+    if allowance.max_gpus > 0:
+        for gpu_id in allowance.gpu_classes:
+            gpu = catalog.gpu_class(gpu_id)
+            limit = min(gpu.max_count, allowance.max_gpus)
+            entry: dict[str, Any] = {
+                "id": gpu.id,
+                "display_name": gpu.display_name,
+                "max": limit,
+                "availability": "",
+                "note": gpu.description,
+                "full": False,
+            }
+            live = (context.availability or {}).get(gpu.id)
+            if live is not None:
+                entry["availability"] = f"{live.free} of {live.total} free"
+                if live.largest_free_block < 1:
+                    entry["full"] = True
+                    entry["note"] = (
+                        f"{gpu.display_name}: none free right now; a request would be refused "
+                        "until one is released."
+                    )
+                elif live.largest_free_block < limit:
+                    entry["note"] = (
+                        f"{gpu.display_name}: at most {live.largest_free_block} fit on one node "
+                        "right now."
+                    )
+            gpu_classes.append(entry)
+    gpu_help = context.gpu_help
+    if not gpu_classes:
+        gpu_help = gpu_help or "GPUs are not available to your groups; servers are CPU only."
+    memory_range = catalog.resources.memory
+    return _templates.get_template("form.html").render(
+        environments=[catalog.environment(e) for e in allowance.environments],
+        gpu_classes=gpu_classes,
+        gpu_count_max=max([g["max"] for g in gpu_classes], default=1),
+        gpu_help=gpu_help,
+        cpu={"min": _num(catalog.resources.cpu.min), "max": _num(allowance.max_cpu)},
+        memory={"min": memory_range.min, "max": format_memory(allowance.max_memory)},
+        datasets=[catalog.dataset(d) for d in allowance.datasets],
+        packages=catalog.packages,
+        values=values,
+        notices=context.notices,
+        limits_enforced=context.limits_enforced,
+        max_file_kib=MAX_FILE_BYTES // 1024,
+    )
+
+
+def _first(formdata: Mapping[str, list[Any]], key: str) -> str:
+    values = formdata.get(key) or [""]
+    return str(values[0]).strip()
+
+
+def request_from_form(formdata: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """A raw request (not yet validated) from the form's fields; files are read apart.
+
+    Form data arrives as lists of strings (see ``uploaded_options`` for the file).
+    """
+    request: dict[str, Any] = {}
+    if _first(formdata, "environment"):
+        request["environment"] = _first(formdata, "environment")
+    gpu_type = _first(formdata, "gpu_type")
+    if gpu_type:
+        request["gpu"] = {"type": gpu_type, "count": _first(formdata, "gpu_count") or "1"}
+    if _first(formdata, "cpu"):
+        request["cpu"] = _first(formdata, "cpu")
+    if _first(formdata, "memory"):
+        request["memory"] = _first(formdata, "memory")
+    request["datasets"] = [str(d) for d in formdata.get("datasets", []) if str(d).strip()]
+    lines = "\n".join(str(p) for p in formdata.get("packages", []))
+    request["packages"] = [line.strip() for line in lines.splitlines() if line.strip()]
+    return request
+
+
+def uploaded_options(formdata: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """The fields of the uploaded configuration file (``config_file``), or {} if none.
+
+    JupyterHub passes uploads as tornado ``HTTPFile``s (dicts with ``body`` and
+    ``filename``). Only the parsed fields leave this function, never the raw bytes.
+    """
+    for upload in formdata.get("config_file", []):
+        body = upload.get("body", b"") if isinstance(upload, Mapping) else b""
+        name = upload.get("filename", "") if isinstance(upload, Mapping) else ""
+        if body:
+            return load_options_file(bytes(body), str(name))
+    return {}

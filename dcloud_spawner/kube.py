@@ -1,0 +1,200 @@
+"""Kubernetes backend: a Plan expressed as KubeSpawner traits.
+
+The pod itself is built by KubeSpawner's ``get_pod_manifest``; this module only decides
+the traits it reads. Values derived from the plan never pass through a shell.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .plan import Plan
+from .quantity import format_memory
+
+LABEL_PREFIX = "dcloud.io"
+PACKAGES_DIR = "/opt/dcloud/packages"
+
+# Pod Security Standard "restricted" for every container, init containers included.
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+# Traits this module sets; their configured values are the base each plan starts from,
+# because one spawner object serves many starts with different choices.
+PLANNED_TRAITS = (
+    "image",
+    "cpu_limit",
+    "cpu_guarantee",
+    "mem_limit",
+    "mem_guarantee",
+    "extra_resource_limits",
+    "extra_resource_guarantees",
+    "node_selector",
+    "tolerations",
+    "volumes",
+    "volume_mounts",
+    "init_containers",
+    "environment",
+    "extra_labels",
+    "extra_annotations",
+)
+
+
+def literal(value: Any) -> Any:
+    """Escape braces: KubeSpawner runs str.format over labels, annotations, env, volumes
+    and init containers to expand {username}; plan values must come through verbatim."""
+    if isinstance(value, str):
+        return value.replace("{", "{{").replace("}", "}}")
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    return value
+
+
+def _as_list(value: Any) -> list:
+    """KubeSpawner accepts lists or dicts (sorted by key) for several traits."""
+    if isinstance(value, dict):
+        return [value[k] for k in sorted(value)]
+    return list(value or [])
+
+
+def dataset_volume(plan_dataset: Any, name: str) -> dict[str, Any]:
+    source = plan_dataset.source
+    if source.type == "pvc":
+        return {
+            "name": name,
+            "persistentVolumeClaim": {"claimName": source.claim_name, "readOnly": True},
+        }
+    if source.type == "nfs":
+        if source.csi_driver:
+            return {
+                "name": name,
+                "csi": {
+                    "driver": source.csi_driver,
+                    "readOnly": True,
+                    "volumeAttributes": {"server": source.server, "share": source.path},
+                },
+            }
+        return {"name": name, "nfs": {"server": source.server, "path": source.path, "readOnly": True}}
+    return {"name": name, "hostPath": {"path": source.path, "type": "Directory"}}
+
+
+def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[str, Any]:
+    """Init container that pip-installs the plan's packages into the shared volume.
+
+    Same image as the notebook, so wheels match its Python; argv list, no shell.
+    """
+    command = [
+        "python", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+        "--no-input", "--target", PACKAGES_DIR, *pip_args,
+    ]
+    if plan.package_index_url:
+        command += ["--index-url", plan.package_index_url]
+    command += ["--", *plan.packages]
+    return {
+        "name": "dcloud-packages",
+        "image": plan.image,
+        "command": command,
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_NO_WARN_SCRIPT_LOCATION", "value": "1"}],
+        "volumeMounts": [{"name": "dcloud-packages", "mountPath": PACKAGES_DIR}],
+        "securityContext": {
+            **copy.deepcopy(RESTRICTED_CONTAINER), **({"runAsUser": uid} if uid is not None else {}),
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "2", "memory": "2Gi"},
+        },
+    }
+
+
+def labels_for(plan: Plan) -> dict[str, str]:
+    """Label values must match [A-Za-z0-9_.-]{0,63}; catalog ids already do."""
+    labels = {f"{LABEL_PREFIX}/environment": plan.environment.id}
+    if plan.gpu:
+        labels[f"{LABEL_PREFIX}/gpu-class"] = plan.gpu.id
+        labels[f"{LABEL_PREFIX}/gpu-count"] = str(plan.gpu_count)
+    else:
+        labels[f"{LABEL_PREFIX}/gpu-class"] = "none"
+        labels[f"{LABEL_PREFIX}/gpu-count"] = "0"
+    for dataset in plan.datasets:
+        labels[f"dataset.{LABEL_PREFIX}/{dataset.id}"] = "true"
+    return labels
+
+
+def apply_plan(spawner: Any, plan: Plan, base: dict[str, Any], image_path: str,
+               pip_args: list[str]) -> None:
+    """Set ``spawner``'s pod traits for ``plan``, starting from the configured ``base``."""
+    for trait in PLANNED_TRAITS:
+        setattr(spawner, trait, copy.deepcopy(base[trait]))
+
+    spawner.image = plan.image
+    spawner.cpu_limit = plan.cpu_limit
+    spawner.cpu_guarantee = plan.cpu_request
+    spawner.mem_limit = plan.memory_limit
+    spawner.mem_guarantee = plan.memory_request
+
+    environment = dict(spawner.environment)
+    environment.update(literal({
+        "DCLOUD_ENVIRONMENT": plan.environment.id,
+        "DCLOUD_GPU_CLASS": plan.gpu.id if plan.gpu else "",
+        "DCLOUD_GPU_COUNT": str(plan.gpu_count),
+        "DCLOUD_CPU_LIMIT": f"{plan.cpu_limit:g}",
+        "DCLOUD_MEMORY_LIMIT": format_memory(plan.memory_limit),
+        "DCLOUD_DATASETS": ",".join(d.id for d in plan.datasets),
+    }))
+
+    tolerations = _as_list(spawner.tolerations)
+    node_selector = dict(spawner.node_selector)
+    if plan.gpu:
+        count = str(plan.gpu_count)
+        spawner.extra_resource_limits = {**spawner.extra_resource_limits, plan.gpu.resource: count}
+        spawner.extra_resource_guarantees = {
+            **spawner.extra_resource_guarantees, plan.gpu.resource: count,
+        }
+        node_selector.update(plan.gpu.node_selector)
+        tolerations += [t.manifest() for t in plan.gpu.tolerations]
+    else:
+        # A CPU server must not see GPUs even where the NVIDIA runtime is the default.
+        environment["NVIDIA_VISIBLE_DEVICES"] = "void"
+    spawner.node_selector = node_selector
+    spawner.tolerations = tolerations
+
+    volumes = _as_list(spawner.volumes)
+    mounts = _as_list(spawner.volume_mounts)
+    volumes.append({
+        "name": "dcloud-shm",
+        "emptyDir": {"medium": "Memory", "sizeLimit": format_memory(plan.shm_bytes)},
+    })
+    mounts.append({"name": "dcloud-shm", "mountPath": "/dev/shm"})
+    for dataset in plan.datasets:
+        name = f"dataset-{dataset.id}"
+        volumes.append(literal(dataset_volume(dataset, name)))
+        mounts.append(literal({"name": name, "mountPath": dataset.path_in_pod, "readOnly": True}))
+
+    init_containers = _as_list(spawner.init_containers)
+    if plan.packages:
+        volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": "10Gi"}})
+        mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
+        uid = spawner.uid if isinstance(spawner.uid, int) else None
+        init_containers.append(literal(package_installer(plan, pip_args, uid)))
+        environment["PYTHONPATH"] = PACKAGES_DIR
+        environment["PATH"] = literal(f"{PACKAGES_DIR}/bin:{image_path}")
+    spawner.volumes = volumes
+    spawner.volume_mounts = mounts
+    spawner.init_containers = init_containers
+    spawner.environment = environment
+
+    spawner.extra_labels = {**spawner.extra_labels, **labels_for(plan)}
+    spawner.extra_annotations = {
+        **spawner.extra_annotations,
+        **literal({
+            f"{LABEL_PREFIX}/datasets": ",".join(d.id for d in plan.datasets),
+            f"{LABEL_PREFIX}/packages": "\n".join(plan.packages),
+            f"{LABEL_PREFIX}/summary": plan.summary(),
+        }),
+    }

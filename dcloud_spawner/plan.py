@@ -1,0 +1,62 @@
+"""A validated request: exactly what one server gets, ready for any backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import Dataset, Environment, GpuClass
+from .quantity import format_memory
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a backend needs; produced only by :func:`validation.validate`.
+
+    Backends must not re-interpret user input: whatever is not in a Plan was not granted.
+    """
+
+    environment: Environment
+    image: str
+    gpu: GpuClass | None
+    gpu_count: int
+    cpu_limit: float
+    cpu_request: float
+    memory_limit: int
+    memory_request: int
+    shm_bytes: int
+    datasets: tuple[Dataset, ...]
+    packages: tuple[str, ...]
+    package_index_url: str | None
+
+    @property
+    def gpu_id(self) -> str | None:
+        return self.gpu.id if self.gpu else None
+
+    def user_options(self) -> dict[str, Any]:
+        """The request in normal form (JSON-safe); what JupyterHub stores and pre-fills."""
+        options: dict[str, Any] = {
+            "environment": self.environment.id,
+            "cpu": self.cpu_limit,
+            "memory": format_memory(self.memory_limit),
+            "datasets": [d.id for d in self.datasets],
+            "packages": list(self.packages),
+        }
+        if self.gpu:
+            options["gpu"] = {"type": self.gpu.id, "count": self.gpu_count}
+        return options
+
+    def summary(self) -> str:
+        """One line for logs and progress messages."""
+        gpu = f"{self.gpu_count} × {self.gpu.display_name}" if self.gpu else "no GPU"
+        parts = [
+            self.environment.display_name,
+            gpu,
+            f"{self.cpu_limit:g} CPU",
+            format_memory(self.memory_limit),
+        ]
+        if self.datasets:
+            parts.append("datasets " + ", ".join(d.id for d in self.datasets))
+        if self.packages:
+            parts.append(f"{len(self.packages)} extra package(s)")
+        return ", ".join(parts)

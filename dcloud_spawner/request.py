@@ -1,0 +1,236 @@
+"""What a user asks for: one model for the form, REST ``user_options``, files and the CLI.
+
+This module only checks shape (types, unknown fields, sizes). Whether the user may have
+what they ask for is decided by :func:`dcloud_spawner.validation.validate` against the
+catalog. Every problem becomes a :class:`RequestError`: one sentence naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FIELDS = ("environment", "gpu", "cpu", "memory", "datasets", "packages")
+
+# Limits on uploaded configuration files: small, shallow, no anchors.
+MAX_FILE_BYTES = 16 * 1024
+MAX_DEPTH = 8
+MAX_SCALAR_CHARS = 512
+MAX_NODES = 500
+
+
+class RequestError(ValueError):
+    """A request that cannot be granted, as one sentence a user can act on.
+
+    ``jupyterhub_message`` is what JupyterHub shows on the form and the progress page.
+    """
+
+    def __init__(self, field: str, sentence: str):
+        self.field = field
+        self.sentence = sentence
+        self.jupyterhub_message = sentence
+        super().__init__(sentence)
+
+
+class GpuRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(max_length=64, description="A GPU class id from the catalog.")
+    count: int = Field(1, ge=1, le=64, description="How many GPUs of that class.")
+
+
+class ServerRequest(BaseModel):
+    """The public request schema (published as JSON Schema for API users)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        title="DCloud server request",
+        json_schema_extra={
+            "description": "user_options accepted by DCloudSpawner. Unknown fields are "
+            "refused; omitted fields take the catalog's defaults.",
+            "examples": [
+                {
+                    "environment": "pytorch",
+                    "gpu": {"type": "t4", "count": 1},
+                    "cpu": 4,
+                    "memory": "16Gi",
+                    "datasets": ["imagenet"],
+                    "packages": ["timm>=1.0"],
+                }
+            ],
+        },
+    )
+
+    environment: str | None = Field(None, max_length=64, description="An environment id.")
+    gpu: GpuRequest | None = Field(None, description="Leave out for a CPU-only server.")
+    cpu: float | None = Field(None, gt=0, le=1024, description="CPU cores, e.g. 2 or 0.5.")
+    memory: str | int | None = Field(
+        None, description="Memory as a Kubernetes quantity, e.g. 16Gi."
+    )
+    datasets: list[str] = Field(default_factory=list, max_length=50)
+    packages: list[str] = Field(
+        default_factory=list, max_length=100, description="pip requirement specifiers (PEP 508)."
+    )
+
+    @classmethod
+    def parse(cls, data: Any) -> ServerRequest:
+        """The request in ``data``, or RequestError naming the first bad field."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RequestError("options", "The options must be a mapping of field names to values.")
+        unknown = sorted(str(k) for k in data if k not in FIELDS)
+        if unknown:
+            raise RequestError(
+                unknown[0],
+                f"Unknown field '{_clip(unknown[0])}'; the fields you can set are: "
+                + ", ".join(FIELDS)
+                + ".",
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _sentence(exc) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The request schema as JSON Schema (draft 2020-12), for API users."""
+    schema = ServerRequest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_READABLE = {
+    "environment": "Environment",
+    "gpu": "GPU",
+    "gpu.type": "GPU type",
+    "gpu.count": "GPU count",
+    "cpu": "CPU cores",
+    "memory": "Memory",
+    "datasets": "Datasets",
+    "packages": "Extra packages",
+}
+
+
+def _sentence(exc: ValidationError) -> RequestError:
+    error = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
+    # pydantic reports union branches ("str", "int") as extra path parts
+    loc = [p for p in loc if p not in ("str", "int", "float", "GpuRequest")]
+    field = ".".join(loc) or "options"
+    name = _READABLE.get(field, field)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = "type, count" if field.startswith("gpu") else ", ".join(FIELDS)
+        return RequestError(field, f"Unknown field '{field}'; allowed here: {allowed}.")
+    if kind == "missing":
+        return RequestError(field, f"{name} is required.")
+    if field == "gpu" and kind in ("model_type", "dict_type"):
+        return RequestError(field, "GPU must be a mapping such as {type: t4, count: 1}.")
+    if field == "gpu.count":
+        return RequestError(field, "GPU count must be a whole number from 1 to 64.")
+    if field == "cpu":
+        return RequestError(field, "CPU cores must be a number greater than 0, such as 2 or 0.5.")
+    if field == "memory":
+        return RequestError(field, "Memory must be a quantity such as 16Gi or 512Mi.")
+    if field in ("datasets", "packages"):
+        if kind == "too_long":
+            return RequestError(field, f"{name} has too many entries.")
+        return RequestError(field, f"{name} must be a list of strings.")
+    if kind == "string_too_long":
+        return RequestError(field, f"{name} is too long.")
+    return RequestError(field, f"{name} must be a string.")
+
+
+# -- uploaded configuration files -----------------------------------------------------
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """Safe YAML that refuses anchors/aliases and bounds depth, size and node count.
+
+    Alias bombs ("billion laughs") expand only when the loaded object is walked, so
+    refusing aliases at compose time is what keeps them from ever costing memory.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            raise _FileProblem("anchors and aliases (& and *) are not allowed")
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise _FileProblem("anchors and aliases (& and *) are not allowed")
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _FileProblem(f"it has more than {MAX_NODES} values")
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
+            raise _FileProblem(f"a value is longer than {MAX_SCALAR_CHARS} characters")
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _FileProblem(f"it is nested deeper than {MAX_DEPTH} levels")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _FileProblem(Exception):
+    pass
+
+
+def load_options_file(data: bytes, filename: str = "") -> dict[str, Any]:
+    """The options in an uploaded YAML or JSON file, or RequestError saying why not."""
+    field = "Configuration file"
+    if len(data) > MAX_FILE_BYTES:
+        raise RequestError(
+            "file", f"{field} is larger than {MAX_FILE_BYTES // 1024} KiB; keep it to the fields."
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("file", f"{field} must be UTF-8 text (YAML or JSON).") from None
+    if "\x00" in text:
+        raise RequestError("file", f"{field} must be UTF-8 text (YAML or JSON).")
+    try:
+        if filename.lower().endswith(".json") or text.lstrip().startswith("{"):
+            loaded = json.loads(text)
+            _check_json(loaded)
+        else:
+            loaded = yaml.load(text, Loader=_GuardedLoader)  # noqa: S506 - guarded SafeLoader
+    except _FileProblem as exc:
+        raise RequestError("file", f"{field} was refused: {exc}.") from None
+    except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+        where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
+        line = f" (line {where.line + 1})" if hasattr(where, "line") else ""
+        raise RequestError("file", f"{field} is not valid YAML or JSON{line}.") from None
+    if loaded is None:
+        raise RequestError("file", f"{field} is empty.")
+    if not isinstance(loaded, dict):
+        raise RequestError(
+            "file", f"{field} must be a mapping with the fields: " + ", ".join(FIELDS) + "."
+        )
+    return loaded
+
+
+def _check_json(value: Any, depth: int = 1, count: list[int] | None = None) -> None:
+    count = count if count is not None else [0]
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise _FileProblem(f"it has more than {MAX_NODES} values")
+    if depth > MAX_DEPTH:
+        raise _FileProblem(f"it is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str) and len(value) > MAX_SCALAR_CHARS:
+        raise _FileProblem(f"a value is longer than {MAX_SCALAR_CHARS} characters")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _check_json(child, depth + 1, count)

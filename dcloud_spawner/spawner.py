@@ -1,0 +1,155 @@
+"""``DCloudSpawner``: the Kubernetes backend, a thin adapter over KubeSpawner.
+
+Contract, in JupyterHub's order of calls:
+
+1. ``options_form`` / ``options_from_form`` (form) or REST ``user_options``;
+2. ``apply_user_options``: validates them into ``self.dcloud_plan`` or answers 400;
+3. ``start``: KubeSpawner's own start, whose ``load_user_options`` step sets the pod
+   traits from the plan; meanwhile scheduler events are watched, and a pod the scheduler
+   cannot place ends the spawn with the reason in the user's terms;
+4. ``stop``: KubeSpawner deletes the pod and what it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+import time
+from typing import Any
+
+from jupyterhub.spawner import SpawnException
+from kubespawner import KubeSpawner
+from traitlets import Float, List, Unicode, default
+
+from .kube import PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
+from .mixin import DCloudMixin, install_hooks
+from .plan import Plan
+from .quantity import format_memory
+
+
+class DCloudSpawner(DCloudMixin, KubeSpawner):
+    """Spawns the notebook pod a user chose in DCloud's form, as validated by the catalog."""
+
+    image_path = Unicode(
+        "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        config=True,
+        help="""PATH of the notebook images. When extra packages are installed, their
+        scripts directory is put in front of it (Kubernetes cannot append to an image's PATH).
+        The default is that of the Jupyter Docker Stacks images.""",
+    )
+
+    package_install_args = List(
+        Unicode(),
+        config=True,
+        help="""Extra pip arguments for the package init container, set by the admin (e.g.
+        ["--trusted-host", "pypi.internal"]). Users can never add pip options.""",
+    )
+
+    unschedulable_grace_seconds = Float(
+        3.0,
+        config=True,
+        help="""How long the scheduler may keep reporting that the pod fits no node before
+        the spawn is refused with the reason. Raise it where a cluster autoscaler adds GPU
+        nodes on demand.""",
+    )
+
+    @default("uid")
+    def _uid_default(self) -> int:
+        return 1000
+
+    @default("fs_gid")
+    def _fs_gid_default(self) -> int:
+        return 100
+
+    @default("container_security_context")
+    def _csc_default(self) -> dict:
+        return copy.deepcopy(RESTRICTED_CONTAINER)
+
+    @default("pod_security_context")
+    def _psc_default(self) -> dict:
+        return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+    @default("automount_service_account_token")
+    def _no_token(self) -> bool:
+        return False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        install_hooks(self)
+        self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
+
+    async def load_user_options(self) -> None:
+        """Set the pod traits from the validated plan (called by KubeSpawner's start)."""
+        plan = self.dcloud_plan or self.validate_options(self.user_options)
+        self.dcloud_plan = plan
+        apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
+
+    async def _start(self) -> str:
+        plan = self.dcloud_plan
+        start = asyncio.ensure_future(super()._start())
+        watch = asyncio.ensure_future(self._unschedulable_reason())
+        try:
+            done, _ = await asyncio.wait([start, watch], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            start.cancel()
+            watch.cancel()
+            raise
+        if start in done:
+            watch.cancel()
+            url = start.result()  # raises if the start failed
+            self.audit("spawned", self.user_options, granted=plan.summary() if plan else None,
+                       pod=self.pod_name)
+            return url
+        start.cancel()
+        reason = watch.result()
+        self.audit("refused", self.user_options, reason=reason, pod=self.pod_name)
+        await self.stop(now=True)
+        raise SpawnException(reason, reason="unschedulable")
+
+    async def _unschedulable_reason(self) -> str:
+        """Wait until the scheduler has reported this pod unplaceable for the grace time."""
+        first_seen: float | None = None
+        while True:
+            await asyncio.sleep(0.25)
+            if not self.events_enabled or self.event_reflector is None:
+                continue
+            pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}")
+            if pod and (pod.get("spec") or {}).get("nodeName"):
+                first_seen = None
+                continue  # placed after all
+            failed = [e for e in self.events if e.get("reason") == "FailedScheduling"]
+            if not failed:
+                continue
+            first_seen = first_seen or time.monotonic()
+            if time.monotonic() - first_seen >= self.unschedulable_grace_seconds:
+                return explain_unschedulable(failed[-1].get("message") or "", self.dcloud_plan)
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        self.audit("stopped", self.user_options, pod=self.pod_name)
+
+
+_INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")
+
+
+def explain_unschedulable(message: str, plan: Plan | None) -> str:
+    """The scheduler's FailedScheduling message, said in terms of the user's choice."""
+    missing = set(_INSUFFICIENT.findall(message))
+    if plan and plan.gpu and plan.gpu.resource in missing:
+        return (
+            f"No node has {plan.gpu_count} free {plan.gpu.display_name} GPU"
+            f"{'s' if plan.gpu_count > 1 else ''} right now; ask for fewer, or try again when "
+            "others stop their servers."
+        )
+    if plan and ("cpu" in missing or "memory" in missing):
+        what = " and ".join(
+            part for part, key in (
+                (f"{plan.cpu_request:g} CPU cores", "cpu"),
+                (f"{format_memory(plan.memory_request)} of memory", "memory"),
+            ) if key in missing
+        )
+        return f"No node has {what} free right now; ask for less, or try again later."
+    if "didn't match Pod's node affinity/selector" in message or "untolerated taint" in message:
+        return "No node of the chosen kind exists or accepts this server right now."
+    return f"The cluster cannot place this server: {message.split('. preemption:')[0]}."

@@ -1,0 +1,175 @@
+"""The one gate between a user's request and a server: ``validate``.
+
+Pure: catalog + request + groups in, Plan out (or one RequestError). Every entry point
+calls this and nothing else decides what a user may have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from .catalog import Catalog
+from .plan import Plan
+from .quantity import format_memory, memory_bytes
+from .request import RequestError, ServerRequest, _clip
+
+MAX_PACKAGE_CHARS = 200
+
+
+def _listing(items: Iterable[str]) -> str:
+    items = list(items)
+    return ", ".join(items) if items else "none"
+
+
+def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
+             groups: Iterable[str]) -> Plan:
+    """The Plan for ``request`` by a user in ``groups``, or RequestError with the reason."""
+    if not isinstance(request, ServerRequest):
+        request = ServerRequest.parse(request)
+    allowance = catalog.allowance(groups)
+
+    # environment
+    env_id = request.environment or (allowance.environments[0] if allowance.environments else None)
+    if env_id not in allowance.environments:
+        shown = _clip(str(env_id))
+        raise RequestError(
+            "environment",
+            f"Environment '{shown}' is not available to you; you can use: "
+            f"{_listing(allowance.environments)}.",
+        )
+    environment = catalog.environment(env_id)
+
+    # GPU
+    gpu = None
+    gpu_count = 0
+    if request.gpu is not None:
+        if not allowance.gpu_classes or allowance.max_gpus == 0:
+            raise RequestError(
+                "gpu", "GPUs are not available to you; leave GPU type empty for a CPU-only server."
+            )
+        if request.gpu.type not in allowance.gpu_classes:
+            raise RequestError(
+                "gpu.type",
+                f"GPU class '{_clip(request.gpu.type)}' is not available to you; you can use: "
+                f"{_listing(allowance.gpu_classes)}.",
+            )
+        gpu = catalog.gpu_class(request.gpu.type)
+        limit = min(gpu.max_count, allowance.max_gpus)
+        if request.gpu.count > limit:
+            raise RequestError(
+                "gpu.count",
+                f"GPU count {request.gpu.count} is more than you may use for {gpu.id}; "
+                f"choose 1 to {limit}.",
+            )
+        if not environment.has_gpu_image:
+            with_gpu = [e for e in allowance.environments if catalog.environment(e).has_gpu_image]
+            raise RequestError(
+                "environment",
+                f"Environment '{environment.id}' has no GPU image; for a GPU choose: "
+                f"{_listing(with_gpu)}.",
+            )
+        gpu_count = request.gpu.count
+
+    # CPU
+    cpu_range = catalog.resources.cpu
+    cpu_max = allowance.max_cpu
+    cpu = request.cpu if request.cpu is not None else min(cpu_range.default, cpu_max)
+    if not cpu_range.min <= cpu <= cpu_max:
+        raise RequestError(
+            "cpu", f"CPU cores must be between {cpu_range.min:g} and {cpu_max:g} for you."
+        )
+    if round(cpu * 1000) != cpu * 1000:
+        raise RequestError("cpu", "CPU cores can have at most three decimals, e.g. 0.5 or 1.25.")
+
+    # memory
+    mem_range = catalog.resources.memory
+    mem_min, mem_max = memory_bytes(mem_range.min), allowance.max_memory
+    if request.memory is None:
+        memory = min(memory_bytes(mem_range.default), mem_max)
+    else:
+        try:
+            memory = memory_bytes(request.memory)
+        except ValueError:
+            raise RequestError(
+                "memory",
+                f"Memory '{_clip(str(request.memory))}' is not a quantity such as 16Gi or 512Mi.",
+            ) from None
+    if not mem_min <= memory <= mem_max:
+        raise RequestError(
+            "memory",
+            f"Memory must be between {format_memory(mem_min)} and {format_memory(mem_max)} "
+            "for you.",
+        )
+
+    # datasets
+    chosen: list[str] = []
+    for dataset_id in request.datasets:
+        if dataset_id not in allowance.datasets:
+            raise RequestError(
+                "datasets",
+                f"Dataset '{_clip(dataset_id)}' is not available to you; you can use: "
+                f"{_listing(allowance.datasets)}.",
+            )
+        if dataset_id not in chosen:
+            chosen.append(dataset_id)
+    datasets = tuple(catalog.dataset(d) for d in chosen)
+
+    # packages
+    packages = _packages(request.packages, catalog)
+
+    fraction_cpu = catalog.resources.cpu.request_fraction
+    fraction_mem = catalog.resources.memory.request_fraction
+    return Plan(
+        environment=environment,
+        image=environment.image.gpu if gpu else environment.image.cpu,  # type: ignore[arg-type]
+        gpu=gpu,
+        gpu_count=gpu_count,
+        cpu_limit=cpu,
+        cpu_request=max(round(cpu * fraction_cpu, 3), 0.001),
+        memory_limit=memory,
+        memory_request=int(memory * fraction_mem),
+        shm_bytes=min(memory_bytes(catalog.shared_memory), memory // 2),
+        datasets=datasets,
+        packages=packages,
+        package_index_url=catalog.packages.index_url,
+    )
+
+
+def _packages(specs: list[str], catalog: Catalog) -> tuple[str, ...]:
+    settings = catalog.packages
+    specs = [s.strip() for s in specs if s.strip()]
+    if not specs:
+        return ()
+    if not settings.enabled:
+        raise RequestError("packages", "Extra packages are turned off on this hub.")
+    if len(specs) > settings.max_count:
+        raise RequestError(
+            "packages", f"Extra packages: at most {settings.max_count} are allowed, got {len(specs)}."
+        )
+    normal: list[str] = []
+    for spec in specs:
+        shown = _clip(spec)
+        if len(spec) > MAX_PACKAGE_CHARS or spec.startswith("-"):
+            raise RequestError(
+                "packages",
+                f"Extra package '{shown}' is not a requirement such as 'numpy>=1.26' "
+                "(options are not allowed).",
+            )
+        try:
+            requirement = Requirement(spec)
+        except InvalidRequirement:
+            raise RequestError(
+                "packages",
+                f"Extra package '{shown}' is not a requirement such as 'numpy>=1.26'.",
+            ) from None
+        if requirement.url:
+            raise RequestError(
+                "packages",
+                f"Extra package '{shown}' points at a URL; only names from the package index "
+                "are allowed.",
+            )
+        normal.append(str(requirement))
+    return tuple(normal)

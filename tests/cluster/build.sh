@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds the control-plane binaries the cluster tests run, from Go modules, once.
+# Output: $DCLOUD_K8S_CACHE/<k8s version>/bin/{kube-apiserver,kube-controller-manager,
+#         kube-scheduler,kubectl,etcd,kwok}. Nothing is written inside the repository.
+set -euo pipefail
+
+K8S_VERSION="${DCLOUD_K8S_VERSION:-v1.36.3}"
+ETCD_VERSION="${DCLOUD_ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${DCLOUD_KWOK_VERSION:-v0.8.0}"
+CACHE="${DCLOUD_K8S_CACHE:-$HOME/.cache/dcloud-k8s}"
+OUT="$CACHE/$K8S_VERSION/bin"
+WORK="$CACHE/$K8S_VERSION/src"
+
+need() { for b in "$@"; do [ -x "$OUT/$b" ] || return 0; done; return 1; }
+if ! need kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok; then
+  echo "cluster binaries already built in $OUT"
+  exit 0
+fi
+mkdir -p "$OUT" "$WORK"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+
+# Writes a go.mod for a throwaway main module that requires $1@$2 and turns every
+# relative-path replace in that module's own go.mod into a published-version replace.
+# $3 maps a replaced module path to the version to use (a sed expression on "path").
+wrapper_module() {
+  local mod="$1" ver="$2" dir="$3" verfor="$4"
+  local upstream
+  upstream=$(cd "$dir" && go mod download -json "$mod@$ver" | python3 -c 'import json,sys;print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module dcloud.test/build"
+    grep -E '^go [0-9]' "$upstream"
+    grep -E '^godebug ' "$upstream" || true
+    # multi-line godebug blocks
+    sed -n '/^godebug (/,/^)/p' "$upstream"
+    echo "require $mod $ver"
+    # "path => ./staging/src/..." or "path => ../api": replace each by its published version
+    grep -E '^\s*[a-z0-9./-]+\s+=>\s+\.\.?/' "$upstream" | awk '{print $1}' | sort -u | while read -r p; do
+      echo "replace $p => $p $(eval "$verfor" <<<"$p")"
+    done
+  } >"$dir/go.mod"
+}
+
+time_it() { /usr/bin/time -f "%e s wall, %M KiB peak RSS: $1" "${@:2}"; }
+
+# Kubernetes control plane and kubectl
+K8S_DIR="$WORK/kubernetes"; mkdir -p "$K8S_DIR"
+K8S_MINOR_VER="v0.${K8S_VERSION#v1.}"   # v1.36.3 -> v0.36.3 for staging modules
+printf 'module dcloud.test/build\n' >"$K8S_DIR/go.mod"
+wrapper_module k8s.io/kubernetes "$K8S_VERSION" "$K8S_DIR" "echo $K8S_MINOR_VER #"
+cat >"$K8S_DIR/main.go" <<'GO'
+package main
+
+func main() {}
+GO
+MAJOR=1; MINOR="$(echo "$K8S_VERSION" | cut -d. -f2)"
+LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=$MAJOR -X k8s.io/component-base/version.gitMinor=$MINOR -X k8s.io/component-base/version.gitTreeState=clean"
+LDFLAGS="$LDFLAGS -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=$MAJOR -X k8s.io/client-go/pkg/version.gitMinor=$MINOR"
+(
+  cd "$K8S_DIR"
+  go mod download k8s.io/kubernetes
+  go get k8s.io/kubernetes/cmd/kube-apiserver@"$K8S_VERSION" k8s.io/kubernetes/cmd/kube-controller-manager@"$K8S_VERSION" \
+    k8s.io/kubernetes/cmd/kube-scheduler@"$K8S_VERSION" k8s.io/kubernetes/cmd/kubectl@"$K8S_VERSION"
+  time_it "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl" \
+    go build -ldflags "$LDFLAGS" -o "$OUT/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+)
+
+# etcd 3.6.x: server/v3 is itself the main package
+ETCD_DIR="$WORK/etcd"; mkdir -p "$ETCD_DIR"
+printf 'module dcloud.test/build\n' >"$ETCD_DIR/go.mod"
+wrapper_module go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_DIR" "echo $ETCD_VERSION #"
+printf 'package main\n\nfunc main() {}\n' >"$ETCD_DIR/main.go"
+(
+  cd "$ETCD_DIR"
+  go get go.etcd.io/etcd/server/v3@"$ETCD_VERSION"
+  time_it "etcd" go build -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
+)
+
+# KWOK: no replace directives, plain go install works
+time_it "kwok" env GOBIN="$OUT" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+# stage definitions KWOK needs at run time, copied beside the binary
+STAGES=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
+mkdir -p "$OUT/../stages" && cp -r "$STAGES/." "$OUT/../stages/" && chmod -R u+w "$OUT/../stages"
+echo "built into $OUT"
