@@ -34,6 +34,9 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
+_KIND = {"environments": "environment", "gpu_classes": "GPU class", "datasets": "dataset"}
+
+
 class CatalogError(ValueError):
     """A catalog that cannot be used; ``errors`` lists one line per problem."""
 
@@ -274,8 +277,8 @@ class Catalog(_Strict):
                     if ref not in ids:
                         allowed = ", ".join(sorted(ids)) or "none defined"
                         problems.append(
-                            f"{where}.{field}[{index}]: unknown {field[:-1].replace('_', ' ')} "
-                            f"'{ref}' (defined: {allowed})"
+                            f"{where}.{field}[{index}]: unknown {_KIND[field]} '{ref}' "
+                            f"(defined: {allowed})"
                         )
         if problems:
             raise ValueError("; ".join(problems))
@@ -375,5 +378,8 @@ def _describe(exc: ValidationError) -> list[str]:
             lines.append(f"{where}: required key is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {message}")
+            if where == "catalog":  # cross-reference checks: one problem per line
+                lines.extend(message.split("; "))
+            else:
+                lines.append(f"{where}: {message}")
     return lines

@@ -206,10 +206,14 @@ def load_options_file(data: bytes, filename: str = "") -> dict[str, Any]:
             loaded = json.loads(text)
             _check_json(loaded)
         else:
-            loaded = yaml.load(text, Loader=_GuardedLoader)  # noqa: S506 - guarded SafeLoader
+            loaded = yaml.load(text, Loader=_GuardedLoader)
     except _FileProblem as exc:
         raise RequestError("file", f"{field} was refused: {exc}.") from None
-    except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as exc:
+    except RecursionError:
+        raise RequestError(
+            "file", f"{field} was refused: it is nested deeper than {MAX_DEPTH} levels."
+        ) from None
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
         where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
         line = f" (line {where.line + 1})" if hasattr(where, "line") else ""
         raise RequestError("file", f"{field} is not valid YAML or JSON{line}.") from None

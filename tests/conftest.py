@@ -1,0 +1,47 @@
+"""Shared fixtures. Cluster fixtures come from tests.cluster.fixture (real control plane)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcloud_spawner.catalog import Catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CATALOG = ROOT / "hub_config" / "catalog.yaml"
+
+try:  # the cluster harness is optional for unit-only runs outside CI
+    from tests.cluster.fixture import kube_cluster
+except ImportError as exc:  # pragma: no cover - reported by the cluster tests themselves
+    _cluster_import_error = exc
+
+    @pytest.fixture(scope="session")
+    def kube_cluster():
+        message = f"cluster harness unavailable: {_cluster_import_error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return Catalog.from_path(EXAMPLE_CATALOG)
+
+
+@pytest.fixture(scope="session")
+def catalog_data() -> dict:
+    return yaml.safe_load(EXAMPLE_CATALOG.read_text())
+
+
+@pytest.fixture
+def offline_kubeconfig(tmp_path, monkeypatch):
+    """A kubeconfig pointing nowhere: KubeSpawner needs one to be constructed."""
+    from dcloud_spawner import cli
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    cli._fake_kubeconfig_if_needed()
+    yield os.environ["KUBECONFIG"]

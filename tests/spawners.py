@@ -1,0 +1,29 @@
+"""Building DCloudSpawner objects for unit tests, without JupyterHub or a cluster."""
+
+from __future__ import annotations
+
+from traitlets.config import Config
+
+from dcloud_spawner.cli import _User
+from dcloud_spawner.spawner import DCloudSpawner
+from tests.conftest import EXAMPLE_CATALOG
+
+
+def make_spawner(groups=(), name="alice", **config) -> DCloudSpawner:
+    cfg = Config()
+    cfg.DCloudSpawner.catalog_path = str(EXAMPLE_CATALOG)
+    for key, value in config.items():
+        setattr(cfg.DCloudSpawner, key, value)
+    return DCloudSpawner(_mock=True, user=_User(name, groups), config=cfg)
+
+
+async def pod_for(options, groups=(), **config) -> dict:
+    """The pod manifest (as Kubernetes receives it) for ``options``."""
+    from kubernetes_asyncio.client import ApiClient
+
+    spawner = make_spawner(groups, **config)
+    await spawner.dcloud_apply_user_options(spawner, options)
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    async with ApiClient() as client:
+        return client.sanitize_for_serialization(pod)

@@ -1,0 +1,79 @@
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import EXAMPLE_CATALOG
+
+
+def dcloud(*args, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "dcloud_spawner.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_check_ok():
+    result = dcloud("check", str(EXAMPLE_CATALOG))
+    assert result.returncode == 0
+    assert "ok (3 environments, 3 GPU classes, 3 datasets, 3 group policies)" in result.stdout
+
+
+def test_check_reports_errors(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(EXAMPLE_CATALOG.read_text().replace("max_count: 8", "max_count: 8\n    colour: red"))
+    result = dcloud("check", str(bad))
+    assert result.returncode == 1
+    assert "error: gpu_classes[0].colour: unknown key" in result.stderr
+
+
+def test_render_prints_pod_first(tmp_path):
+    options = tmp_path / "o.yaml"
+    options.write_text("gpu: {type: t4, count: 1}\ndatasets: [imagenet]\n")
+    result = dcloud("render", "--catalog", str(EXAMPLE_CATALOG), "--user", "alice",
+                    "--groups", "students", "--options", str(options))
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert docs[0]["kind"] == "Pod"
+    assert docs[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_render_from_stdin_refuses_with_one_line():
+    result = dcloud("render", "--catalog", str(EXAMPLE_CATALOG), "--user", "bob",
+                    "--options", "-", stdin='{"gpu": {"type": "a100"}}')
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == "error: GPUs are not available to you; leave GPU type empty for a CPU-only server.\n"
+
+
+def test_render_invalid_catalog_is_exit_1(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("environments: []\n")
+    result = dcloud("render", "--catalog", str(bad), "--user", "bob")
+    assert result.returncode == 1 and result.stderr.startswith("error: invalid catalog")
+
+
+def test_dockerfile_bakes_packages_in_exec_form(tmp_path):
+    options = tmp_path / "o.json"
+    options.write_text(
+        '{"environment": "pytorch", "gpu": {"type": "t4"}, '
+        '"packages": ["timm>=1.0", "x; os_name == \\"posix\\""]}'
+    )
+    result = dcloud("dockerfile", "--catalog", str(EXAMPLE_CATALOG), "--options", str(options))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "FROM ghcr.io/dcloud-project/notebook-pytorch-cuda:2026.11" in lines
+    run = 'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "--", "timm>=1.0", "x; os_name == \\"posix\\""]'
+    assert run in lines
+
+
+def test_dockerfile_refuses_bad_packages(tmp_path):
+    options = tmp_path / "o.yaml"
+    options.write_text("packages: ['--extra-index-url=http://evil x']\n")
+    result = dcloud("dockerfile", "--catalog", str(EXAMPLE_CATALOG), "--options", str(options))
+    assert result.returncode == 2 and "Extra package" in result.stderr
+
+
+def test_schema_is_json():
+    import json
+
+    result = dcloud("schema")
+    assert json.loads(result.stdout)["additionalProperties"] is False

@@ -1,0 +1,85 @@
+import json
+import time
+
+import pytest
+
+from dcloud_spawner.request import (
+    MAX_FILE_BYTES,
+    RequestError,
+    ServerRequest,
+    json_schema,
+    load_options_file,
+)
+
+
+@pytest.mark.parametrize(
+    "data, field, text",
+    [
+        ({"image": "evil:latest"}, "image", "Unknown field 'image'"),
+        ({"command": ["sh"]}, "command", "Unknown field 'command'"),
+        ({"gpu": {"type": "t4", "count": 1, "resource": "x"}}, "gpu.resource", "allowed here: type, count"),
+        ({"gpu": "t4"}, "gpu", "GPU must be a mapping"),
+        ({"gpu": {"type": "t4", "count": 0}}, "gpu.count", "whole number from 1 to 64"),
+        ({"gpu": {"type": "t4", "count": "two"}}, "gpu.count", "whole number"),
+        ({"cpu": "lots"}, "cpu", "CPU cores must be a number"),
+        ({"cpu": -1}, "cpu", "greater than 0"),
+        ({"memory": ["16Gi"]}, "memory", "Memory must be a quantity"),
+        ({"datasets": "imagenet"}, "datasets", "Datasets must be a list"),
+        ({"packages": [1, 2]}, "packages", "Extra packages must be a list of strings"),
+    ],
+)
+def test_shape_errors_name_the_field(data, field, text):
+    with pytest.raises(RequestError) as err:
+        ServerRequest.parse(data)
+    assert err.value.field == field
+    assert text in err.value.sentence
+    assert err.value.sentence.endswith(".") and "\n" not in err.value.sentence
+
+
+def test_non_mapping_options():
+    with pytest.raises(RequestError, match="must be a mapping"):
+        ServerRequest.parse(["environment"])
+
+
+def test_schema_forbids_unknown_fields():
+    schema = json_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"environment", "gpu", "cpu", "memory", "datasets", "packages"}
+    json.dumps(schema)
+
+
+def test_yaml_and_json_files():
+    assert load_options_file(b"environment: pytorch\ncpu: 2\n") == {"environment": "pytorch", "cpu": 2}
+    assert load_options_file(b'{"gpu": {"type": "t4"}}', "x.json") == {"gpu": {"type": "t4"}}
+
+
+@pytest.mark.parametrize(
+    "body, text",
+    [
+        (b"a: &x [1]\nb: *x\n", "anchors and aliases"),
+        (b"\xff\xfe", "UTF-8"),
+        (b"- just\n- a list\n", "must be a mapping"),
+        (b"", "empty"),
+        (b"environment: [\n", "not valid YAML or JSON"),
+        (b"a: !!python/object/apply:os.system ['true']\n", "not valid YAML or JSON"),
+        (b"a: " + b"[" * 20 + b"]" * 20 + b"\n", "nested deeper"),
+        (b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested deeper"),
+        (b"a: " + b"x" * 2000 + b"\n", "longer than"),
+        (b"x" * (MAX_FILE_BYTES + 1), "larger than"),
+    ],
+)
+def test_hostile_files_fail_fast(body, text):
+    with pytest.raises(RequestError) as err:
+        load_options_file(body)
+    assert text in err.value.sentence
+    assert err.value.sentence.startswith("Configuration file")
+
+
+def test_alias_bomb_is_refused_quickly():
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    started = time.perf_counter()
+    with pytest.raises(RequestError, match="anchors and aliases"):
+        load_options_file("\n".join(lines).encode())
+    assert time.perf_counter() - started < 1.0

@@ -1,0 +1,110 @@
+"""DCloudSpawner's JupyterHub hooks: form in, options stored, plan applied or refused."""
+
+import json
+from importlib.metadata import entry_points
+
+import pytest
+from tornado import web
+from tornado.httputil import HTTPFile
+
+from dcloud_spawner.request import RequestError
+from dcloud_spawner.spawner import DCloudSpawner
+from tests.spawners import make_spawner
+
+pytestmark = pytest.mark.usefixtures("offline_kubeconfig")
+
+
+class FakeOrmSpawner:
+    user_options = None
+    server = None
+
+
+def test_registered_as_dcloud_entry_point():
+    (ep,) = [e for e in entry_points(group="jupyterhub.spawners") if e.name == "dcloud"]
+    assert ep.load() is DCloudSpawner
+
+
+def test_every_dcloud_setting_documents_itself():
+    for name in ("catalog_path", "image_path", "package_install_args", "unschedulable_grace_seconds"):
+        trait = DCloudSpawner.class_traits()[name]
+        assert trait.metadata.get("config") and len(trait.help) > 40, name
+
+
+async def test_hooks_are_installed():
+    spawner = make_spawner()
+    assert spawner.options_from_form == spawner.dcloud_options_from_form
+    assert spawner.apply_user_options == spawner.dcloud_apply_user_options
+    assert "GPU type" in await spawner.get_options_form()
+
+
+async def test_form_submission_becomes_normalised_options():
+    spawner = make_spawner(["students"])
+    options = spawner.run_options_from_form({
+        "environment": ["pytorch"], "gpu_type": ["t4"], "gpu_count": ["1"], "cpu": ["4"],
+        "memory": ["16384Mi"], "datasets": ["imagenet"], "packages": ["timm>=1.0"],
+    })
+    assert options == {"environment": "pytorch", "gpu": {"type": "t4", "count": 1}, "cpu": 4.0,
+                       "memory": "16Gi", "datasets": ["imagenet"], "packages": ["timm>=1.0"]}
+    json.dumps(options)
+
+
+async def test_refused_form_comes_back_with_choices_and_sentence():
+    spawner = make_spawner(["students"])
+    with pytest.raises(RequestError) as err:
+        spawner.run_options_from_form({
+            "environment": ["tensorflow"], "gpu_type": ["a100"], "gpu_count": ["1"], "cpu": ["3"],
+            "memory": ["12Gi"], "datasets": ["coco"],
+        })
+    assert err.value.jupyterhub_message == "GPU class 'a100' is not available to you; you can use: t4."
+    html = await spawner.get_options_form()
+    assert 'value="tensorflow"' in html and 'value="12Gi"' in html
+    assert 'value="3"' in html and 'id="dcloud-dataset-coco" checked' in html
+    # the kept attempt is shown once; the next visit starts from the last valid options
+    assert 'value="12Gi"' not in await spawner.get_options_form()
+
+
+async def test_upload_merges_over_the_form_and_no_bytes_are_kept():
+    spawner = make_spawner(["researchers"])
+    upload = HTTPFile(filename="run.yaml", content_type="text/yaml",
+                      body=b"gpu: {type: a100, count: 2}\nmemory: 64Gi\n")
+    options = spawner.run_options_from_form({
+        "environment": ["pytorch"], "cpu": ["8"], "memory": ["8Gi"], "config_file": [upload],
+    })
+    assert options["gpu"] == {"type": "a100", "count": 2}
+    assert options["memory"] == "64Gi" and options["cpu"] == 8.0
+    assert "config_file" not in options
+    json.dumps(options)
+
+
+async def test_invalid_upload_is_refused_with_the_field():
+    spawner = make_spawner(["researchers"])
+    upload = HTTPFile(filename="run.yaml", content_type="text/yaml", body=b"gpu: {type: h100}\n")
+    with pytest.raises(RequestError) as err:
+        spawner.run_options_from_form({"environment": ["pytorch"], "config_file": [upload]})
+    assert "GPU class 'h100' is not available to you" in err.value.sentence
+
+
+async def test_rest_options_are_validated_and_bad_ones_not_kept():
+    spawner = make_spawner(["students"])
+    spawner.orm_spawner = FakeOrmSpawner()
+    good = {"environment": "pytorch", "gpu": {"type": "t4", "count": 1}}
+    await spawner.dcloud_apply_user_options(spawner, good)
+    assert spawner.dcloud_plan.gpu.id == "t4"
+    bad = {"environment": "pytorch", "image": "evil"}
+    spawner.user_options = spawner.orm_spawner.user_options = bad  # as JupyterHub stores them
+    with pytest.raises(web.HTTPError) as err:
+        await spawner.dcloud_apply_user_options(spawner, bad)
+    assert err.value.status_code == 400
+    assert err.value.jupyterhub_message.startswith("Unknown field 'image'")
+    assert spawner.orm_spawner.user_options["gpu"] == {"type": "t4", "count": 1}
+    assert spawner.user_options == spawner.orm_spawner.user_options
+
+
+async def test_form_preselects_last_valid_options():
+    spawner = make_spawner(["researchers"])
+    spawner.user_options = {"environment": "tensorflow", "gpu": {"type": "a100", "count": 2}}
+    html = await spawner.get_options_form()
+    assert 'value="tensorflow" data-gpu="yes"\n              selected' in html
+    spawner.user_options = {"environment": "gone"}
+    html = await spawner.get_options_form()
+    assert "selected" in html and 'value="gone"' not in html
