@@ -204,7 +204,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(port=args.port, password=args.password, catalog=args.catalog)
+    simulated = [n.strip() for n in (args.simulate_gpus or "").split(",") if n.strip()]
+    return run_demo(port=args.port, password=args.password, catalog=args.catalog, simulated_gpus=simulated)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -235,6 +236,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--password", help="demo users' password (default: random, printed)")
     demo.add_argument("--catalog", help="catalog file (default: the bundled example)")
+    demo.add_argument("--simulate-gpus", metavar="NAMES",
+                      help="comma-separated GPU names to pretend this machine has, e.g. 'Tesla T4,Tesla T4' "
+                      "(to try GPU choices and pinning without a GPU)")
     demo.set_defaults(run=_cmd_demo)
     return top
 

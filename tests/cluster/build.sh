@@ -11,7 +11,11 @@ CACHE="${DCLOUD_K8S_CACHE:-$HOME/.cache/dcloud-k8s}"
 OUT="$CACHE/$K8S_VERSION/bin"
 WORK="$CACHE/$K8S_VERSION/src"
 
-need() { for b in "$@"; do [ -x "$OUT/$b" ] || return 0; done; return 1; }
+need() {
+  for b in "$@"; do [ -x "$OUT/$b" ] || return 0; done
+  [ -f "$OUT/../stages/fast/kustomization.yaml" ] || return 0  # KWOK's stages, copied at the end
+  return 1
+}
 if ! need kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok; then
   echo "cluster binaries already built in $OUT"
   exit 0

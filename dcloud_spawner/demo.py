@@ -1,0 +1,162 @@
+"""``dcloud demo``: JupyterHub on this machine with the example catalog and the local backend.
+
+Demo users: ``student`` (group students), ``researcher`` (groups researchers and medical),
+``guest`` (no group) and ``admin`` (hub admin, no group); one shared password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog, CatalogError
+
+REPO_CATALOG = Path(__file__).resolve().parents[1] / "hub_config" / "catalog.yaml"
+USERS = {"student": ["students"], "researcher": ["researchers", "medical"], "guest": [], "admin": []}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proxy_command() -> list[str]:
+    """The pip-installed Python proxy beside this interpreter, else Node's if present."""
+    here = Path(sys.executable).parent / "configurable-http-proxy"
+    if here.exists():
+        return [str(here)]
+    found = shutil.which("configurable-http-proxy")
+    if found:
+        return [found]
+    raise SystemExit(
+        "error: configurable-http-proxy not found; install the demo extra: pip install -e '.[demo]'"
+    )
+
+
+def sample_datasets(state: Path, catalog: Catalog) -> dict[str, str]:
+    """Small local folders standing in for the catalog's cluster datasets."""
+    paths = {}
+    for dataset in catalog.datasets:
+        if dataset.source.type == "host_path":
+            continue
+        folder = state / "datasets" / dataset.id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "README.txt").write_text(
+            f"{dataset.display_name}\n{dataset.description}\n"
+            f"Sample stand-in for the demo; on the cluster this is {dataset.size} of {dataset.format}.\n"
+        )
+        paths[dataset.id] = str(folder)
+    return paths
+
+
+def demo_settings(port: int, password: str, catalog_path: Path, state: Path,
+                  simulated_gpus: list[str] | None = None) -> dict[str, Any]:
+    """Everything the demo's jupyterhub_config.py applies, as plain data."""
+    catalog = Catalog.from_path(catalog_path)
+    return {
+        "local_gpus": [
+            {"index": i, "uuid": f"GPU-simulated-{i}", "name": name}
+            for i, name in enumerate(simulated_gpus or [])
+        ],
+        # an admin token for scripted use (tests, automation), only when asked for
+        "api_token": os.environ.get("DCLOUD_DEMO_API_TOKEN") or None,
+        "port": port,
+        "password": password,
+        "catalog": str(catalog_path),
+        "state": str(state),
+        "hub_port": _free_port(),
+        "proxy_api_port": _free_port(),
+        "proxy_command": _proxy_command(),
+        "dataset_paths": sample_datasets(state, catalog),
+        "users": USERS,
+    }
+
+
+def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
+    """Fill a JupyterHub config object ``c`` for the demo."""
+    state = Path(settings["state"])
+    c.JupyterHub.bind_url = f"http://127.0.0.1:{settings['port']}"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings['hub_port']}"
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+    c.ConfigurableHTTPProxy.command = settings["proxy_command"]
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.cleanup_servers = True
+
+    c.JupyterHub.authenticator_class = "dummy"
+    c.DummyAuthenticator.password = settings["password"]
+    c.Authenticator.allowed_users = set(settings["users"])
+    c.Authenticator.admin_users = {"admin"}
+    groups: dict[str, dict[str, list[str]]] = {}
+    for user, user_groups in settings["users"].items():
+        for group in user_groups:
+            groups.setdefault(group, {"users": []})["users"].append(user)
+    c.JupyterHub.load_groups = groups
+
+    c.JupyterHub.spawner_class = "dcloud-local"
+    c.DCloudLocalSpawner.catalog_path = settings["catalog"]
+    c.DCloudLocalSpawner.server_root = str(state / "servers")
+    c.DCloudLocalSpawner.dataset_paths = settings["dataset_paths"]
+    if settings.get("local_gpus"):
+        c.DCloudLocalSpawner.local_gpus = settings["local_gpus"]
+    if settings.get("api_token"):
+        c.JupyterHub.services = [{"name": "dcloud-automation", "api_token": settings["api_token"]}]
+        c.JupyterHub.load_roles = [{
+            "name": "dcloud-automation",
+            "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens", "list:users",
+                       "read:users", "servers", "access:servers"],
+            "services": ["dcloud-automation"],
+        }]
+    c.Spawner.start_timeout = 120
+    c.Spawner.http_timeout = 90
+
+
+CONFIG_TEMPLATE = """\
+# Written by `dcloud demo`; regenerated at every start.
+import json
+from dcloud_spawner.demo import apply_demo_config
+
+apply_demo_config(c, json.loads({settings!r}))
+"""
+
+
+def run_demo(port: int = 8000, password: str | None = None, catalog: str | None = None,
+             simulated_gpus: list[str] | None = None) -> int:
+    catalog_path = Path(catalog) if catalog else REPO_CATALOG
+    if not catalog_path.exists():
+        print(f"error: catalog not found: {catalog_path}; pass --catalog PATH", file=sys.stderr)
+        return 1
+    try:
+        Catalog.from_path(catalog_path)
+    except CatalogError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    state = Path(os.environ.get("DCLOUD_DEMO_DIR", "~/.local/share/dcloud/demo")).expanduser()
+    state.mkdir(parents=True, exist_ok=True)
+    generated = password is None
+    password = password or secrets.token_urlsafe(9)
+    settings = demo_settings(port, password, catalog_path.resolve(), state, simulated_gpus)
+    config_file = state / "jupyterhub_config.py"
+    config_file.write_text(CONFIG_TEMPLATE.format(settings=json.dumps(settings)))
+
+    print(f"DCloud demo: http://127.0.0.1:{port}/")
+    print(f"  users: {', '.join(USERS)}  password: {password}"
+          + ("  (random; choose one with --password)" if generated else ""))
+    print(f"  catalog: {catalog_path}  state: {state}")
+    if simulated_gpus:
+        print(f"  simulated GPUs (no real device behind them): {', '.join(simulated_gpus)}")
+    sys.stdout.flush()
+    os.chdir(state)
+    argv = [sys.executable, "-m", "jupyterhub", "-f", str(config_file)]
+    os.execv(sys.executable, argv)
+    return 0  # not reached

@@ -1,0 +1,124 @@
+"""GPUs of one machine, for the local backend: what exists, and who holds which.
+
+The ledger is shared by every local spawner in the hub process, so two running servers
+never get the same GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .catalog import Catalog, GpuClass
+
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+@dataclass(frozen=True)
+class LocalGpu:
+    index: int
+    uuid: str
+    name: str
+
+    @property
+    def product_label(self) -> str:
+        """The value GPU feature discovery would give the node label (spaces -> dashes)."""
+        return self.name.strip().replace(" ", "-")
+
+
+def discover_gpus(timeout: float = 10.0) -> tuple[list[LocalGpu], str]:
+    """The machine's NVIDIA GPUs via ``nvidia-smi``, and a sentence on how it went."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return [], "No NVIDIA GPU found on this machine (nvidia-smi is not installed)."
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index,uuid,name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=timeout, check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        return [], f"nvidia-smi failed, so no GPU is offered: {exc}."
+    gpus = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0].isdigit():
+            gpus.append(LocalGpu(int(parts[0]), parts[1], ",".join(parts[2:])))
+    return gpus, f"Found {len(gpus)} NVIDIA GPU(s) with nvidia-smi."
+
+
+def classify(gpus: Iterable[LocalGpu], catalog: Catalog,
+             assignment: Mapping[str, list[int]] | None = None) -> dict[str, list[LocalGpu]]:
+    """GPU class id -> the local GPUs of that class.
+
+    ``assignment`` (class id -> GPU indices) wins; otherwise a GPU belongs to the class
+    whose ``nvidia.com/gpu.product`` node selector equals its product label, as on
+    Kubernetes with GPU feature discovery.
+    """
+    gpus = list(gpus)
+    by_class: dict[str, list[LocalGpu]] = {g.id: [] for g in catalog.gpu_classes}
+    if assignment:
+        for class_id, indices in assignment.items():
+            if class_id in by_class:
+                by_class[class_id] = [g for g in gpus if g.index in set(indices)]
+        return by_class
+    for gpu in gpus:
+        for gpu_class in catalog.gpu_classes:
+            if _matches(gpu_class, gpu):
+                by_class[gpu_class.id].append(gpu)
+                break
+    return by_class
+
+
+def _matches(gpu_class: GpuClass, gpu: LocalGpu) -> bool:
+    wanted = gpu_class.node_selector.get(PRODUCT_LABEL)
+    return wanted is not None and wanted == gpu.product_label and gpu_class.resource == "nvidia.com/gpu"
+
+
+class NotEnoughGpus(Exception):
+    def __init__(self, free: int, total: int):
+        self.free = free
+        self.total = total
+        super().__init__(f"{free} of {total} free")
+
+
+class GpuLedger:
+    """Which server holds which GPU. Reservations are atomic under one lock."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, str] = {}  # GPU uuid -> owner key
+        self._lock = asyncio.Lock()
+
+    def holder(self, gpu: LocalGpu) -> str | None:
+        return self._holders.get(gpu.uuid)
+
+    def free(self, gpus: Iterable[LocalGpu]) -> list[LocalGpu]:
+        return [g for g in gpus if g.uuid not in self._holders]
+
+    async def reserve(self, owner: str, candidates: list[LocalGpu], count: int) -> list[LocalGpu]:
+        async with self._lock:
+            self._release(owner)
+            free = self.free(candidates)
+            if len(free) < count:
+                raise NotEnoughGpus(len(free), len(candidates))
+            chosen = free[:count]
+            for gpu in chosen:
+                self._holders[gpu.uuid] = owner
+            return chosen
+
+    def adopt(self, owner: str, uuids: Iterable[str]) -> None:
+        """Record GPUs held by a server that survived a hub restart."""
+        for uuid in uuids:
+            self._holders.setdefault(uuid, owner)
+
+    def release(self, owner: str) -> None:
+        self._release(owner)
+
+    def _release(self, owner: str) -> None:
+        for uuid in [u for u, o in self._holders.items() if o == owner]:
+            del self._holders[uuid]
+
+
+ledger = GpuLedger()

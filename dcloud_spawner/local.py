@@ -1,0 +1,321 @@
+"""``DCloudLocalSpawner``: the same form and rules, run as local processes on one machine.
+
+For the one-command demo and for a single shared GPU workstation. A plan becomes:
+
+- the environment's Python interpreter running ``jupyterhub-singleuser`` (JupyterLab);
+- GPUs pinned with ``CUDA_VISIBLE_DEVICES`` from the machine's GPUs, never two servers on
+  the same GPU; CPU-only servers see no GPU;
+- CPU and memory limits through cgroup v2 or systemd where possible (``limits.py``);
+- datasets with a local path linked read-only under ``datasets/<id>`` in the working dir;
+- extra packages pip-installed into a per-server overlay on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyterhub.spawner import LocalProcessSpawner, SpawnException
+from traitlets import Bool, Dict, List, Unicode, default
+
+from . import gpus, limits
+from .form import FormContext, GpuAvailability
+from .mixin import DCloudMixin, install_hooks
+from .plan import Plan
+
+_limiter: limits.Limiter | None = None
+_inventory: tuple[list[gpus.LocalGpu], str] | None = None
+
+
+class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
+    """Runs the user's chosen environment as a local JupyterLab process."""
+
+    run_as_system_users = Bool(
+        False,
+        config=True,
+        help="""Run each server as the UNIX account of the same name (LocalProcessSpawner's
+        behaviour; the hub must run as root). When False, servers run as the hub's own user
+        in per-user directories under `server_root` (the demo's mode: no isolation).""",
+    )
+
+    server_root = Unicode(
+        "~/.local/share/dcloud/servers",
+        config=True,
+        help="""Directory holding one working directory per user and server when
+        `run_as_system_users` is False. Datasets and package overlays live there too.""",
+    )
+
+    local_gpus = List(
+        Dict(),
+        config=True,
+        help="""GPUs this machine offers, as [{"index": 0, "uuid": "GPU-...", "name": "Tesla T4"}].
+        Empty (default): discover them with nvidia-smi. Set it to hand out only some GPUs.""",
+    )
+
+    gpu_class_assignment = Dict(
+        config=True,
+        help="""GPU class id -> list of local GPU indices, e.g. {"t4": [0, 1]}. By default a
+        GPU belongs to the class whose `nvidia.com/gpu.product` node selector equals the GPU's
+        name with spaces as dashes (what GPU feature discovery labels nodes with).""",
+    )
+
+    dataset_paths = Dict(
+        config=True,
+        help="""Dataset id -> local directory, for datasets whose catalog source is not a
+        host path (e.g. a local copy of a PVC's data). Host-path datasets need no entry.""",
+    )
+
+    package_install_args = List(
+        Unicode(),
+        config=True,
+        help="Extra pip arguments for installing users' packages, set by the admin.",
+    )
+
+    @default("default_url")
+    def _default_url(self) -> str:
+        return "/lab"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        install_hooks(self)
+        self._progress: list[str] = []
+        self._gpu_uuids: list[str] = []
+
+    # -- machine facts (shared by every spawner in the hub process) ---------------------
+
+    @property
+    def limiter(self) -> limits.Limiter:
+        global _limiter
+        if _limiter is None:
+            _limiter = limits.detect()
+            self.log.info("DCloud local backend: %s", _limiter.reason)
+        return _limiter
+
+    def inventory(self) -> tuple[list[gpus.LocalGpu], str]:
+        global _inventory
+        if self.local_gpus:
+            found = [gpus.LocalGpu(int(g["index"]), str(g.get("uuid") or f"GPU-local-{g['index']}"),
+                                   str(g["name"])) for g in self.local_gpus]
+            return found, f"{len(found)} GPU(s) configured in DCloudLocalSpawner.local_gpus."
+        if _inventory is None:
+            _inventory = gpus.discover_gpus()
+            self.log.info("DCloud local backend: %s", _inventory[1])
+        return _inventory
+
+    def gpus_by_class(self) -> dict[str, list[gpus.LocalGpu]]:
+        found, _ = self.inventory()
+        return gpus.classify(found, self.catalog, self.gpu_class_assignment or None)
+
+    def form_context(self) -> FormContext:
+        by_class = self.gpus_by_class()
+        found, how = self.inventory()
+        availability = {}
+        for class_id, members in by_class.items():
+            free = len(gpus.ledger.free(members))
+            availability[class_id] = GpuAvailability(free, len(members), free)
+        notices = []
+        if not self.limiter.enforced:
+            notices.append(self.limiter.reason)
+        help_text = "" if found else f"{how} Servers on this machine are CPU only."
+        return FormContext(availability=availability, notices=notices,
+                           limits_enforced=self.limiter.enforced, gpu_help=help_text)
+
+    # -- start / stop -------------------------------------------------------------------
+
+    @property
+    def owner_key(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    @property
+    def workdir(self) -> Path:
+        if self.run_as_system_users:
+            return Path(os.path.expanduser(f"~{self.user.name}"))
+        server = self.name or "default"
+        return Path(self.server_root).expanduser() / self.user.name / server
+
+    def make_preexec_fn(self, name: str) -> Any:
+        workdir = str(self.workdir)
+        setuid = super().make_preexec_fn(name) if self.run_as_system_users else None
+        join = self._join_limits
+
+        def preexec() -> None:
+            if join is not None:
+                join()  # before setuid: joining a cgroup needs the hub's rights
+            if setuid is not None:
+                setuid()
+            os.chdir(workdir)
+
+        return preexec
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        if self.run_as_system_users:
+            return super().user_env(env)
+        env["USER"] = self.user.name
+        env["HOME"] = str(self.workdir)
+        return env
+
+    def move_certs(self, paths: dict) -> dict:
+        return paths if not self.run_as_system_users else super().move_certs(paths)
+
+    async def progress(self):  # type: ignore[override]
+        sent = 0
+        while True:
+            while sent < len(self._progress):
+                yield {"progress": min(90, 10 + 20 * sent), "message": self._progress[sent]}
+                sent += 1
+            if self._spawn_future is None or self._spawn_future.done():
+                break
+            await asyncio.sleep(0.2)
+
+    def _say(self, message: str) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        self._progress.append(message)
+
+    async def start(self) -> Any:
+        plan = self.dcloud_plan or self.validate_options(self.user_options)
+        self.dcloud_plan = plan
+        self._progress = []
+        self._say(f"Preparing {plan.summary()}")
+        workdir = self.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+
+        env_extra: dict[str, str] = {}
+        if plan.gpu:
+            candidates = self.gpus_by_class().get(plan.gpu.id, [])
+            try:
+                chosen = await gpus.ledger.reserve(self.owner_key, candidates, plan.gpu_count)
+            except gpus.NotEnoughGpus as exc:
+                reason = (
+                    f"No free {plan.gpu.display_name} on this machine right now ({exc.free} of "
+                    f"{exc.total} free); ask for fewer, or try again when others stop their servers."
+                )
+                self.audit("refused", self.user_options, reason=reason)
+                raise SpawnException(reason, reason="gpu_unavailable") from None
+            self._gpu_uuids = [g.uuid for g in chosen]
+            env_extra["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in chosen)
+            env_extra["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in chosen)
+            self._say(f"Reserved GPU {env_extra['CUDA_VISIBLE_DEVICES']} ({plan.gpu.display_name})")
+        else:
+            env_extra["CUDA_VISIBLE_DEVICES"] = ""  # hides every GPU from CUDA
+            env_extra["NVIDIA_VISIBLE_DEVICES"] = "void"
+
+        try:
+            self._link_datasets(plan, workdir)
+            python = plan.environment.python or sys.executable
+            if plan.packages:
+                overlay = await self._install_packages(plan, python, workdir)
+                env_extra["PYTHONPATH"] = str(overlay)
+                env_extra["PATH"] = f"{overlay / 'bin'}:{os.environ.get('PATH', '')}"
+            env_extra.update({
+                "DCLOUD_ENVIRONMENT": plan.environment.id,
+                "DCLOUD_GPU_CLASS": plan.gpu.id if plan.gpu else "",
+                "DCLOUD_GPU_COUNT": str(plan.gpu_count),
+                "DCLOUD_CPU_LIMIT": f"{plan.cpu_limit:g}",
+                "DCLOUD_MEMORY_LIMIT": str(plan.memory_limit),
+                "DCLOUD_LIMITS_ENFORCED": "1" if self.limiter.enforced else "0",
+                "DCLOUD_DATASETS": ",".join(d.id for d in plan.datasets),
+            })
+            self._env_extra = env_extra
+            self._join_limits = self.limiter.prepare(self.owner_key, plan.cpu_limit, plan.memory_limit)
+            command = [python, "-m", "jupyterhub.singleuser"]
+            if os.geteuid() == 0 and not self.run_as_system_users:
+                # a hub run as root (e.g. in a container) runs the demo's servers as root too
+                command.append("--ServerApp.allow_root=True")
+            self.cmd = self.limiter.wrap(command, self.owner_key, plan.cpu_limit, plan.memory_limit)
+            if not self.limiter.enforced:
+                self.log.warning("%s: %s", self._log_name, self.limiter.reason)
+            self._say("Starting JupyterLab")
+            url = await super().start()
+        except BaseException:
+            gpus.ledger.release(self.owner_key)
+            raise
+        self.audit("spawned", self.user_options, granted=plan.summary(),
+                   gpus=env_extra.get("CUDA_VISIBLE_DEVICES"))
+        return url
+
+    _env_extra: dict[str, str] = {}
+    _join_limits: Any = None
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self._env_extra)
+        return env
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        gpus.ledger.release(self.owner_key)
+        self.limiter.cleanup(self.owner_key)
+        self._gpu_uuids = []
+        self.audit("stopped", self.user_options)
+
+    async def poll(self) -> int | None:
+        status = await super().poll()
+        if status is not None:
+            gpus.ledger.release(self.owner_key)
+        return status
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self._gpu_uuids:
+            state["dcloud_gpus"] = self._gpu_uuids
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self._gpu_uuids = list(state.get("dcloud_gpus", []))
+        if self._gpu_uuids:
+            gpus.ledger.adopt(self.owner_key, self._gpu_uuids)
+
+    # -- datasets and packages ----------------------------------------------------------
+
+    def dataset_path(self, dataset: Any) -> Path | None:
+        if dataset.id in self.dataset_paths:
+            return Path(self.dataset_paths[dataset.id]).expanduser()
+        if dataset.source.type == "host_path":
+            return Path(dataset.source.path)
+        return None
+
+    def _link_datasets(self, plan: Plan, workdir: Path) -> None:
+        folder = workdir / "datasets"
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        if folder.is_dir():
+            folder.chmod(0o755)  # we made it read-only last time
+        shutil.rmtree(folder, ignore_errors=True)  # holds only links we made
+        if not plan.datasets:
+            return
+        folder.mkdir()
+        for dataset in plan.datasets:
+            source = self.dataset_path(dataset)
+            if source is None or not source.is_dir():
+                self._say(f"Dataset {dataset.id} has no local copy on this machine; skipped")
+                continue
+            (folder / dataset.id).symlink_to(source, target_is_directory=True)
+        # the folder of links itself is read-only to the server
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+        self._say("Linked datasets: " + ", ".join(d.id for d in plan.datasets))
+
+    async def _install_packages(self, plan: Plan, python: str, workdir: Path) -> Path:
+        overlay = workdir / ".dcloud-packages"
+        shutil.rmtree(overlay, ignore_errors=True)
+        self._say(f"Installing {len(plan.packages)} extra package(s) into this server's overlay")
+        argv = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
+                "--target", str(overlay), *self.package_install_args]
+        if plan.package_index_url:
+            argv += ["--index-url", plan.package_index_url]
+        argv += ["--", *plan.packages]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output, _ = await proc.communicate()
+        if proc.returncode != 0:
+            tail = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise SpawnException(
+                f"Installing the extra packages failed: {tail[0][:300]}", reason="packages"
+            )
+        return overlay

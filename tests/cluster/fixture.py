@@ -1,0 +1,87 @@
+"""The ``kube_cluster`` pytest fixture: the Kubernetes cluster integration tests run against.
+
+Resolution, first match wins:
+
+1. ``DCLOUD_TEST_KUBECONFIG`` is set: use that cluster as it is (admin and hub kubeconfig are both
+   that file, namespace ``$DCLOUD_TEST_NAMESPACE`` or ``dcloud``); the harness objects (fleet,
+   namespace, hub account, datasets) are created where those credentials may.
+2. The local harness: reuse the cluster ``python -m tests.cluster up`` left running, or start
+   one and stop it at the end of the session. Outside CI a missing build skips; with ``CI=true``
+   the binaries are built first.
+3. Otherwise skip, except with ``CI=true``: there a cluster test that cannot run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from . import binaries, fleet, harness
+from .layout import BUILD_SCRIPT
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    """Where the tests find the cluster."""
+
+    admin_kubeconfig: str  # cluster-admin (system:masters)
+    hub_kubeconfig: str  # ServiceAccount `hub` with Zero to JupyterHub's RBAC
+    namespace: str  # restricted Pod Security; the hub's Role lives here
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip, or in CI fail: there a cluster test that does not run is a defect."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: cluster tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def external(kubeconfig: str, namespace: str) -> KubeCluster:
+    if not Path(kubeconfig).is_file():
+        unavailable(f"DCLOUD_TEST_KUBECONFIG={kubeconfig} does not exist")
+    api = kube_config.new_client_from_config(config_file=kubeconfig)
+    with api:
+        setup = fleet.apply(api, namespace, harness.RBAC_FILE, forgiving=True, wait=False)
+        try:
+            fleet.wait_namespace_usable(client.CoreV1Api(api), namespace, timeout=30)
+        except TimeoutError as error:
+            setup.skipped.append(str(error))
+    for skipped in setup.skipped:
+        warnings.warn(f"cluster setup skipped {skipped}", stacklevel=1)
+    return KubeCluster(kubeconfig, kubeconfig, namespace)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(request: pytest.FixtureRequest) -> KubeCluster:
+    """The cluster for this test session; see the module docstring for where it comes from."""
+    kubeconfig = os.environ.get("DCLOUD_TEST_KUBECONFIG")
+    if kubeconfig:
+        return external(kubeconfig, os.environ.get("DCLOUD_TEST_NAMESPACE", fleet.NAMESPACE))
+    missing = binaries.missing()
+    if missing and not in_ci():
+        unavailable(
+            f"cluster binaries not built ({', '.join(missing)}): run {BUILD_SCRIPT} or set DCLOUD_TEST_KUBECONFIG"
+        )
+    try:
+        cluster = harness.up(build=in_ci())
+    except (FileNotFoundError, binaries.BuildFailed) as error:
+        # A failed build; a cluster that is built but does not start is an error, not a skip.
+        unavailable(f"local cluster unavailable: {error}")
+    if cluster.started:
+        request.addfinalizer(lambda: harness.down(cluster.run))
+    return KubeCluster(
+        admin_kubeconfig=str(cluster.admin_kubeconfig),
+        hub_kubeconfig=str(cluster.hub_kubeconfig),
+        namespace=cluster.namespace,
+    )
