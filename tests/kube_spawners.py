@@ -1,0 +1,36 @@
+"""DCloudSpawner objects that talk to the test cluster as the hub's ServiceAccount."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kubernetes_asyncio.config import kube_config
+from kubespawner import KubeSpawner, clients
+from traitlets.config import Config
+
+from dcloud_spawner.cli import _User
+from dcloud_spawner.spawner import DCloudSpawner
+from tests.conftest import EXAMPLE_CATALOG
+
+
+async def point_kubespawner_at(kubeconfig: str) -> None:
+    """KubeSpawner caches its client configuration per process; aim it at ``kubeconfig``."""
+    await KubeSpawner._stop_all_reflectors()
+    os.environ["KUBECONFIG"] = kubeconfig
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
+    clients.load_config.cache_clear()
+    clients._client_cache.clear()
+
+
+def cluster_spawner(cluster, user: str, groups=(), catalog: Path = EXAMPLE_CATALOG, **config) -> DCloudSpawner:
+    cfg = Config()
+    cfg.DCloudSpawner.catalog_path = str(catalog)
+    cfg.DCloudSpawner.namespace = cluster.namespace
+    cfg.DCloudSpawner.start_timeout = 60
+    cfg.DCloudSpawner.k8s_api_request_timeout = 10
+    for key, value in config.items():
+        setattr(cfg.DCloudSpawner, key, value)
+    spawner = DCloudSpawner(_mock=True, user=_User(user, groups), config=cfg)
+    spawner.api_token = "test-token"
+    return spawner
