@@ -46,7 +46,8 @@ def owned_objects(core, namespace: str, user: str) -> list[str]:
     found = [f"pod/{p.metadata.name}" for p in core.list_namespaced_pod(namespace, label_selector=selector).items]
     found += [f"pvc/{p.metadata.name}" for p in
               core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items]
-    found += [f"secret/{s.metadata.name}" for s in core.list_namespaced_secret(namespace, label_selector=selector).items]
+    secrets = core.list_namespaced_secret(namespace, label_selector=selector).items
+    found += [f"secret/{s.metadata.name}" for s in secrets]
     return found
 
 
