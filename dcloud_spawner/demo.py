@@ -28,16 +28,18 @@ def _free_port() -> int:
 
 
 def _proxy_command() -> list[str]:
-    """The pip-installed Python proxy beside this interpreter, else Node's if present."""
-    here = Path(sys.executable).parent / "configurable-http-proxy"
-    if here.exists():
-        return [str(here)]
-    found = shutil.which("configurable-http-proxy")
-    if found:
-        return [found]
-    raise SystemExit(
-        "error: configurable-http-proxy not found; install the demo extra: pip install -e '.[demo]'"
-    )
+    """Node's configurable-http-proxy where installed, else the pip-installed Python one
+    (through demo_proxy, which makes it stream the spawn-progress events)."""
+    node_chp = shutil.which("configurable-http-proxy")
+    if node_chp and Path(node_chp).parent != Path(sys.executable).parent:
+        return [node_chp]
+    try:
+        import configurable_http_proxy  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "error: configurable-http-proxy not found; install the demo extra: pip install -e '.[demo]'"
+        ) from None
+    return [sys.executable, "-m", "dcloud_spawner.demo_proxy"]
 
 
 def sample_datasets(state: Path, catalog: Catalog) -> dict[str, str]:

@@ -88,7 +88,11 @@ def render_form(
                 "full": False,
             }
             live = (context.availability or {}).get(gpu.id)
-            if live is not None:
+            if live is not None and live.total == 0:
+                entry["availability"] = "none here"
+                entry["full"] = True
+                entry["note"] = f"{gpu.display_name}: there is none here, so it cannot be granted."
+            elif live is not None:
                 entry["availability"] = f"{live.free} of {live.total} free"
                 if live.largest_free_block < 1:
                     entry["full"] = True
@@ -128,7 +132,8 @@ def _first(formdata: Mapping[str, list[Any]], key: str) -> str:
 
 
 def request_from_form(formdata: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """A raw request (not yet validated) from the form's fields; files are read apart.
+    """A raw request (not yet validated) from the form's fields; a file is read apart and,
+    when given, replaces these fields.
 
     Form data arrives as lists of strings (see ``uploaded_options`` for the file).
     """

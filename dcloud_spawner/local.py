@@ -27,6 +27,7 @@ from . import gpus, limits
 from .form import FormContext, GpuAvailability
 from .mixin import DCloudMixin, install_hooks
 from .plan import Plan
+from .quantity import format_memory
 
 _limiter: limits.Limiter | None = None
 _inventory: tuple[list[gpus.LocalGpu], str] | None = None
@@ -216,7 +217,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 "DCLOUD_GPU_CLASS": plan.gpu.id if plan.gpu else "",
                 "DCLOUD_GPU_COUNT": str(plan.gpu_count),
                 "DCLOUD_CPU_LIMIT": f"{plan.cpu_limit:g}",
-                "DCLOUD_MEMORY_LIMIT": str(plan.memory_limit),
+                "DCLOUD_MEMORY_LIMIT": format_memory(plan.memory_limit),
                 "DCLOUD_LIMITS_ENFORCED": "1" if self.limiter.enforced else "0",
                 "DCLOUD_DATASETS": ",".join(d.id for d in plan.datasets),
             })

@@ -101,8 +101,10 @@ class DCloudMixin(LoggingConfigurable):
         raw = request_from_form(formdata)
         self._dcloud_attempt = raw
         try:
-            raw = {**raw, **uploaded_options(formdata)}
-            self._dcloud_attempt = raw
+            uploaded = uploaded_options(formdata)
+            if uploaded:  # a file replaces the form's fields entirely (the form says so)
+                raw = uploaded
+                self._dcloud_attempt = raw
             plan = self.validate_options(raw)
         except RequestError as exc:
             self.audit("refused", raw, reason=exc.sentence)

@@ -32,11 +32,12 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     """Spawns the notebook pod a user chose in DCloud's form, as validated by the catalog."""
 
     image_path = Unicode(
-        "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "/opt/conda/bin:/usr/local/nvidia/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         config=True,
         help="""PATH of the notebook images. When extra packages are installed, their
         scripts directory is put in front of it (Kubernetes cannot append to an image's PATH).
-        The default is that of the Jupyter Docker Stacks images.""",
+        The default is that of the Jupyter Docker Stacks images, plus the directory where
+        the NVIDIA container toolkit puts nvidia-smi.""",
     )
 
     package_install_args = List(

@@ -77,9 +77,11 @@ def test_availability_is_shown_and_full_classes_marked(catalog):
     context = FormContext(availability={
         "a100": GpuAvailability(free=3, total=16, largest_free_block=2),
         "t4": GpuAvailability(free=0, total=8, largest_free_block=0),
+        "a100-mig-1g": GpuAvailability(free=0, total=0),
     })
     html = form_for(catalog, ["researchers"], context=context)
     assert "3 of 16 free" in html and "0 of 8 free" in html
+    assert "A100 slice (MIG 1g.10gb) · none here</option>" in html
     assert "at most 2 fit on one node" in html
     assert "none free right now" in html
 

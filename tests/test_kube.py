@@ -32,7 +32,7 @@ def assert_restricted(pod):
 async def test_cpu_only_pod():
     pod = await pod_for({"environment": "scipy", "cpu": 2, "memory": "8Gi"})
     c = notebook(pod)
-    assert c["image"] == "quay.io/jupyter/scipy-notebook:2025-11-24"
+    assert c["image"] == "quay.io/jupyter/scipy-notebook:2025-07-07"
     assert c["resources"]["limits"] == {"cpu": 2.0, "memory": 8 * 2**30}
     assert c["resources"]["requests"] == {"cpu": 1.0, "memory": 8 * 2**30}
     assert "tolerations" not in pod["spec"] or not pod["spec"]["tolerations"]

@@ -43,7 +43,7 @@ def test_cpu_server_gets_its_environment_and_no_gpu(hub):
     env = hub.server_env("guest", "cpu")
     assert env["DCLOUD_ENVIRONMENT"] == "scipy"
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
-    assert env["DCLOUD_CPU_LIMIT"] == "1" and env["DCLOUD_MEMORY_LIMIT"] == str(2 * 2**30)
+    assert env["DCLOUD_CPU_LIMIT"] == "1" and env["DCLOUD_MEMORY_LIMIT"] == "2Gi"
     workdir = hub.state / "servers" / "guest" / "cpu"
     assert (workdir / "datasets" / "coco" / "README.txt").exists()
     assert not os.access(workdir / "datasets", os.W_OK) or os.geteuid() == 0

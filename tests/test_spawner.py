@@ -63,16 +63,15 @@ async def test_refused_form_comes_back_with_choices_and_sentence():
     assert 'value="12Gi"' not in await spawner.get_options_form()
 
 
-async def test_upload_merges_over_the_form_and_no_bytes_are_kept():
+async def test_upload_replaces_the_form_and_no_bytes_are_kept():
     spawner = make_spawner(["researchers"])
     upload = HTTPFile(filename="run.yaml", content_type="text/yaml",
-                      body=b"gpu: {type: a100, count: 2}\nmemory: 64Gi\n")
+                      body=b"environment: tensorflow\ngpu: {type: a100, count: 2}\nmemory: 64Gi\n")
     options = spawner.run_options_from_form({
-        "environment": ["pytorch"], "cpu": ["8"], "memory": ["8Gi"], "config_file": [upload],
+        "environment": ["pytorch"], "cpu": ["8"], "memory": ["8Gi"], "datasets": ["coco"], "config_file": [upload],
     })
-    assert options["gpu"] == {"type": "a100", "count": 2}
-    assert options["memory"] == "64Gi" and options["cpu"] == 8.0
-    assert "config_file" not in options
+    assert options == {"environment": "tensorflow", "gpu": {"type": "a100", "count": 2}, "cpu": 1.0,
+                       "memory": "64Gi", "datasets": [], "packages": []}
     json.dumps(options)
 
 

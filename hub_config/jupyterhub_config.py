@@ -1,0 +1,68 @@
+"""Example JupyterHub configuration for DCloud.
+
+Run it:  jupyterhub -f hub_config/jupyterhub_config.py
+
+Environment variables choose the parts:
+
+- DCLOUD_BACKEND   ``local`` (default: servers are local processes) or ``kube`` (pods,
+                   with the hub's kubeconfig or in-cluster credentials)
+- DCLOUD_CATALOG   catalog path (default: catalog.yaml beside this file)
+- DCLOUD_AUTH      ``dummy`` (default: any listed user, password DCLOUD_PASSWORD) or
+                   ``oidc`` (Keycloak or any OpenID Connect provider with a groups claim)
+
+For the Zero to JupyterHub chart, helm-values/values.yaml carries the same settings.
+"""
+
+import os
+from pathlib import Path
+
+c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
+
+here = Path(__file__).resolve().parent
+backend = os.environ.get("DCLOUD_BACKEND", "local")
+catalog = os.environ.get("DCLOUD_CATALOG", str(here / "catalog.yaml"))
+
+# -- spawner ------------------------------------------------------------------------
+if backend == "kube":
+    c.JupyterHub.spawner_class = "dcloud"
+    c.DCloudSpawner.catalog_path = catalog
+    c.DCloudSpawner.namespace = os.environ.get("DCLOUD_NAMESPACE", "dcloud")
+    # a pod the scheduler cannot place is refused after this long, with the reason
+    c.DCloudSpawner.unschedulable_grace_seconds = 3
+else:
+    c.JupyterHub.spawner_class = "dcloud-local"
+    c.DCloudLocalSpawner.catalog_path = catalog
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 3
+
+# -- who logs in, and their groups ---------------------------------------------------
+if os.environ.get("DCLOUD_AUTH", "dummy") == "oidc":
+    # Keycloak realm "lab"; the client maps group membership into a "groups" claim.
+    issuer = os.environ.get("OIDC_ISSUER", "https://keycloak.example.org/realms/lab")
+    c.JupyterHub.authenticator_class = "generic-oauth"
+    c.GenericOAuthenticator.client_id = os.environ.get("OAUTH_CLIENT_ID", "dcloud")
+    # client secret: OAUTH_CLIENT_SECRET in the environment
+    c.GenericOAuthenticator.oauth_callback_url = os.environ.get(
+        "OAUTH_CALLBACK_URL", "https://hub.example.org/hub/oauth_callback"
+    )
+    c.GenericOAuthenticator.authorize_url = f"{issuer}/protocol/openid-connect/auth"
+    c.GenericOAuthenticator.token_url = f"{issuer}/protocol/openid-connect/token"
+    c.GenericOAuthenticator.userdata_url = f"{issuer}/protocol/openid-connect/userinfo"
+    c.GenericOAuthenticator.scope = ["openid", "profile", "email", "groups"]
+    c.GenericOAuthenticator.username_claim = "preferred_username"
+    # JupyterHub groups follow the identity provider's groups at every login;
+    # DCloud's catalog policies are keyed by these group names.
+    c.GenericOAuthenticator.manage_groups = True
+    c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
+    c.GenericOAuthenticator.allow_all = True
+    c.GenericOAuthenticator.admin_groups = {"hub-admins"}
+else:
+    c.JupyterHub.authenticator_class = "dummy"
+    c.DummyAuthenticator.password = os.environ.get("DCLOUD_PASSWORD", "change-me")
+    c.Authenticator.allowed_users = {"student", "researcher", "guest", "admin"}
+    c.Authenticator.admin_users = {"admin"}
+    c.JupyterHub.load_groups = {
+        "students": {"users": ["student"]},
+        "researchers": {"users": ["researcher"]},
+        "medical": {"users": ["researcher"]},
+    }

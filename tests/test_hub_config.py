@@ -1,0 +1,49 @@
+"""hub_config/jupyterhub_config.py loads into a JupyterHub config and selects DCloud."""
+
+import runpy
+from importlib.metadata import entry_points
+
+import pytest
+from traitlets.config import Config
+
+from dcloud_spawner.catalog import Catalog
+from tests.conftest import ROOT
+
+CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
+
+
+def load(monkeypatch, **env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    c = Config()
+    runpy.run_path(str(CONFIG), init_globals={"get_config": lambda: c})
+    return c
+
+
+def spawner_class(name):
+    return next(e for e in entry_points(group="jupyterhub.spawners") if e.name == name).load()
+
+
+@pytest.mark.parametrize("backend, name, cls", [("kube", "dcloud", "DCloudSpawner"),
+                                                ("local", "dcloud-local", "DCloudLocalSpawner")])
+def test_backends(monkeypatch, backend, name, cls):
+    c = load(monkeypatch, DCLOUD_BACKEND=backend)
+    assert c.JupyterHub.spawner_class == name
+    assert spawner_class(name).__name__ == cls
+    Catalog.from_path(c[cls].catalog_path)
+
+
+def test_oidc_groups(monkeypatch):
+    from oauthenticator.generic import GenericOAuthenticator
+
+    c = load(monkeypatch, DCLOUD_AUTH="oidc")
+    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    for trait in c.GenericOAuthenticator:
+        assert GenericOAuthenticator.class_traits().get(trait) is not None, trait
+    assert c.GenericOAuthenticator.manage_groups is True
+    assert "groups" in c.GenericOAuthenticator.scope
+
+
+def test_demo_groups_match_the_catalog(monkeypatch, catalog):
+    c = load(monkeypatch)
+    assert set(c.JupyterHub.load_groups) == set(catalog.policies.groups)
