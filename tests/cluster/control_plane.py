@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -31,7 +32,9 @@ POD_CIDR = "127.1.0.0/16"
 NODE_SELECTOR = "type=kwok"
 NODE_LEASE_SECONDS = 40
 # Clients first, etcd last: an API server whose etcd is gone hangs in its shutdown.
-STOP_ORDER = (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
+STOP_ORDER = (("agent", "kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
+AGENT_SCRIPT = Path(__file__).with_name("agent.py")
+AGENT_NODE = "local-0"
 COMPONENTS = tuple(name for group in STOP_ORDER for name in group)
 
 
@@ -257,6 +260,9 @@ def start_controllers(bins: Path, run: RunDir, pki: Pki, state: State) -> None:
         "kube-controller-manager": controller_manager_argv(bins, pki, admin),
         "kube-scheduler": scheduler_argv(bins, admin),
         "kwok": kwok_argv(bins, run, admin),
+        # the one node whose pods really run, as local processes
+        "agent": [sys.executable, str(AGENT_SCRIPT), f"--kubeconfig={admin}", f"--node={AGENT_NODE}",
+                  f"--workdir={run.agent}"],
     }
     for name, argv in argvs.items():
         state.processes[name] = spawn(run, name, argv)

@@ -325,6 +325,20 @@ def wait_fleet_ready(core: client.CoreV1Api, timeout: float = 60.0) -> None:
     _wait("the simulated nodes to be Ready and untainted", ready, timeout)
 
 
+def wait_node_ready(core: client.CoreV1Api, name: str, timeout: float = 60.0) -> None:
+    """Wait for one node, e.g. the test agent's, to be Ready and schedulable."""
+
+    def ready() -> bool:
+        try:
+            return _ready(core.read_node(name))
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    _wait(f"node {name} to be Ready", ready, timeout)
+
+
 def wait_namespace_usable(core: client.CoreV1Api, namespace: str, timeout: float = 60.0) -> None:
     """Pods need the namespace's `default` ServiceAccount; dataset pods need bound claims."""
 

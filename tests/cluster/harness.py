@@ -107,6 +107,7 @@ def _set_up_objects(run: RunDir, state: State, log: Log) -> None:
     api = kube_config.new_client_from_config(config_file=str(run.admin_kubeconfig))
     with api:
         fleet.apply(api, fleet.NAMESPACE, RBAC_FILE)
+        fleet.wait_node_ready(client.CoreV1Api(api), control_plane.AGENT_NODE)
         expires_in = state.hub_token_expires - time.time()
         if run.hub_kubeconfig.is_file() and expires_in > HUB_TOKEN_RENEW_BELOW:
             return

@@ -76,6 +76,11 @@ class RunDir:
     def log(self, component: str) -> Path:
         return self.logs / f"{component}.log"
 
+    @property
+    def agent(self) -> Path:
+        """Working directories of the pods the test agent runs."""
+        return self.root / "agent"
+
     def generated(self) -> list[Path]:
         """What ``down`` removes: only paths the harness itself creates."""
         return [
@@ -86,4 +91,5 @@ class RunDir:
             self.admin_kubeconfig,
             self.hub_kubeconfig,
             self.kwok_stages,
+            self.agent,
         ]

@@ -1,0 +1,75 @@
+"""A real JupyterHub with DCloudSpawner against the test cluster, proxied to pods the
+test agent runs on node local-0 (see tests/cluster/agent.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import EXAMPLE_CATALOG
+from tests.hub import DemoHub, free_port
+
+CONFIG = """\
+import json
+settings = json.loads({settings!r})
+c.JupyterHub.bind_url = f"http://127.0.0.1:{{settings['port']}}"
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{{settings['hub_port']}}"
+c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{{settings['hub_port']}}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{{settings['proxy_port']}}"
+c.ConfigurableHTTPProxy.command = settings["proxy"]
+c.JupyterHub.db_url = "sqlite:///" + settings["state"] + "/hub.sqlite"
+c.JupyterHub.cookie_secret_file = settings["state"] + "/cookie_secret"
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = settings["password"]
+c.Authenticator.allowed_users = {{"student"}}
+c.JupyterHub.load_groups = {{"students": {{"users": ["student"]}}}}
+c.JupyterHub.services = [{{"name": "tests", "api_token": settings["token"]}}]
+c.JupyterHub.load_roles = [{{"name": "tests", "services": ["tests"],
+                             "scopes": ["admin:users", "admin:servers", "list:users", "read:users"]}}]
+c.JupyterHub.spawner_class = "dcloud"
+c.DCloudSpawner.catalog_path = settings["catalog"]
+c.DCloudSpawner.namespace = settings["namespace"]
+# pods of this hub go to the node whose pods really run (the test agent's)
+c.DCloudSpawner.node_selector = {{"dcloud.test/pool": "local"}}
+c.DCloudSpawner.tolerations = [{{"key": "dcloud.test/agent", "operator": "Equal", "value": "local",
+                                 "effect": "NoSchedule"}}]
+c.DCloudSpawner.cmd = ["jupyterhub-singleuser"]
+c.DCloudSpawner.args = settings["args"]
+c.DCloudSpawner.start_timeout = 120
+c.DCloudSpawner.http_timeout = 90
+"""
+
+
+def start_kube_hub(state: Path, cluster) -> DemoHub:
+    state.mkdir(parents=True, exist_ok=True)
+    port, token, password = free_port(), secrets.token_hex(16), secrets.token_hex(8)
+    settings = {
+        "port": port, "hub_port": free_port(), "proxy_port": free_port(), "state": str(state),
+        "proxy": [sys.executable, "-m", "dcloud_spawner.demo_proxy"], "password": password, "token": token,
+        "catalog": str(EXAMPLE_CATALOG), "namespace": cluster.namespace,
+        # the agent runs the notebook as this machine's user, root in CI
+        "args": ["--ServerApp.allow_root=True"] if os.geteuid() == 0 else [],
+    }
+    config = state / "jupyterhub_config.py"
+    config.write_text(CONFIG.format(settings=json.dumps(settings)))
+    env = {**os.environ, "KUBECONFIG": cluster.hub_kubeconfig}
+    log = open(state / "hub.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=state, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    hub = DemoHub(f"http://127.0.0.1:{port}", token, password, state, process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hub exited: {hub.log_tail()}")
+        try:
+            if hub.api("GET", "/")[0] == 200:
+                return hub
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"hub did not answer: {hub.log_tail()}")
