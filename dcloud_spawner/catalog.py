@@ -205,6 +205,26 @@ class Packages(_Strict):
 Choices = list[str] | Literal["*"]
 
 
+class Totals(_Strict):
+    """Limits on the sum over all running servers (of one user, or of a group's members)."""
+
+    max_gpus: int | None = Field(None, ge=0)
+    max_gpus_per_class: dict[str, int] = Field(default_factory=dict)
+    max_cpu: float | None = Field(None, gt=0)
+    max_memory: MemoryQuantity | None = None
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return None if value is None else _check_memory(value)
+
+
+class Quotas(_Strict):
+    groups: dict[str, Totals] = Field(
+        default_factory=dict, description="Totals over the running servers of each group's members."
+    )
+
+
 class Policy(_Strict):
     environments: Choices = "*"
     gpu_classes: Choices = Field(default_factory=list)
@@ -212,6 +232,7 @@ class Policy(_Strict):
     max_gpus: int = Field(0, ge=0)
     max_cpu: float | None = Field(None, gt=0)
     max_memory: MemoryQuantity | None = None
+    totals: Totals | None = Field(None, description="Per-user totals across all of the user's servers.")
 
     @field_validator("max_memory")
     @classmethod
@@ -244,6 +265,7 @@ class Catalog(_Strict):
     datasets: list[Dataset] = Field(default_factory=list)
     packages: Packages = Packages()
     policies: Policies = Policies()
+    quotas: Quotas = Quotas()
 
     _shm = field_validator("shared_memory")(_check_memory)
 
@@ -280,6 +302,15 @@ class Catalog(_Strict):
                             f"{where}.{field}[{index}]: unknown {_KIND[field]} '{ref}' "
                             f"(defined: {allowed})"
                         )
+        totals = [(f"{where}.totals", p.totals) for where, p in named if p.totals is not None]
+        totals += [(f"quotas.groups.{name}", t) for name, t in self.quotas.groups.items()]
+        for where, total in totals:
+            for gpu_id in total.max_gpus_per_class:
+                if gpu_id not in known["gpu_classes"]:
+                    problems.append(
+                        f"{where}.max_gpus_per_class.{gpu_id}: unknown GPU class '{gpu_id}' "
+                        f"(defined: {', '.join(sorted(known['gpu_classes'])) or 'none defined'})"
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return self

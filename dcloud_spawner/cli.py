@@ -82,7 +82,8 @@ async def render_objects(
     cfg = Config(config or {})
     cfg.DCloudSpawner.catalog_path = catalog_path
     spawner = DCloudSpawner(_mock=True, user=_User(user, groups), config=cfg)
-    await spawner.dcloud_apply_user_options(spawner, options or {})
+    # validation only: rendering holds no resources, so quotas are not claimed
+    spawner.dcloud_plan = spawner.validate_options(options or {})
     await spawner.load_user_options()
     pod = await spawner.get_pod_manifest()
     objects = [pod]
@@ -171,12 +172,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
         return EXIT_CATALOG
     except RequestError as exc:
         print(f"error: {exc.sentence}", file=sys.stderr)
-        return EXIT_OPTIONS
-    except Exception as exc:  # a 400 from the apply hook carries the sentence too
-        sentence = getattr(exc, "jupyterhub_message", None)
-        if sentence is None:
-            raise
-        print(f"error: {sentence}", file=sys.stderr)
         return EXIT_OPTIONS
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
     return 0

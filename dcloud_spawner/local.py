@@ -234,6 +234,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             url = await super().start()
         except BaseException:
             gpus.ledger.release(self.owner_key)
+            self.release_resources()
             raise
         self.audit("spawned", self.user_options, granted=plan.summary(),
                    gpus=env_extra.get("CUDA_VISIBLE_DEVICES"))
@@ -250,6 +251,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
         gpus.ledger.release(self.owner_key)
+        self.release_resources()
         self.limiter.cleanup(self.owner_key)
         self._gpu_uuids = []
         self.audit("stopped", self.user_options)
@@ -258,12 +260,15 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         status = await super().poll()
         if status is not None:
             gpus.ledger.release(self.owner_key)
+            self.release_resources()
         return status
 
     def get_state(self) -> dict:
         state = super().get_state()
         if self._gpu_uuids:
             state["dcloud_gpus"] = self._gpu_uuids
+        if self.pid:
+            state.update(self.dcloud_state())
         return state
 
     def load_state(self, state: dict) -> None:
@@ -271,6 +276,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         self._gpu_uuids = list(state.get("dcloud_gpus", []))
         if self._gpu_uuids:
             gpus.ledger.adopt(self.owner_key, self._gpu_uuids)
+        if self.pid:
+            self.load_dcloud_state(state)
 
     # -- datasets and packages ----------------------------------------------------------
 

@@ -23,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 
 from .catalog import Catalog
 from .form import FormContext, render_form, request_from_form, uploaded_options
+from . import quota
 from .plan import Plan
 from .request import RequestError
 from .validation import validate
@@ -113,9 +114,11 @@ class DCloudMixin(LoggingConfigurable):
         return plan.user_options()
 
     async def dcloud_apply_user_options(self, spawner: Any, user_options: dict) -> None:
+        """Validate, then claim the plan's resources against the quotas (atomically)."""
         try:
             plan = self.validate_options(user_options)
-        except RequestError as exc:
+            await self.claim_resources(plan)
+        except (RequestError, quota.QuotaExceeded) as exc:
             # JupyterHub stored these options before asking us; put back the last good ones
             # so a bad REST call cannot poison the next form or restart.
             previous = getattr(self, "_dcloud_last_valid", None) or {}
@@ -130,6 +133,35 @@ class DCloudMixin(LoggingConfigurable):
         self.dcloud_plan = plan
         self.user_options = plan.user_options()
         self._dcloud_last_valid = self.user_options
+
+    # -- quotas -----------------------------------------------------------------------
+
+    @property
+    def claim_key(self) -> tuple[str, str]:
+        return (self.user.name, getattr(self, "name", "") or "")
+
+    async def claim_resources(self, plan: Plan) -> None:
+        """Hold ``plan``'s resources in the hub-wide ledger, or raise QuotaExceeded."""
+        claim = quota.Claim.of(*self.claim_key, self.user_groups(), plan)
+        await quota.ledger.claim(self.catalog, claim)
+
+    def release_resources(self) -> None:
+        quota.ledger.release(*self.claim_key)
+
+    def dcloud_state(self) -> dict[str, Any]:
+        """State to persist while a server runs, so a restarted hub re-counts it."""
+        return {"dcloud_options": self.dcloud_plan.user_options()} if self.dcloud_plan else {}
+
+    def load_dcloud_state(self, state: dict[str, Any]) -> None:
+        options = state.get("dcloud_options")
+        if not options:
+            return
+        try:
+            plan = self.validate_options(options)
+        except (RequestError, OSError, ValueError):
+            return  # the catalog changed under a running server; it is counted no longer
+        self.dcloud_plan = plan
+        quota.ledger.adopt(quota.Claim.of(*self.claim_key, self.user_groups(), plan))
 
     # -- audit ------------------------------------------------------------------------
 

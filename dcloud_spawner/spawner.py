@@ -98,14 +98,18 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
             raise
         if start in done:
             watch.cancel()
-            url = start.result()  # raises if the start failed
+            try:
+                url = start.result()  # raises if the start failed
+            except BaseException:
+                self.release_resources()
+                raise
             self.audit("spawned", self.user_options, granted=plan.summary() if plan else None,
                        pod=self.pod_name)
             return url
         start.cancel()
         reason = watch.result()
         self.audit("refused", self.user_options, reason=reason, pod=self.pod_name)
-        await self.stop(now=True)
+        await self.stop(now=True)  # releases the claim too
         raise SpawnException(reason, reason="unschedulable")
 
     async def _unschedulable_reason(self) -> str:
@@ -128,7 +132,18 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
+        self.release_resources()
         self.audit("stopped", self.user_options, pod=self.pod_name)
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.pod_id:  # running: keep what it holds across hub restarts
+            state.update(self.dcloud_state())
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.load_dcloud_state(state)
 
 
 _INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")

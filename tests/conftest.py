@@ -26,6 +26,16 @@ except ImportError as exc:  # pragma: no cover - reported by the cluster tests t
         pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ledgers():
+    """Spawners built in unit tests claim quota and GPUs in process-wide ledgers."""
+    from dcloud_spawner import gpus, quota
+
+    yield
+    quota.ledger._claims.clear()
+    gpus.ledger._holders.clear()
+
+
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return Catalog.from_path(EXAMPLE_CATALOG)

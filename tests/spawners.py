@@ -22,7 +22,7 @@ async def pod_for(options, groups=(), **config) -> dict:
     from kubernetes_asyncio.client import ApiClient
 
     spawner = make_spawner(groups, **config)
-    await spawner.dcloud_apply_user_options(spawner, options)
+    spawner.dcloud_plan = spawner.validate_options(options)
     await spawner.load_user_options()
     pod = await spawner.get_pod_manifest()
     async with ApiClient() as client:

@@ -1,0 +1,199 @@
+"""Quotas across servers: what a user, and a group, may hold at once.
+
+Per-server maxima live in the policies and are checked by ``validation.validate``. This
+module adds totals over all running (and starting) servers: per user (from the user's
+policies, most permissive wins) and per group (``quotas.groups`` in the catalog). Every
+spawn claims its resources in one ledger under one lock, so racing spawns can never
+together exceed a quota; stops and failed starts release the claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .catalog import Catalog
+from .plan import Plan
+from .quantity import format_memory, memory_bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one server holds."""
+
+    user: str
+    server: str
+    groups: tuple[str, ...]
+    gpu_class: str | None
+    gpus: int
+    cpu: float
+    memory: int
+
+    @classmethod
+    def of(cls, user: str, server: str, groups: Iterable[str], plan: Plan) -> Claim:
+        return cls(user, server, tuple(sorted(groups)), plan.gpu_id, plan.gpu_count, plan.cpu_limit,
+                   plan.memory_limit)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user, self.server)
+
+
+@dataclass(frozen=True)
+class Totals:
+    servers: int
+    gpus: int
+    gpus_by_class: dict[str, int]
+    cpu: float
+    memory: int
+
+    @classmethod
+    def of(cls, claims: Iterable[Claim]) -> Totals:
+        claims = list(claims)
+        by_class: Counter[str] = Counter()
+        for c in claims:
+            if c.gpu_class:
+                by_class[c.gpu_class] += c.gpus
+        return cls(len(claims), sum(c.gpus for c in claims), dict(by_class), sum(c.cpu for c in claims),
+                   sum(c.memory for c in claims))
+
+    def describe(self) -> str:
+        if self.servers == 0:
+            return "nothing yet"
+        gpus = "no GPU"
+        if self.gpus:
+            detail = ", ".join(f"{n} × {k}" for k, n in sorted(self.gpus_by_class.items()))
+            gpus = f"{self.gpus} GPU{'s' if self.gpus > 1 else ''} ({detail})"
+        servers = f"{self.servers} server{'s' if self.servers > 1 else ''}"
+        return f"{servers} with {gpus}, {self.cpu:g} CPU and {format_memory(self.memory)}"
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, sentence: str):
+        self.sentence = sentence
+        self.jupyterhub_message = sentence
+        super().__init__(sentence)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Totals one holder (a user or a group) may reach; None means no limit."""
+
+    gpus: int | None
+    gpus_by_class: dict[str, int]
+    cpu: float | None
+    memory: int | None
+
+
+def user_limits(catalog: Catalog, groups: Iterable[str]) -> Limits:
+    """The most permissive per-user totals over 'everyone' and the user's groups."""
+    groups = set(groups)
+    policies = [catalog.policies.everyone] + [p for n, p in catalog.policies.groups.items() if n in groups]
+    quotas = [p.totals for p in policies if p.totals is not None]
+    if not quotas:
+        return Limits(None, {}, None, None)
+
+    def most(values: list) -> object:
+        return None if any(v is None for v in values) else max(values)
+
+    # a policy that names no limit for a class allows it up to its overall GPU total
+    by_class: dict[str, int] = {}
+    for gpu_class in {k for q in quotas for k in q.max_gpus_per_class}:
+        allowed = [q.max_gpus_per_class.get(gpu_class, q.max_gpus) for q in quotas]
+        if all(v is not None for v in allowed):
+            by_class[gpu_class] = max(allowed)  # type: ignore[type-var]
+    return Limits(
+        gpus=most([q.max_gpus for q in quotas]),  # type: ignore[arg-type]
+        gpus_by_class=by_class,
+        cpu=most([q.max_cpu for q in quotas]),  # type: ignore[arg-type]
+        memory=most([None if q.max_memory is None else memory_bytes(q.max_memory) for q in quotas]),  # type: ignore[arg-type]
+    )
+
+
+def group_limits(catalog: Catalog, group: str) -> Limits | None:
+    quota = catalog.quotas.groups.get(group)
+    if quota is None:
+        return None
+    return Limits(quota.max_gpus, dict(quota.max_gpus_per_class), quota.max_cpu,
+                  None if quota.max_memory is None else memory_bytes(quota.max_memory))
+
+
+def _exceeded(limits: Limits, held: Totals, claim: Claim) -> list[str]:
+    """What ``claim`` on top of ``held`` would exceed, as short phrases."""
+    over = []
+    if limits.gpus is not None and claim.gpus and held.gpus + claim.gpus > limits.gpus:
+        over.append(f"{limits.gpus} GPU{'s' if limits.gpus != 1 else ''} in total")
+    if claim.gpu_class and claim.gpu_class in limits.gpus_by_class:
+        cap = limits.gpus_by_class[claim.gpu_class]
+        if held.gpus_by_class.get(claim.gpu_class, 0) + claim.gpus > cap:
+            over.append(f"{cap} × {claim.gpu_class}")
+    if limits.cpu is not None and held.cpu + claim.cpu > limits.cpu + 1e-9:
+        over.append(f"{limits.cpu:g} CPU")
+    if limits.memory is not None and held.memory + claim.memory > limits.memory:
+        over.append(f"{format_memory(limits.memory)} of memory")
+    return over
+
+
+def _room(limits: Limits, held: Totals) -> str:
+    parts = []
+    if limits.gpus is not None:
+        parts.append(f"{max(0, limits.gpus - held.gpus)} GPU(s)")
+    if limits.cpu is not None:
+        parts.append(f"{max(0.0, limits.cpu - held.cpu):g} CPU")
+    if limits.memory is not None:
+        parts.append(format_memory(max(0, limits.memory - held.memory)))
+    return ", ".join(parts) or "no more"
+
+
+def check(catalog: Catalog, claims: Iterable[Claim], claim: Claim) -> None:
+    """Raise QuotaExceeded when ``claim`` would take a user or group over a quota."""
+    others = [c for c in claims if c.key != claim.key]
+    mine = Totals.of(c for c in others if c.user == claim.user)
+    limits = user_limits(catalog, claim.groups)
+    over = _exceeded(limits, mine, claim)
+    if over:
+        raise QuotaExceeded(
+            f"Quota: you already run {mine.describe()}; with this server you would exceed "
+            f"{' and '.join(over)}, so you may still ask for {_room(limits, mine)}."
+        )
+    for group in claim.groups:
+        glimits = group_limits(catalog, group)
+        if glimits is None:
+            continue
+        held = Totals.of(c for c in others if group in c.groups)
+        over = _exceeded(glimits, held, claim)
+        if over:
+            raise QuotaExceeded(
+                f"Quota of group '{group}': its members already run {held.describe()}; with this "
+                f"server the group would exceed {' and '.join(over)}, so it may still use "
+                f"{_room(glimits, held)}."
+            )
+
+
+class Ledger:
+    """Claims of all servers of this hub, shared by every spawner in the process."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, str], Claim] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def claims(self) -> list[Claim]:
+        return list(self._claims.values())
+
+    async def claim(self, catalog: Catalog, claim: Claim) -> None:
+        async with self._lock:
+            check(catalog, self._claims.values(), claim)
+            self._claims[claim.key] = claim
+
+    def adopt(self, claim: Claim) -> None:
+        """Record a server that was already running when the hub (re)started."""
+        self._claims[claim.key] = claim
+
+    def release(self, user: str, server: str) -> None:
+        self._claims.pop((user, server), None)
+
+
+ledger = Ledger()
