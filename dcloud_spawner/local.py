@@ -23,11 +23,12 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException
 from traitlets import Bool, Dict, List, Unicode, default
 
-from . import gpus, limits
+from . import gpus, limits, metrics
 from .form import FormContext, GpuAvailability
 from .mixin import DCloudMixin, install_hooks
 from .plan import Plan
 from .quantity import format_memory
+from .request import RequestError
 
 _limiter: limits.Limiter | None = None
 _inventory: tuple[list[gpus.LocalGpu], str] | None = None
@@ -126,6 +127,18 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         return FormContext(availability=availability, notices=notices,
                            limits_enforced=self.limiter.enforced, gpu_help=help_text)
 
+    def check_capacity(self, plan: Plan) -> None:
+        if plan.gpu is None:
+            return
+        members = self.gpus_by_class().get(plan.gpu.id, [])
+        free = [g for g in members if gpus.ledger.holder(g) in (None, self.owner_key)]
+        if len(free) < plan.gpu_count:
+            raise RequestError(
+                "gpu.count",
+                f"No free {plan.gpu.display_name} on this machine right now ({len(free)} of {len(members)} "
+                "free); ask for fewer, or try again when others stop their servers.",
+            )
+
     # -- start / stop -------------------------------------------------------------------
 
     @property
@@ -196,6 +209,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                     f"{exc.total} free); ask for fewer, or try again when others stop their servers."
                 )
                 self.audit("refused", self.user_options, reason=reason)
+                metrics.SPAWNS_REFUSED.labels(reason="gpu_unavailable").inc()
                 raise SpawnException(reason, reason="gpu_unavailable") from None
             self._gpu_uuids = [g.uuid for g in chosen]
             env_extra["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in chosen)

@@ -15,20 +15,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 from tornado import web
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 
+from . import metrics, quota
 from .catalog import Catalog
 from .form import FormContext, render_form, request_from_form, uploaded_options
-from . import quota
 from .plan import Plan
 from .request import RequestError
 from .validation import validate
 
 audit_log = logging.getLogger("dcloud.audit")
+if not audit_log.handlers:  # one bare JSON object per line, whatever the hub's log format
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    audit_log.addHandler(_handler)
+    audit_log.setLevel(logging.INFO)
+    audit_log.propagate = False
 
 
 class CatalogCache:
@@ -85,9 +92,20 @@ class DCloudMixin(LoggingConfigurable):
         """Live data for the form; backends override to add availability and notices."""
         return FormContext()
 
+    def metrics_source(self) -> tuple[Catalog, Any]:
+        """What /hub/metrics reports: the catalog and the live availability, if known."""
+        return self.catalog, self.form_context().availability
+
+    async def refresh_live_data(self) -> None:
+        """Make sure live data (availability) is being watched; backends override."""
+
+    def check_capacity(self, plan: Plan) -> None:
+        """Refuse (RequestError) a plan that cannot fit right now; backends override."""
+
     async def dcloud_options_form(self, spawner: Any = None) -> str:
         catalog = self.catalog
         allowance = catalog.allowance(self.user_groups())
+        await self.refresh_live_data()
         options = self._dcloud_attempt
         self._dcloud_attempt = None
         if options is None:
@@ -108,6 +126,7 @@ class DCloudMixin(LoggingConfigurable):
                 self._dcloud_attempt = raw
             plan = self.validate_options(raw)
         except RequestError as exc:
+            metrics.SPAWNS_REFUSED.labels(reason="validation").inc()
             self.audit("refused", raw, reason=exc.sentence)
             raise
         self._dcloud_attempt = None
@@ -115,10 +134,16 @@ class DCloudMixin(LoggingConfigurable):
 
     async def dcloud_apply_user_options(self, spawner: Any, user_options: dict) -> None:
         """Validate, then claim the plan's resources against the quotas (atomically)."""
+        stage = "validation"
         try:
             plan = self.validate_options(user_options)
+            stage = "capacity"
+            await self.refresh_live_data()
+            self.check_capacity(plan)
+            stage = "quota"
             await self.claim_resources(plan)
         except (RequestError, quota.QuotaExceeded) as exc:
+            metrics.SPAWNS_REFUSED.labels(reason=stage).inc()
             # JupyterHub stored these options before asking us; put back the last good ones
             # so a bad REST call cannot poison the next form or restart.
             previous = getattr(self, "_dcloud_last_valid", None) or {}
@@ -187,7 +212,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def install_hooks(spawner: Any) -> None:
-    """Point JupyterHub's option hooks at DCloud's unless the admin configured their own."""
+    """Point JupyterHub's option hooks at DCloud's unless the admin configured their own,
+    and make /hub/metrics report this backend's numbers."""
+    if metrics.collector.source is None:
+        metrics.collector.source = spawner.metrics_source
     config = spawner.config
     section = {k for cls in type(spawner).mro() for k in config.get(cls.__name__, {})}
     if "options_form" not in section:

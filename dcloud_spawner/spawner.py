@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import re
 import time
 from typing import Any
 
 from jupyterhub.spawner import SpawnException
+from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from traitlets import Float, List, Unicode, default
+from traitlets import Bool, Float, List, Unicode, default
 
+from . import metrics
+from .availability import cluster_watch
+from .form import FormContext
 from .kube import PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
 from .mixin import DCloudMixin, install_hooks
 from .plan import Plan
 from .quantity import format_memory
+from .request import RequestError
 
 
 class DCloudSpawner(DCloudMixin, KubeSpawner):
@@ -55,6 +61,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         nodes on demand.""",
     )
 
+    show_availability = Bool(
+        True,
+        config=True,
+        help="""Watch Nodes and Pods cluster-wide to show free GPUs per class in the form and to
+        refuse, before any pod is created, a request that fits no node right now. Needs the
+        ClusterRole in helm-values/rbac.yaml; without it the form works and shows no numbers.""",
+    )
+
     @default("uid")
     def _uid_default(self) -> int:
         return 1000
@@ -80,6 +94,27 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         install_hooks(self)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
 
+    async def refresh_live_data(self) -> None:
+        if self.show_availability:
+            await cluster_watch.ensure_started()
+
+    def form_context(self) -> FormContext:
+        return FormContext(availability=cluster_watch.snapshot(self.catalog))
+
+    def check_capacity(self, plan: Plan) -> None:
+        live = cluster_watch.snapshot(self.catalog) if plan.gpu else None
+        if not live or plan.gpu is None or plan.gpu.id not in live:
+            return
+        gpu = live[plan.gpu.id]
+        if gpu.largest_free_block < plan.gpu_count:
+            plural = "s" if plan.gpu_count > 1 else ""
+            raise RequestError(
+                "gpu.count",
+                f"No node has {plan.gpu_count} free {plan.gpu.display_name} GPU{plural} right now "
+                f"({gpu.free} of {gpu.total} free, at most {gpu.largest_free_block} on one node); "
+                "ask for fewer, or try again when others stop their servers.",
+            )
+
     async def load_user_options(self) -> None:
         """Set the pod traits from the validated plan (called by KubeSpawner's start)."""
         plan = self.dcloud_plan or self.validate_options(self.user_options)
@@ -100,6 +135,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
             watch.cancel()
             try:
                 url = start.result()  # raises if the start failed
+            except ApiException as exc:
+                self.release_resources()
+                reason = explain_api_refusal(exc)
+                if reason is None:
+                    raise
+                self.audit("refused", self.user_options, reason=reason, pod=self.pod_name)
+                metrics.SPAWNS_REFUSED.labels(reason="resourcequota").inc()
+                raise SpawnException(reason, reason="resourcequota") from None
             except BaseException:
                 self.release_resources()
                 raise
@@ -109,6 +152,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         start.cancel()
         reason = watch.result()
         self.audit("refused", self.user_options, reason=reason, pod=self.pod_name)
+        metrics.SPAWNS_REFUSED.labels(reason="unschedulable").inc()
         await self.stop(now=True)  # releases the claim too
         raise SpawnException(reason, reason="unschedulable")
 
@@ -137,7 +181,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
     def get_state(self) -> dict:
         state = super().get_state()
-        if self.pod_id:  # running: keep what it holds across hub restarts
+        if getattr(self, "pod_id", None):  # running: keep what it holds across hub restarts
             state.update(self.dcloud_state())
         return state
 
@@ -147,6 +191,27 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
 
 _INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")
+_QUOTA = re.compile(r"exceeded quota: ([\w.-]+), requested: (\S+), used: (\S+), limited: (\S+)")
+
+
+def explain_api_refusal(exc: ApiException) -> str | None:
+    """A namespace ResourceQuota's refusal of the pod, in words; None for other errors."""
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")
+    match = _QUOTA.search(message)
+    if exc.status != 403 or not match:
+        return None
+    name, requested, used, limited = match.groups()
+
+    def amounts(text: str) -> dict[str, str]:
+        return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+
+    asked, held, cap = amounts(requested), amounts(used), amounts(limited)
+    parts = [f"{key.removeprefix('requests.').removeprefix('limits.')}: this server asks for {value}, "
+             f"{held.get(key, '0')} already in use, limit {cap.get(key, '?')}" for key, value in asked.items()]
+    return f"The namespace quota '{name}' does not allow this server ({'; '.join(parts)})."
 
 
 def explain_unschedulable(message: str, plan: Plan | None) -> str:

@@ -9,6 +9,7 @@ from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner, clients
 from traitlets.config import Config
 
+from dcloud_spawner.availability import cluster_watch
 from dcloud_spawner.cli import _User
 from dcloud_spawner.spawner import DCloudSpawner
 from tests.conftest import EXAMPLE_CATALOG
@@ -17,6 +18,7 @@ from tests.conftest import EXAMPLE_CATALOG
 async def point_kubespawner_at(kubeconfig: str) -> None:
     """KubeSpawner caches its client configuration per process; aim it at ``kubeconfig``."""
     await KubeSpawner._stop_all_reflectors()
+    await cluster_watch.stop()
     os.environ["KUBECONFIG"] = kubeconfig
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     clients.load_config.cache_clear()

@@ -12,6 +12,7 @@ from tests.conftest import EXAMPLE_CATALOG
 def make_spawner(groups=(), name="alice", **config) -> DCloudSpawner:
     cfg = Config()
     cfg.DCloudSpawner.catalog_path = str(EXAMPLE_CATALOG)
+    cfg.DCloudSpawner.show_availability = False  # no cluster here to watch
     for key, value in config.items():
         setattr(cfg.DCloudSpawner, key, value)
     return DCloudSpawner(_mock=True, user=_User(name, groups), config=cfg)

@@ -282,7 +282,7 @@ def test_rbac_binds_exactly_node_reads_to_the_hub(values):
     assert role["kind"] == "ClusterRole"
     assert role["metadata"] == {"name": "dcloud-hub-nodes"}
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}
     ]
     assert binding["kind"] == "ClusterRoleBinding"
     assert binding["metadata"] == {"name": "dcloud-hub-nodes"}
@@ -375,3 +375,85 @@ def test_documented_install_command_matches_these_values(doc):
     assert f"jupyterhub/jupyterhub --version {CHART.name.removeprefix('z2jh-')}" in text
     assert "--values helm-values/values.yaml" in text
     assert f"--set-file hub.extraFiles.{CATALOG_FILE}.stringData=hub_config/catalog.yaml" in text
+
+
+# --- Idle culling: DCloud's culler as a hub-managed service -------------------------------
+
+CULLER = "dcloud-idle-culler"  # the key of the service, its role and its config file
+CULLER_CONFIG = ROOT / "hub_config" / "idle_culler_config.py"
+
+
+def chart_services_and_roles(values: dict) -> tuple[list[dict], list[dict]]:
+    """``c.JupyterHub.services`` and ``load_roles`` as the chart builds them from
+    ``hub.services`` and ``hub.loadRoles`` (each key becomes the entry's name; the chart
+    adds a generated api_token to each service), its own culler first if enabled."""
+    services, roles = [], []
+    if values["cull"]["enabled"]:
+        services.append({"name": "jupyterhub-idle-culler", "command": ["python3", "-m", "jupyterhub_idle_culler"]})
+        roles.append({"name": "jupyterhub-idle-culler", "services": ["jupyterhub-idle-culler"]})
+    for key, service in (value_at(values, "hub.services") or {}).items():
+        services.append({"name": key, **copy.deepcopy(service), "api_token": "generated-by-the-chart"})
+    for key, role in (value_at(values, "hub.loadRoles") or {}).items():
+        roles.append({"name": key, **copy.deepcopy(role)})
+    return services, roles
+
+
+def test_only_dcloud_s_culler_runs(values):
+    # The chart's culler cannot take DCloud's arbiter; two cullers would race anyway.
+    assert values["cull"]["enabled"] is False
+    services, _ = chart_services_and_roles(values)
+    culler_commands = [s for s in services if "jupyterhub_idle_culler" in s.get("command", [])]
+    assert [s["name"] for s in culler_commands] == [CULLER]
+
+
+def test_culler_service_runs_the_mounted_config_against_the_local_hub(values):
+    from jupyterhub.utils import url_path_join
+
+    service = values["hub"]["services"][CULLER]
+    command = service["command"]
+    assert command[:3] == ["python3", "-m", "jupyterhub_idle_culler"]
+    assert f"--config={values['hub']['extraFiles'][CULLER]['mountPath']}" in command
+    # The hub's API on localhost, as the chart's own culler reaches it, under hub.baseUrl.
+    api = "http://localhost:8081" + url_path_join(values["hub"]["baseUrl"], "hub/api")
+    assert f"--url={api}" in command
+
+
+def test_culler_service_fields_are_jupyterhub_service_traits(values):
+    from jupyterhub.services.service import Service
+
+    services, _ = chart_services_and_roles(values)
+    (service,) = [s for s in services if s["name"] == CULLER]
+    assert set(service) <= set(Service.class_trait_names())
+    assert all(isinstance(v, str) for v in service["environment"].values()), "environment values are strings"
+
+
+def test_culler_role_grants_exactly_the_culler_scopes(values):
+    from jupyterhub.scopes import scope_definitions
+
+    from dcloud_spawner.culler import CULLER_SCOPES
+
+    _, roles = chart_services_and_roles(values)
+    (role,) = [r for r in roles if r["name"] == CULLER]
+    assert role["scopes"] == list(CULLER_SCOPES)
+    assert set(role["scopes"]) <= set(scope_definitions)
+    assert role["services"] == [CULLER]
+
+
+def test_mounted_culler_config_is_the_repository_file(values):
+    assert values["hub"]["extraFiles"][CULLER]["stringData"] == CULLER_CONFIG.read_text()
+
+
+def test_mounted_culler_config_loads_with_the_service_environment(values, tmp_path, monkeypatch):
+    from jupyterhub_idle_culler import IdleCuller
+
+    mounted = tmp_path / "idle_culler_config.py"
+    mounted.write_text(values["hub"]["extraFiles"][CULLER]["stringData"])
+    environment = values["hub"]["services"][CULLER]["environment"]
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    culler = IdleCuller()
+    culler.load_config_file(str(mounted))
+    assert culler.timeout == int(environment["DCLOUD_CULL_TIMEOUT"])
+    assert culler.cull_arbiter_hook.gpu_timeout == int(environment["DCLOUD_CULL_GPU_TIMEOUT"])
+    assert culler.cull_arbiter_hook.gpu_timeout < culler.timeout
+    assert culler.cull_every == 300
