@@ -66,3 +66,26 @@ else:
         "researchers": {"users": ["researcher"]},
         "medical": {"users": ["researcher"]},
     }
+
+# -- idle culling: GPUs come back --------------------------------------------------
+# jupyterhub-idle-culler runs as a hub-managed service with idle_culler_config.py
+# beside this file: servers holding a GPU are stopped after DCLOUD_CULL_GPU_TIMEOUT
+# idle seconds (default 1 h), all others after DCLOUD_CULL_TIMEOUT (default 8 h).
+# Services see only the environment they are given, so those two are passed on.
+import sys  # noqa: E402
+
+from dcloud_spawner.culler import CULLER_SCOPES  # noqa: E402
+
+c.JupyterHub.services.append({
+    "name": "dcloud-idle-culler",
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--config={here / 'idle_culler_config.py'}"],
+    "environment": {
+        name: os.environ[name] for name in ("DCLOUD_CULL_TIMEOUT", "DCLOUD_CULL_GPU_TIMEOUT") if name in os.environ
+    },
+})
+c.JupyterHub.load_roles.append({
+    "name": "dcloud-idle-culler",
+    "description": "Stop idle servers: list users, read their activity and servers, stop servers",
+    "scopes": list(CULLER_SCOPES),
+    "services": ["dcloud-idle-culler"],
+})

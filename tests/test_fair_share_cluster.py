@@ -115,7 +115,8 @@ async def test_a_request_that_fits_no_node_is_refused_before_any_pod(cluster, co
             "No node has 1 free NVIDIA T4 16GB GPU right now (0 of 8 free, at most 0 on one node); "
             "ask for fewer, or try again when others stop their servers."
         )
-        assert core.list_namespaced_pod(cluster.namespace, label_selector="hub.jupyter.org/username=t4-late").items == []
+        selector = "hub.jupyter.org/username=t4-late"
+        assert core.list_namespaced_pod(cluster.namespace, label_selector=selector).items == []
     finally:
         for spawner in holders:
             await spawner.stop(now=True)
