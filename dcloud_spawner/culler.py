@@ -16,11 +16,10 @@ already includes ``user_options`` in the server model (JupyterHub >= 6.1), so no
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-
-CullArbiter = Callable[..., bool]
 
 #: The scopes the culler's token needs to stop idle servers, and no more:
 #: list users, read their activity, read their servers (with ``user_options``), stop them.
@@ -40,7 +39,22 @@ def holds_gpu(server: Mapping[str, Any]) -> bool:
     return gpu.get("count", 1) != 0
 
 
-def gpu_aware_arbiter(gpu_timeout: int, cpu_timeout: int | None = None) -> CullArbiter:
+@dataclass(frozen=True)
+class GpuAwareArbiter:
+    """The culler's ``cull_arbiter_hook``: GPU servers after ``gpu_timeout`` idle seconds,
+    other servers after the culler's own limit. Build it with :func:`gpu_aware_arbiter`."""
+
+    gpu_timeout: int
+
+    def __call__(self, *, inactive: timedelta | None, inactive_limit: int, server: Mapping[str, Any],
+                 **_: Any) -> bool:
+        if inactive is None:  # no activity and no start time: the culler skips it anyway
+            return False
+        limit = min(self.gpu_timeout, inactive_limit) if holds_gpu(server) else inactive_limit
+        return inactive.total_seconds() >= limit
+
+
+def gpu_aware_arbiter(gpu_timeout: int, cpu_timeout: int | None = None) -> GpuAwareArbiter:
     """A ``cull_arbiter_hook`` that stops GPU servers after ``gpu_timeout`` seconds idle.
 
     CPU servers keep the culler's own limit (``inactive_limit``, its ``--timeout``).
@@ -55,16 +69,7 @@ def gpu_aware_arbiter(gpu_timeout: int, cpu_timeout: int | None = None) -> CullA
         raise ValueError(
             f"gpu_timeout ({gpu_timeout} s) must be shorter than the CPU timeout ({cpu_timeout} s)"
         )
-
-    def cull_idle_gpus(*, inactive: timedelta | None, inactive_limit: int, server: Mapping[str, Any],
-                       **_: Any) -> bool:
-        if inactive is None:
-            return False
-        limit = min(gpu_timeout, inactive_limit) if holds_gpu(server) else inactive_limit
-        return inactive.total_seconds() >= limit
-
-    cull_idle_gpus.gpu_timeout = gpu_timeout  # type: ignore[attr-defined]
-    return cull_idle_gpus
+    return GpuAwareArbiter(gpu_timeout)
 
 
 def seconds_from_env(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
@@ -87,9 +92,10 @@ def require_arbiter_hook() -> None:
     An older culler would only warn about the unknown setting and then cull GPU
     servers after the CPU timeout; refusing to start says so instead.
     """
-    from jupyterhub_idle_culler import IdleCuller
+    from jupyterhub_idle_culler import IdleCuller, __version__
 
     if "cull_arbiter_hook" not in IdleCuller.class_trait_names(config=True):
         raise RuntimeError(
-            "this jupyterhub-idle-culler has no cull_arbiter_hook; DCloud's GPU timeout needs version 2.0 or newer"
+            f"jupyterhub-idle-culler {__version__} has no cull_arbiter_hook, which DCloud's GPU timeout needs; "
+            "install jupyterhub-idle-culler 2.0 or newer"
         )

@@ -104,6 +104,9 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
             groups.setdefault(group, {"users": []})["users"].append(user)
     c.JupyterHub.load_groups = groups
 
+    from .admin import handlers
+
+    c.JupyterHub.extra_handlers = handlers()  # /hub/dcloud/allocations for admins
     c.JupyterHub.spawner_class = "dcloud-local"
     c.DCloudLocalSpawner.catalog_path = settings["catalog"]
     c.DCloudLocalSpawner.server_root = str(state / "servers")

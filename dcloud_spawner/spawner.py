@@ -98,11 +98,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         if self.show_availability:
             await cluster_watch.ensure_started()
 
+    def live_availability(self) -> dict | None:
+        return cluster_watch.snapshot(self.catalog) if self.show_availability else None
+
     def form_context(self) -> FormContext:
-        return FormContext(availability=cluster_watch.snapshot(self.catalog))
+        return FormContext(availability=self.live_availability())
 
     def check_capacity(self, plan: Plan) -> None:
-        live = cluster_watch.snapshot(self.catalog) if plan.gpu else None
+        live = self.live_availability() if plan.gpu else None
         if not live or plan.gpu is None or plan.gpu.id not in live:
             return
         gpu = live[plan.gpu.id]

@@ -35,6 +35,11 @@ else:
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 3
 
+# GPU allocations by class, user and group for hub admins: /hub/dcloud/allocations
+from dcloud_spawner.admin import handlers  # noqa: E402
+
+c.JupyterHub.extra_handlers = handlers()
+
 # -- who logs in, and their groups ---------------------------------------------------
 if os.environ.get("DCLOUD_AUTH", "dummy") == "oidc":
     # Keycloak realm "lab"; the client maps group membership into a "groups" claim.

@@ -47,3 +47,10 @@ def test_oidc_groups(monkeypatch):
 def test_demo_groups_match_the_catalog(monkeypatch, catalog):
     c = load(monkeypatch)
     assert set(c.JupyterHub.load_groups) == set(catalog.policies.groups)
+
+
+def test_admin_page_is_mounted(monkeypatch):
+    from dcloud_spawner.admin import AllocationsHandler
+
+    c = load(monkeypatch)
+    assert (r"/dcloud/allocations(\.json)?", AllocationsHandler) in c.JupyterHub.extra_handlers
