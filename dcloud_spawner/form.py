@@ -86,11 +86,12 @@ def render_form(
                 "availability": "",
                 "note": gpu.description,
                 "full": False,
+                "none_here": False,
             }
             live = (context.availability or {}).get(gpu.id)
             if live is not None and live.total == 0:
                 entry["availability"] = "none here"
-                entry["full"] = True
+                entry["full"] = entry["none_here"] = True
                 entry["note"] = f"{gpu.display_name}: there is none here, so it cannot be granted."
             elif live is not None:
                 entry["availability"] = f"{live.free} of {live.total} free"

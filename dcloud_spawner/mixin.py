@@ -30,8 +30,22 @@ from .request import RequestError
 from .validation import validate
 
 audit_log = logging.getLogger("dcloud.audit")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (not at import)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 if not audit_log.handlers:  # one bare JSON object per line, whatever the hub's log format
-    _handler = logging.StreamHandler(sys.stderr)
+    _handler = _StderrHandler()
     _handler.setFormatter(logging.Formatter("%(message)s"))
     audit_log.addHandler(_handler)
     audit_log.setLevel(logging.INFO)

@@ -77,3 +77,11 @@ def test_schema_is_json():
 
     result = dcloud("schema")
     assert json.loads(result.stdout)["additionalProperties"] is False
+
+
+def test_published_schema_is_current():
+    from tests.conftest import ROOT
+
+    result = dcloud("schema")
+    published = (ROOT / "docs" / "request.schema.json").read_text()
+    assert result.stdout == published, "regenerate with: dcloud schema > docs/request.schema.json"

@@ -81,7 +81,7 @@ def test_availability_is_shown_and_full_classes_marked(catalog):
     })
     html = form_for(catalog, ["researchers"], context=context)
     assert "3 of 16 free" in html and "0 of 8 free" in html
-    assert "A100 slice (MIG 1g.10gb) · none here</option>" in html
+    assert re.search(r'value="a100-mig-1g"[^>]*disabled>A100 slice \(MIG 1g.10gb\) · none here</option>', html)
     assert "at most 2 fit on one node" in html
     assert "none free right now" in html
 

@@ -107,3 +107,15 @@ async def test_form_preselects_last_valid_options():
     spawner.user_options = {"environment": "gone"}
     html = await spawner.get_options_form()
     assert "selected" in html and 'value="gone"' not in html
+
+
+async def test_refusals_are_audited_as_one_json_line(capfd):
+    spawner = make_spawner(["students"], name="auditee")
+    spawner.orm_spawner = FakeOrmSpawner()
+    with pytest.raises(web.HTTPError):
+        await spawner.dcloud_apply_user_options(spawner, {"gpu": {"type": "a100"}})
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    record = json.loads(lines[-1])
+    assert record == {"event": "refused", "user": "auditee", "server": "", "groups": ["students"],
+                      "requested": {"gpu": {"type": "a100"}},
+                      "reason": "GPU class 'a100' is not available to you; you can use: t4."}
