@@ -55,3 +55,23 @@ def offline_kubeconfig(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "home", lambda: tmp_path)
     cli._fake_kubeconfig_if_needed()
     yield os.environ["KUBECONFIG"]
+
+
+@pytest.fixture(scope="module")
+async def cluster(kube_cluster):
+    """The test cluster, with KubeSpawner's clients aimed at it as the hub's ServiceAccount."""
+    from tests.kube_spawners import point_kubespawner_at
+
+    await point_kubespawner_at(kube_cluster.hub_kubeconfig)
+    return kube_cluster
+
+
+@pytest.fixture(scope="module")
+def core(kube_cluster):
+    """CoreV1Api as cluster admin, for looking at what the spawner created."""
+    from kubernetes import client
+    from kubernetes import config as sync_config
+
+    api = sync_config.new_client_from_config(config_file=kube_cluster.admin_kubeconfig)
+    yield client.CoreV1Api(api)
+    api.close()

@@ -89,23 +89,29 @@ def start_demo_hub(state: Path, simulate_gpus: str = "") -> DemoHub:
     argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port), f"--password={password}"]
     if simulate_gpus:
         argv += ["--simulate-gpus", simulate_gpus]
+    return launch_hub(argv, state, env, token, password, port)
+
+
+def launch_hub(argv: list[str], state: Path, env: dict[str, str], token: str, password: str,
+               port: int) -> DemoHub:
+    """Start a hub process (logging to state/hub.log) and wait until its API answers."""
     state.mkdir(parents=True, exist_ok=True)
-    log = open(state / "hub.log", "w")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log = open(state / "hub.log", "w")  # lives as long as the hub
+    process = subprocess.Popen(argv, cwd=state, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
     hub = DemoHub(f"http://127.0.0.1:{port}", token, password, state, process)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"demo hub exited: {hub.log_tail()}")
+            raise RuntimeError(f"hub exited: {hub.log_tail()}")
         try:
-            status, _ = hub.api("GET", "/")
-            if status == 200:
+            if hub.api("GET", "/")[0] == 200:
                 return hub
         except OSError:
             pass
         time.sleep(0.3)
     stop_demo_hub(hub)
-    raise RuntimeError(f"demo hub did not answer: {hub.log_tail()}")
+    raise RuntimeError(f"hub did not answer: {hub.log_tail()}")
 
 
 def stop_demo_hub(hub: DemoHub) -> None:

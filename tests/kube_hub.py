@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.conftest import EXAMPLE_CATALOG
-from tests.hub import DemoHub, free_port
+from tests.hub import DemoHub, free_port, launch_hub
 
 CONFIG = """\
 import json
@@ -72,18 +70,4 @@ def start_kube_hub(state: Path, cluster, *, on_agent: bool = True, catalog: Path
     config = state / "jupyterhub_config.py"
     config.write_text(CONFIG.format(settings=json.dumps(settings)))
     env = {**os.environ, "KUBECONFIG": cluster.hub_kubeconfig}
-    log = open(state / "hub.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=state, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    hub = DemoHub(f"http://127.0.0.1:{port}", token, password, state, process)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"hub exited: {hub.log_tail()}")
-        try:
-            if hub.api("GET", "/")[0] == 200:
-                return hub
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"hub did not answer: {hub.log_tail()}")
+    return launch_hub([sys.executable, "-m", "jupyterhub", "-f", str(config)], state, env, token, password, port)

@@ -16,8 +16,6 @@ import urllib.request
 
 import pytest
 import yaml
-from kubernetes import client
-from kubernetes import config as sync_config
 from tornado import web
 
 from dcloud_spawner.availability import cluster_watch
@@ -25,7 +23,7 @@ from dcloud_spawner.form import GpuAvailability
 from tests.conftest import EXAMPLE_CATALOG
 from tests.hub import stop_demo_hub
 from tests.kube_hub import start_kube_hub
-from tests.kube_spawners import cluster_spawner, point_kubespawner_at
+from tests.kube_spawners import cluster_spawner
 
 pytestmark = pytest.mark.cluster
 
@@ -33,17 +31,6 @@ FLEET = {"a100": GpuAvailability(16, 16, 8), "t4": GpuAvailability(8, 8, 4),
          "a100-mig-1g": GpuAvailability(7, 7, 7)}
 
 
-@pytest.fixture(scope="module")
-async def cluster(kube_cluster):
-    await point_kubespawner_at(kube_cluster.hub_kubeconfig)
-    return kube_cluster
-
-
-@pytest.fixture(scope="module")
-def core(kube_cluster):
-    api = sync_config.new_client_from_config(config_file=kube_cluster.admin_kubeconfig)
-    yield client.CoreV1Api(api)
-    api.close()
 
 
 async def live(spawner, wanted: dict | None = None, timeout: float = 20) -> dict:

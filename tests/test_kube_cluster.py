@@ -13,28 +13,15 @@ import time
 
 import pytest
 import yaml
-from kubernetes import client
-from kubernetes import config as sync_config
 from tornado import web
 
 from tests.cluster import layout
 from tests.conftest import EXAMPLE_CATALOG
-from tests.kube_spawners import cluster_spawner, point_kubespawner_at
+from tests.kube_spawners import cluster_spawner
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-async def cluster(kube_cluster):
-    await point_kubespawner_at(kube_cluster.hub_kubeconfig)
-    return kube_cluster
-
-
-@pytest.fixture(scope="module")
-def core(kube_cluster):
-    api = sync_config.new_client_from_config(config_file=kube_cluster.admin_kubeconfig)
-    yield client.CoreV1Api(api)
-    api.close()
 
 
 def node_pool(core, node_name: str) -> str:

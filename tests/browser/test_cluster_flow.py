@@ -6,8 +6,6 @@ import re
 import time
 
 import pytest
-from kubernetes import client
-from kubernetes import config as kube_config
 
 from tests.browser.conftest import login, shot
 from tests.browser.jupyterlab import run_cell
@@ -23,12 +21,6 @@ def kube_hub(kube_cluster, tmp_path_factory):
     yield hub
     stop_demo_hub(hub)
 
-
-@pytest.fixture(scope="module")
-def core(kube_cluster):
-    api = kube_config.new_client_from_config(config_file=kube_cluster.admin_kubeconfig)
-    yield client.CoreV1Api(api)
-    api.close()
 
 
 def student_pods(core, namespace):
