@@ -108,8 +108,8 @@ def render_form(
                     )
             gpu_classes.append(entry)
     gpu_help = context.gpu_help
-    if not gpu_classes:
-        gpu_help = gpu_help or "GPUs are not available to your groups; servers are CPU only."
+    if not (allowance.gpu_classes and allowance.max_gpus > 0):
+        gpu_help = "GPUs are not available to your groups; servers are CPU only."
     memory_range = catalog.resources.memory
     return _templates.get_template("form.html").render(
         environments=[catalog.environment(e) for e in allowance.environments],
