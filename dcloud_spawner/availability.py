@@ -90,6 +90,8 @@ class ClusterPodReflector(MultiNamespaceResourceReflector):
 
 
 def _amount(value: Any) -> Decimal:
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return Decimal(value)  # the usual GPU count: skip the general quantity parser
     try:
         return parse_quantity(str(value))
     except (ValueError, TypeError):
@@ -103,8 +105,10 @@ def pod_request(pod: Mapping[str, Any], resource: str) -> Decimal:
 
     def one(container: Mapping[str, Any]) -> Decimal:
         res = container.get("resources") or {}
-        value = (res.get("requests") or {}).get(resource, (res.get("limits") or {}).get(resource, 0))
-        return _amount(value)
+        value = (res.get("requests") or {}).get(resource)
+        if value is None:
+            value = (res.get("limits") or {}).get(resource)
+        return Decimal(0) if value is None else _amount(value)
 
     running = sum((one(c) for c in spec.get("containers") or []), Decimal(0))
     init = max((one(c) for c in spec.get("initContainers") or []), default=Decimal(0))
@@ -149,10 +153,17 @@ def compute(catalog: Catalog, nodes: Iterable[Mapping[str, Any]],
     nodes = list(nodes)
     held: dict[tuple[str, str], Decimal] = {}
     resources = {g.resource for g in catalog.gpu_classes}
+    # only pods on nodes offering some GPU resource can hold one: skip the rest cheaply
+    gpu_nodes = {
+        n["metadata"]["name"] for n in nodes
+        if resources & set((n.get("status") or {}).get("allocatable") or {})
+    }
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
+        if node_name not in gpu_nodes:
+            continue
         phase = (pod.get("status") or {}).get("phase")
-        if not node_name or phase in ("Succeeded", "Failed"):
+        if phase in ("Succeeded", "Failed"):
             continue
         for resource in resources:
             amount = pod_request(pod, resource)
@@ -182,6 +193,7 @@ class ClusterWatch:
         self.pods: ClusterPodReflector | None = None
         self.unavailable: str | None = None
         self._retry_at = 0.0
+        self._memo: tuple[Any, dict[str, GpuAvailability]] | None = None
         self._starting: asyncio.Lock | None = None
 
     async def ensure_started(self) -> bool:
@@ -214,9 +226,17 @@ class ClusterWatch:
             return True
 
     def snapshot(self, catalog: Catalog) -> dict[str, GpuAvailability] | None:
+        """Availability now; recomputed only when a cached object changed since last time."""
         if self.nodes is None or self.pods is None:
             return None
-        return compute(catalog, list(self.nodes.resources.values()), list(self.pods.resources.values()))
+        nodes = list(self.nodes.resources.values())
+        pods = list(self.pods.resources.values())
+        # every change to an object gives it a new resourceVersion: a cheap change detector
+        key = (id(catalog), hash(tuple(o["metadata"].get("resourceVersion") for o in nodes)),
+               hash(tuple(o["metadata"].get("resourceVersion") for o in pods)))
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, compute(catalog, nodes, pods))
+        return dict(self._memo[1])
 
     async def stop(self) -> None:
         for reflector in (self.nodes, self.pods):
@@ -224,6 +244,7 @@ class ClusterWatch:
                 await reflector.stop()
         self.nodes = self.pods = None
         self.unavailable = None
+        self._memo = None
 
 
 cluster_watch = ClusterWatch()
