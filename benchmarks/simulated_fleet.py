@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster import fleet
@@ -48,13 +49,21 @@ class Pool:
 
 
 POOLS: tuple[Pool, ...] = (
-    Pool("a100", 100, "96", "1Ti", "nvidia.com/gpu", 8, "a100", (8, 4, 2, 1),
-         {PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}),
+    Pool("a100", 100, "96", "1Ti", "nvidia.com/gpu", 8, "a100", (8, 4, 2, 1), {PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}),
     Pool("t4", 150, "32", "192Gi", "nvidia.com/gpu", 4, "t4", (4, 2, 1), {PRODUCT_LABEL: "Tesla-T4"}),
-    Pool("mig", 50, "64", "512Gi", "nvidia.com/mig-1g.10gb", 7, "a100-mig-1g", (1,),
-         {PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", "nvidia.com/mig.strategy": "mixed"}),
+    Pool(
+        "mig",
+        50,
+        "64",
+        "512Gi",
+        "nvidia.com/mig-1g.10gb",
+        7,
+        "a100-mig-1g",
+        (1,),
+        {PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", "nvidia.com/mig.strategy": "mixed"},
+    ),
     Pool("cpu", 200, "16", "64Gi"),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -123,8 +132,9 @@ def split(used: int, sizes: tuple[int, ...]) -> list[int]:
 def node_for(pool: Pool, index: int) -> SimulatedNode:
     name = f"bench-{pool.name}-{index:03d}"
     accelerators = {pool.resource: str(pool.per_node)} if pool.resource else {}
-    return SimulatedNode(name, f"bench-{pool.name}", pool.cpu, pool.memory, accelerators,
-                         {**pool.labels, BENCH_LABEL: "node"})  # fmt: skip
+    return SimulatedNode(
+        name, f"bench-{pool.name}", pool.cpu, pool.memory, accelerators, {**pool.labels, BENCH_LABEL: "node"}
+    )
 
 
 def plan_fleet(seed: int = 500) -> FleetPlan:
@@ -149,8 +159,6 @@ def plan_fleet(seed: int = 500) -> FleetPlan:
 def admin_core(kubeconfig: str, workers: int) -> client.CoreV1Api:
     """A CoreV1Api whose connection pool serves ``workers`` threads at once."""
     configuration = client.Configuration()
-    from kubernetes import config as kube_config
-
     kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     configuration.connection_pool_maxsize = workers
     return client.CoreV1Api(client.ApiClient(configuration))
@@ -224,8 +232,7 @@ def wait_settled(core: client.CoreV1Api, plan: FleetPlan, timeout: float = 600.0
         nodes = _list(core.list_node, label_selector=f"{BENCH_LABEL}=node")["items"]
         if sum(map(_node_ready, nodes)) < len(plan.nodes):
             return False
-        waiting = _list(core.list_namespaced_pod, namespace=NAMESPACE, limit=1,
-                        field_selector="status.phase!=Running")  # fmt: skip
+        waiting = _list(core.list_namespaced_pod, namespace=NAMESPACE, limit=1, field_selector="status.phase!=Running")
         return not waiting["items"]
 
     while not settled():

@@ -21,6 +21,7 @@ from kubernetes.utils import parse_quantity
 from kubernetes_asyncio import watch
 from kubespawner.clients import shared_client
 from kubespawner.reflector import MultiNamespaceResourceReflector
+from traitlets import default
 
 from .catalog import Catalog, GpuClass
 from .form import GpuAvailability
@@ -87,6 +88,21 @@ class NodeReflector:
 class ClusterPodReflector(MultiNamespaceResourceReflector):
     kind = "pods"
     list_method_name = "list_pod_for_all_namespaces"
+
+    # KubeSpawner's reflector lists everything again whenever a watch ends (by default
+    # after 10 s without events). Every pod of the cluster is a large list, and parsing it
+    # blocks the hub, so keep each watch open for minutes instead.
+    @default("timeout_seconds")
+    def _watch_long(self) -> int:
+        return 300
+
+    @default("restart_seconds")
+    def _restart_rarely(self) -> int:
+        return 900
+
+    @default("request_timeout")
+    def _request_outlives_watch(self) -> int:
+        return 330
 
 
 def _amount(value: Any) -> Decimal:
