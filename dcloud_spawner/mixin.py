@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from tornado import web
@@ -69,6 +70,11 @@ class CatalogCache:
 
 
 _catalogs = CatalogCache()
+# The last refused form submission per user, so the re-rendered form keeps their choices.
+# Per user, not per spawner: JupyterHub re-renders a refused named-server form through the
+# user's default spawner. Kept only for that immediate re-render.
+_attempts: dict[str, tuple[float, dict[str, Any]]] = {}
+ATTEMPT_SECONDS = 30
 
 
 class DCloudMixin(LoggingConfigurable):
@@ -83,8 +89,6 @@ class DCloudMixin(LoggingConfigurable):
     )
 
     dcloud_plan: Plan | None = None
-    # the last refused form submission, so the re-rendered form keeps the user's choices
-    _dcloud_attempt: dict[str, Any] | None = None
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -120,9 +124,8 @@ class DCloudMixin(LoggingConfigurable):
         catalog = self.catalog
         allowance = catalog.allowance(self.user_groups())
         await self.refresh_live_data()
-        options = self._dcloud_attempt
-        self._dcloud_attempt = None
-        if options is None:
+        stamp, options = _attempts.pop(self.user.name, (0.0, None))
+        if options is None or time.monotonic() - stamp > ATTEMPT_SECONDS:
             options = self.user_options or {}
             try:
                 self.validate_options(options)
@@ -132,18 +135,18 @@ class DCloudMixin(LoggingConfigurable):
 
     def dcloud_options_from_form(self, formdata: dict[str, list[Any]]) -> dict[str, Any]:
         raw = request_from_form(formdata)
-        self._dcloud_attempt = raw
+        _attempts[self.user.name] = (time.monotonic(), raw)
         try:
             uploaded = uploaded_options(formdata)
             if uploaded:  # a file replaces the form's fields entirely (the form says so)
                 raw = uploaded
-                self._dcloud_attempt = raw
+                _attempts[self.user.name] = (time.monotonic(), raw)
             plan = self.validate_options(raw)
         except RequestError as exc:
             metrics.SPAWNS_REFUSED.labels(reason="validation").inc()
             self.audit("refused", raw, reason=exc.sentence)
             raise
-        self._dcloud_attempt = None
+        _attempts.pop(self.user.name, None)
         return plan.user_options()
 
     async def dcloud_apply_user_options(self, spawner: Any, user_options: dict) -> None:

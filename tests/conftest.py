@@ -29,11 +29,12 @@ except ImportError as exc:  # pragma: no cover - reported by the cluster tests t
 @pytest.fixture(autouse=True)
 def _fresh_ledgers():
     """Spawners built in unit tests claim quota and GPUs in process-wide ledgers."""
-    from dcloud_spawner import gpus, quota
+    from dcloud_spawner import gpus, mixin, quota
 
     yield
     quota.ledger._claims.clear()
     gpus.ledger._holders.clear()
+    mixin._attempts.clear()
 
 
 @pytest.fixture(scope="session")

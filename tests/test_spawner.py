@@ -1,6 +1,7 @@
 """DCloudSpawner's JupyterHub hooks: form in, options stored, plan applied or refused."""
 
 import json
+import re
 from importlib.metadata import entry_points
 
 import pytest
@@ -119,3 +120,12 @@ async def test_refusals_are_audited_as_one_json_line(capfd):
     assert record == {"event": "refused", "user": "auditee", "server": "", "groups": ["students"],
                       "requested": {"gpu": {"type": "a100"}},
                       "reason": "GPU class 'a100' is not available to you; you can use: t4."}
+
+
+async def test_refused_named_server_form_is_kept_for_the_default_spawners_render():
+    # JupyterHub re-renders a refused named-server form through the user's default spawner
+    named, default = make_spawner(["students"]), make_spawner(["students"])
+    with pytest.raises(RequestError):
+        named.run_options_from_form({"environment": ["scipy"], "memory": ["99Gi"]})
+    html = await default.get_options_form()
+    assert 'value="99Gi"' in html and re.search(r'value="scipy"[^>]*selected', html)
