@@ -84,7 +84,7 @@ def render_form(
                 "display_name": gpu.display_name,
                 "max": limit,
                 "availability": "",
-                "note": gpu.description,
+                "note": f"{gpu.display_name}: {gpu.description}" if gpu.description else "",
                 "full": False,
                 "none_here": False,
             }
