@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -163,27 +163,35 @@ def node_serves(gpu: GpuClass, node: Mapping[str, Any]) -> bool:
     )
 
 
-def compute(catalog: Catalog, nodes: Iterable[Mapping[str, Any]],
-            pods: Iterable[Mapping[str, Any]]) -> dict[str, GpuAvailability]:
-    """GPU class id -> free and total GPUs now (pure; the caches feed it)."""
+PodHolding = tuple[str, dict[str, Decimal]]  # (node name, resource -> amount)
+
+
+def pod_holding(pod: Mapping[str, Any], resources: Iterable[str]) -> PodHolding | None:
+    """Which node a pod holds GPU resources on, and how many; None if it holds none."""
+    node_name = (pod.get("spec") or {}).get("nodeName")
+    if not node_name or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return None
+    amounts = {r: a for r in resources if (a := pod_request(pod, r))}
+    return (node_name, amounts) if amounts else None
+
+
+def compute(catalog: Catalog, nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
+            holding: Callable[[Mapping[str, Any]], PodHolding | None] | None = None,
+            ) -> dict[str, GpuAvailability]:
+    """GPU class id -> free and total GPUs now (pure; the caches feed it).
+
+    ``holding`` may answer :func:`pod_holding` from a cache (the hub keeps one per pod
+    resourceVersion, so only changed pods are read again).
+    """
     nodes = list(nodes)
+    resources = sorted({g.resource for g in catalog.gpu_classes})
+    holding = holding or (lambda pod: pod_holding(pod, resources))
     held: dict[tuple[str, str], Decimal] = {}
-    resources = {g.resource for g in catalog.gpu_classes}
-    # only pods on nodes offering some GPU resource can hold one: skip the rest cheaply
-    gpu_nodes = {
-        n["metadata"]["name"] for n in nodes
-        if resources & set((n.get("status") or {}).get("allocatable") or {})
-    }
     for pod in pods:
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        if node_name not in gpu_nodes:
-            continue
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
-            continue
-        for resource in resources:
-            amount = pod_request(pod, resource)
-            if amount:
+        found = holding(pod)
+        if found is not None:
+            node_name, amounts = found
+            for resource, amount in amounts.items():
                 held[(node_name, resource)] = held.get((node_name, resource), Decimal(0)) + amount
     result = {}
     for gpu in catalog.gpu_classes:
@@ -210,6 +218,8 @@ class ClusterWatch:
         self.unavailable: str | None = None
         self._retry_at = 0.0
         self._memo: tuple[Any, dict[str, GpuAvailability]] | None = None
+        # pod uid -> (resourceVersion, what it holds): a pod is read again only when it changed
+        self._holdings: dict[str, tuple[str, PodHolding | None]] = {}
         self._starting: asyncio.Lock | None = None
 
     async def ensure_started(self) -> bool:
@@ -251,8 +261,25 @@ class ClusterWatch:
         key = (id(catalog), hash(tuple(o["metadata"].get("resourceVersion") for o in nodes)),
                hash(tuple(o["metadata"].get("resourceVersion") for o in pods)))
         if self._memo is None or self._memo[0] != key:
-            self._memo = (key, compute(catalog, nodes, pods))
+            self._memo = (key, compute(catalog, nodes, pods, self._cached_holding(catalog, pods)))
         return dict(self._memo[1])
+
+    def _cached_holding(self, catalog: Catalog, pods: list[dict[str, Any]]) -> Callable[[Any], Any]:
+        resources = sorted({g.resource for g in catalog.gpu_classes})
+        live = {p["metadata"].get("uid") for p in pods}
+        for gone in self._holdings.keys() - live:
+            del self._holdings[gone]
+
+        def holding(pod: Mapping[str, Any]) -> PodHolding | None:
+            meta = pod["metadata"]
+            uid, version = meta.get("uid"), meta.get("resourceVersion")
+            cached = self._holdings.get(uid)
+            if cached is None or cached[0] != version:
+                cached = (version, pod_holding(pod, resources))
+                self._holdings[uid] = cached
+            return cached[1]
+
+        return holding
 
     async def stop(self) -> None:
         for reflector in (self.nodes, self.pods):
@@ -261,6 +288,7 @@ class ClusterWatch:
         self.nodes = self.pods = None
         self.unavailable = None
         self._memo = None
+        self._holdings = {}
 
 
 cluster_watch = ClusterWatch()

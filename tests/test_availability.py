@@ -50,3 +50,26 @@ def test_pod_request_takes_init_containers_into_account():
     assert pod_request(pod("n", 1, init=3), "nvidia.com/gpu") == 3
     assert pod_request(pod("n", 2, init=1), "nvidia.com/gpu") == 2
     assert pod_request({"spec": {}}, "nvidia.com/gpu") == 0
+
+
+class FakeCache:
+    def __init__(self, objects):
+        self.resources = {o["metadata"]["name"]: o for o in objects}
+
+
+def test_cached_snapshot_follows_changes_and_deletions(catalog):
+    from dcloud_spawner.availability import ClusterWatch
+
+    nodes = [node("t4-0", T4, 4), node("t4-1", T4, 4)]
+    pods = [pod("t4-0", 1), pod("t4-1", 2)]
+    for i, obj in enumerate(nodes + pods):
+        obj["metadata"] = {**obj.get("metadata", {}), "name": obj.get("metadata", {}).get("name", f"p{i}"),
+                           "uid": f"u{i}", "resourceVersion": "1"}
+    watch = ClusterWatch()
+    watch.nodes, watch.pods = FakeCache(nodes), FakeCache(pods)
+    assert watch.snapshot(catalog)["t4"] == GpuAvailability(5, 8, 3)
+    pods[0]["status"]["phase"] = "Succeeded"
+    pods[0]["metadata"]["resourceVersion"] = "2"
+    assert watch.snapshot(catalog)["t4"] == GpuAvailability(6, 8, 4)
+    del watch.pods.resources[pods[1]["metadata"]["name"]]
+    assert watch.snapshot(catalog)["t4"] == compute(catalog, nodes, [pods[0]])["t4"] == GpuAvailability(8, 8, 4)
