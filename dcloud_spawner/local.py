@@ -6,7 +6,8 @@ For the one-command demo and for a single shared GPU workstation. A plan becomes
 - GPUs pinned with ``CUDA_VISIBLE_DEVICES`` from the machine's GPUs, never two servers on
   the same GPU; CPU-only servers see no GPU;
 - CPU and memory limits through cgroup v2 or systemd where possible (``limits.py``);
-- datasets with a local path linked read-only under ``datasets/<id>`` in the working dir;
+- datasets with a local path under ``datasets/<id>`` in the working dir (read-only bind
+  mounts where the hub may mount, links elsewhere);
 - extra packages pip-installed into a per-server overlay on ``PYTHONPATH``.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException
 from traitlets import Bool, Dict, List, Unicode, default
 
-from . import gpus, limits, metrics
+from . import dataset_views, gpus, limits, metrics
 from .form import FormContext, GpuAvailability
 from .mixin import DCloudMixin, install_hooks
 from .plan import Plan
@@ -220,7 +220,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             env_extra["NVIDIA_VISIBLE_DEVICES"] = "void"
 
         try:
-            self._link_datasets(plan, workdir)
+            datasets_read_only = self._link_datasets(plan, workdir)
             python = plan.environment.python or sys.executable
             if plan.packages:
                 overlay = await self._install_packages(plan, python, workdir)
@@ -234,6 +234,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 "DCLOUD_MEMORY_LIMIT": format_memory(plan.memory_limit),
                 "DCLOUD_LIMITS_ENFORCED": "1" if self.limiter.enforced else "0",
                 "DCLOUD_DATASETS": ",".join(d.id for d in plan.datasets),
+                "DCLOUD_DATASETS_READ_ONLY": datasets_read_only,
             })
             self._env_extra = env_extra
             self._join_limits = self.limiter.prepare(self.owner_key, plan.cpu_limit, plan.memory_limit)
@@ -264,6 +265,10 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
+        try:
+            dataset_views.clear(self.workdir / "datasets")
+        except OSError as exc:
+            self.log.warning("%s: %s", self._log_name, exc)
         gpus.ledger.release(self.owner_key)
         self.release_resources()
         self.limiter.cleanup(self.owner_key)
@@ -302,25 +307,22 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             return Path(dataset.source.path)
         return None
 
-    def _link_datasets(self, plan: Plan, workdir: Path) -> None:
-        folder = workdir / "datasets"
-        if folder.is_symlink() or folder.is_file():
-            folder.unlink()
-        if folder.is_dir():
-            folder.chmod(0o755)  # we made it read-only last time
-        shutil.rmtree(folder, ignore_errors=True)  # holds only links we made
-        if not plan.datasets:
-            return
-        folder.mkdir()
+    def _link_datasets(self, plan: Plan, workdir: Path) -> str:
+        """Build the server's datasets/ folder; return "1" when every dataset is read-only."""
+        sources = []
         for dataset in plan.datasets:
             source = self.dataset_path(dataset)
             if source is None or not source.is_dir():
                 self._say(f"Dataset {dataset.id} has no local copy on this machine; skipped")
                 continue
-            (folder / dataset.id).symlink_to(source, target_is_directory=True)
-        # the folder of links itself is read-only to the server
-        folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
-        self._say("Linked datasets: " + ", ".join(d.id for d in plan.datasets))
+            sources.append((dataset.id, source))
+        how = dataset_views.build(workdir / "datasets", sources)
+        if how:
+            self._say("Datasets: " + ", ".join(f"{k} ({v})" for k, v in how.items()))
+        if "linked" in how.values():
+            self.log.warning("%s: datasets are links, not read-only mounts (the hub cannot mount "
+                             "here); the source directories' permissions decide writes", self._log_name)
+        return "1" if all(v == "read-only" for v in how.values()) else "0"
 
     async def _install_packages(self, plan: Plan, python: str, workdir: Path) -> Path:
         overlay = workdir / ".dcloud-packages"
