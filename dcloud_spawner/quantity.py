@@ -1,4 +1,4 @@
-"""Kubernetes quantities (``16Gi``, ``500m``) as plain numbers, and back."""
+"""Kubernetes memory quantities (``16Gi``) as byte counts, and back."""
 
 from __future__ import annotations
 
@@ -36,10 +36,3 @@ def format_memory(num_bytes: int) -> str:
             return f"{num_bytes // factor}{suffix}"
     return str(num_bytes)
 
-
-def format_cpu(cores: float) -> str:
-    """A CPU quantity Kubernetes accepts: whole cores as '4', fractions in millicores."""
-    millis = round(cores * 1000)
-    if millis % 1000 == 0:
-        return str(millis // 1000)
-    return f"{millis}m"
