@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .layout import BINARIES, BUILD_SCRIPT, bin_dir, stages_dir
+from .layout import BINARIES, BUILD_SCRIPT, NODE_BINARIES, bin_dir, stages_dir
 
 
 class BuildFailed(RuntimeError):
@@ -21,18 +21,26 @@ def missing() -> list[str]:
     return gone
 
 
+def node_missing() -> list[str]:
+    """The real node's binaries (kubelet, containerd) that are not there yet. Without them the
+    cluster still runs, only without node real-0."""
+    return [name for name in NODE_BINARIES if not os.access(bin_dir() / name, os.X_OK)]
+
+
 def ensure(build: bool = True) -> Path:
     """Return the binary directory, running build.sh first when something is missing.
 
-    Raises ``FileNotFoundError`` when something is missing and ``build`` is false, and
-    ``BuildFailed`` when the build fails (its output went to stderr).
+    Raises ``FileNotFoundError`` when a control-plane binary is missing and ``build`` is false,
+    and ``BuildFailed`` when the build fails (its output went to stderr). With ``build`` false,
+    missing node binaries are not an error here: the real node reports itself unavailable.
     """
     gone = missing()
     if gone and not build:
         raise FileNotFoundError(f"not built in {bin_dir()}: {', '.join(gone)}")
-    if gone:
+    if build and (gone or node_missing()):
         # The build writes a lot; keep stdout free for the kubeconfig path `up` prints.
         result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=2, check=False)
-        if result.returncode != 0 or missing():
-            raise BuildFailed(f"{BUILD_SCRIPT} failed (exit {result.returncode}): {missing()}")
+        if result.returncode != 0 or missing() or node_missing():
+            left = missing() + node_missing()
+            raise BuildFailed(f"{BUILD_SCRIPT} failed (exit {result.returncode}): {left}")
     return bin_dir()

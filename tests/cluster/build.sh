@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries the cluster tests run, from Go modules, once.
+# Builds the binaries the cluster tests run, from Go modules, once.
 # Output: $DCLOUD_K8S_CACHE/<k8s version>/bin/{kube-apiserver,kube-controller-manager,
-#         kube-scheduler,kubectl,etcd,kwok}. Nothing is written inside the repository.
+#         kube-scheduler,kubectl,etcd,kwok} (control plane and simulated fleet) and
+#         {kubelet,containerd,containerd-shim-runc-v2,ctr} (the real node real-0).
+# Each step is skipped when its binaries exist. Nothing is written inside the repository.
 set -euo pipefail
 
 K8S_VERSION="${DCLOUD_K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${DCLOUD_ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${DCLOUD_KWOK_VERSION:-v0.8.0}"
+CONTAINERD_VERSION="${DCLOUD_CONTAINERD_VERSION:-v2.4.2}"
 CACHE="${DCLOUD_K8S_CACHE:-$HOME/.cache/dcloud-k8s}"
 OUT="$CACHE/$K8S_VERSION/bin"
 WORK="$CACHE/$K8S_VERSION/src"
 
+# need BINARY...: true when one of them is not built yet
 need() {
   for b in "$@"; do [ -x "$OUT/$b" ] || return 0; done
-  [ -f "$OUT/../stages/fast/kustomization.yaml" ] || return 0  # KWOK's stages, copied at the end
   return 1
 }
-if ! need kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok; then
+CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+NODE=(kubelet containerd containerd-shim-runc-v2 ctr)
+STAGES_DONE="$OUT/../stages/fast/kustomization.yaml"  # KWOK's stages, copied after kwok
+if ! need "${CONTROL_PLANE[@]}" etcd kwok "${NODE[@]}" && [ -f "$STAGES_DONE" ]; then
   echo "cluster binaries already built in $OUT"
   exit 0
 fi
 mkdir -p "$OUT" "$WORK"
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+# -p=1 would halve peak memory on a small machine: GOFLAGS="-p=1" tests/cluster/build.sh
+export CGO_ENABLED=0 GOFLAGS="-buildvcs=false ${GOFLAGS:-}" GOTOOLCHAIN=local
 
 # Writes a go.mod for a throwaway main module that requires $1@$2 and turns every
 # relative-path replace in that module's own go.mod into a published-version replace.
@@ -59,7 +66,7 @@ GO
 MAJOR=1; MINOR="$(echo "$K8S_VERSION" | cut -d. -f2)"
 LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=$MAJOR -X k8s.io/component-base/version.gitMinor=$MINOR -X k8s.io/component-base/version.gitTreeState=clean"
 LDFLAGS="$LDFLAGS -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=$MAJOR -X k8s.io/client-go/pkg/version.gitMinor=$MINOR"
-(
+if need "${CONTROL_PLANE[@]}"; then (
   cd "$K8S_DIR"
   go mod download k8s.io/kubernetes
   go get k8s.io/kubernetes/cmd/kube-apiserver@"$K8S_VERSION" k8s.io/kubernetes/cmd/kube-controller-manager@"$K8S_VERSION" \
@@ -67,22 +74,44 @@ LDFLAGS="$LDFLAGS -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s
   time_it "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl" \
     go build -ldflags "$LDFLAGS" -o "$OUT/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-)
+); fi
+
+# kubelet, from the same wrapper module and with the same version stamps
+if need kubelet; then (
+  cd "$K8S_DIR"
+  go get k8s.io/kubernetes/cmd/kubelet@"$K8S_VERSION"
+  time_it "kubelet" go build -ldflags "$LDFLAGS" -o "$OUT/kubelet" k8s.io/kubernetes/cmd/kubelet
+); fi
 
 # etcd 3.6.x: server/v3 is itself the main package
-ETCD_DIR="$WORK/etcd"; mkdir -p "$ETCD_DIR"
-printf 'module dcloud.test/build\n' >"$ETCD_DIR/go.mod"
-wrapper_module go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_DIR" "echo $ETCD_VERSION #"
-printf 'package main\n\nfunc main() {}\n' >"$ETCD_DIR/main.go"
-(
-  cd "$ETCD_DIR"
-  go get go.etcd.io/etcd/server/v3@"$ETCD_VERSION"
-  time_it "etcd" go build -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
-)
+if need etcd; then
+  ETCD_DIR="$WORK/etcd"; mkdir -p "$ETCD_DIR"
+  printf 'module dcloud.test/build\n' >"$ETCD_DIR/go.mod"
+  wrapper_module go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_DIR" "echo $ETCD_VERSION #"
+  printf 'package main\n\nfunc main() {}\n' >"$ETCD_DIR/main.go"
+  (
+    cd "$ETCD_DIR"
+    go get go.etcd.io/etcd/server/v3@"$ETCD_VERSION"
+    time_it "etcd" go build -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3
+  )
+fi
 
 # KWOK: no replace directives, plain go install works
-time_it "kwok" env GOBIN="$OUT" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-# stage definitions KWOK needs at run time, copied beside the binary
-STAGES=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
-mkdir -p "$OUT/../stages" && cp -r "$STAGES/." "$OUT/../stages/" && chmod -R u+w "$OUT/../stages"
+if need kwok || [ ! -f "$STAGES_DONE" ]; then
+  need kwok && time_it "kwok" env GOBIN="$OUT" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # stage definitions KWOK needs at run time, copied beside the binary
+  go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
+  STAGES=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
+  mkdir -p "$OUT/../stages" && cp -r "$STAGES/." "$OUT/../stages/" && chmod -R u+w "$OUT/../stages"
+fi
+
+# containerd 2 with its runc shim and ctr: no replace directives either. The tags leave out
+# snapshotters that need cgo or kernel headers; runc and the CNI plugins come from the OS.
+if need containerd containerd-shim-runc-v2 ctr; then
+  CTRD=github.com/containerd/containerd/v2
+  time_it "containerd, containerd-shim-runc-v2, ctr" env GOBIN="$OUT" go install -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X $CTRD/version.Version=$CONTAINERD_VERSION" \
+    "$CTRD/cmd/containerd@$CONTAINERD_VERSION" "$CTRD/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "$CTRD/cmd/ctr@$CONTAINERD_VERSION"
+fi
 echo "built into $OUT"

@@ -15,6 +15,8 @@ BINARIES = (
     "kubectl",
     "kwok",
 )
+# The real node's kubelet and container runtime (runc and the CNI plugins come from the OS).
+NODE_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr")
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 
 
@@ -80,6 +82,12 @@ class RunDir:
     def agent(self) -> Path:
         """Working directories of the pods the test agent runs."""
         return self.root / "agent"
+
+    @property
+    def node(self) -> Path:
+        """Everything of the real node ``real-0``: containerd, kubelet, CNI, host record.
+        Removed by ``node.stop`` (after unmounting), never by a plain recursive delete."""
+        return self.root / "node"
 
     def generated(self) -> list[Path]:
         """What ``down`` removes: only paths the harness itself creates."""
