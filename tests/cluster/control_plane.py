@@ -86,7 +86,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def spawn(run: RunDir, name: str, argv: list[str]) -> dict[str, int | str]:
+def spawn(run: RunDir, name: str, argv: list[str], env: dict[str, str] | None = None) -> dict[str, int | str]:
     run.logs.mkdir(parents=True, exist_ok=True)
     with run.log(name).open("ab") as log:
         process = subprocess.Popen(
@@ -96,6 +96,7 @@ def spawn(run: RunDir, name: str, argv: list[str]) -> dict[str, int | str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            env=env,
         )
     return {"pid": process.pid, "exe": os.path.realpath(argv[0])}
 
@@ -116,8 +117,9 @@ def etcd_argv(bins: Path, run: RunDir, client: int, peer: int) -> list[str]:
 
 
 def apiserver_argv(bins: Path, pki: Pki, etcd_port: int, api_port: int) -> list[str]:
-    # Admission plugins are left at their defaults: PodSecurity, ResourceQuota, LimitRanger,
-    # ServiceAccount, ... are exactly what a real cluster enforces.
+    # Admission plugins are the defaults (PodSecurity, ResourceQuota, LimitRanger, ServiceAccount,
+    # ... exactly what a real cluster enforces) plus NodeRestriction, which every real cluster
+    # enables so that a kubelet may only change its own Node and the pods bound to it.
     return [
         str(bins / "kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -134,6 +136,14 @@ def apiserver_argv(bins: Path, pki: Pki, etcd_port: int, api_port: int) -> list[
         f"--service-account-signing-key-file={pki.sa_key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        # Towards a real kubelet (logs, exec, port-forward): dial its InternalIP (node names do
+        # not resolve here), check its serving certificate against the cluster CA and present
+        # our own client certificate, which RBAC lets use the kubelet API and nothing more.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--kubelet-certificate-authority={pki.ca_cert}",
+        f"--kubelet-client-certificate={pki.kubelet_client_cert}",
+        f"--kubelet-client-key={pki.kubelet_client_key}",
         "--profiling=false",
     ]
 
@@ -261,8 +271,13 @@ def start_controllers(bins: Path, run: RunDir, pki: Pki, state: State) -> None:
         "kube-scheduler": scheduler_argv(bins, admin),
         "kwok": kwok_argv(bins, run, admin),
         # the one node whose pods really run, as local processes
-        "agent": [sys.executable, str(AGENT_SCRIPT), f"--kubeconfig={admin}", f"--node={AGENT_NODE}",
-                  f"--workdir={run.agent}"],
+        "agent": [
+            sys.executable,
+            str(AGENT_SCRIPT),
+            f"--kubeconfig={admin}",
+            f"--node={AGENT_NODE}",
+            f"--workdir={run.agent}",
+        ],
     }
     for name, argv in argvs.items():
         state.processes[name] = spawn(run, name, argv)

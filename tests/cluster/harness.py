@@ -14,7 +14,7 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from . import binaries, control_plane, fleet, kubeconfig
+from . import binaries, control_plane, fleet, kubeconfig, node
 from .control_plane import COMPONENTS, State
 from .layout import RunDir, default_run_dir, stages_dir
 from .pki import Pki, generate
@@ -78,8 +78,22 @@ def _clean(run: RunDir) -> None:
             path.unlink(missing_ok=True)
 
 
+def _admin_api(run: RunDir) -> client.ApiClient:
+    return kube_config.new_client_from_config(config_file=str(run.admin_kubeconfig))
+
+
+def _stop_node(run: RunDir, log: Log) -> list[str]:
+    """Stop real-0 (through the API while the control plane still answers, so the kubelet tears
+    its pods down itself) and undo its host changes."""
+    if healthy(run) is None:
+        return node.stop(run, log, api=None)
+    with _admin_api(run) as api:
+        return node.stop(run, log, api=api)
+
+
 def _start(run: RunDir, build: bool, log: Log) -> State:
     bins = binaries.ensure(build)
+    _stop_node(run, log)
     control_plane.stop(run)  # whatever is left of a cluster that died
     _clean(run)
     pki = generate(run.pki)
@@ -104,10 +118,10 @@ def _start(run: RunDir, build: bool, log: Log) -> State:
 
 
 def _set_up_objects(run: RunDir, state: State, log: Log) -> None:
-    api = kube_config.new_client_from_config(config_file=str(run.admin_kubeconfig))
-    with api:
+    with _admin_api(run) as api:
         fleet.apply(api, fleet.NAMESPACE, RBAC_FILE)
         fleet.wait_node_ready(client.CoreV1Api(api), control_plane.AGENT_NODE)
+        node.ensure(run, state.server, api, log)
         expires_in = state.hub_token_expires - time.time()
         if run.hub_kubeconfig.is_file() and expires_in > HUB_TOKEN_RENEW_BELOW:
             return
@@ -147,6 +161,7 @@ def up(run: RunDir | None = None, *, build: bool = True, log: Log = _stderr) -> 
         except BaseException:
             if started:
                 log(f"setup failed; logs are in {run.logs}")
+                _stop_node(run, log)
                 control_plane.stop(run)
             raise
     log(f"cluster up in {time.monotonic() - began:.1f}s")
@@ -157,7 +172,8 @@ def down(run: RunDir | None = None, *, log: Log = _stderr) -> list[str]:
     """Stop every process ``up`` started in ``run`` and remove its files; return their names."""
     run = run or RunDir(default_run_dir())
     with _locked(run):
-        stopped = control_plane.stop(run)
+        stopped = _stop_node(run, log)
+        stopped += control_plane.stop(run)
         _clean(run)
     log(f"stopped {', '.join(stopped) or 'nothing'}")
     return stopped

@@ -1,5 +1,6 @@
 """Certificates and keys for one cluster: a CA, the API server's serving certificate, an admin
-client certificate and the service-account signing key."""
+client certificate, the API server's client certificate for kubelets, and the service-account
+signing key. :func:`issue` signs more with the same CA (the real node's identity)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,16 @@ class Pki:
     @property
     def admin_key(self) -> Path:
         return self.root / "admin.key"
+
+    @property
+    def kubelet_client_cert(self) -> Path:
+        """The API server's client certificate towards kubelets (logs, exec, port-forward).
+        Not in system:masters: bound to the ClusterRole system:kubelet-api-admin instead."""
+        return self.root / "apiserver-kubelet-client.crt"
+
+    @property
+    def kubelet_client_key(self) -> Path:
+        return self.root / "apiserver-kubelet-client.key"
 
     @property
     def sa_key(self) -> Path:
@@ -129,6 +140,41 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         path.chmod(0o600)
 
 
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+
+
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key}: expected an EC key")
+    return ca, key
+
+
+def issue(
+    pki: Pki,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    common_name: str,
+    organizations: tuple[str, ...] = (),
+    usage: ExtendedKeyUsageOID = ExtendedKeyUsageOID.CLIENT_AUTH,
+    dns_names: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+) -> None:
+    """Sign a new key pair with the cluster CA: a client certificate (user ``common_name``,
+    groups ``organizations``) or, with ``usage=SERVER_AUTH``, a serving certificate."""
+    ca, ca_key = _load_ca(pki)
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    key = _key()
+    cert = _cert(x509.Name(attributes), key, ca.subject, ca_key, usage=usage, sans=sans or None)
+    _write(cert_path, _pem(cert))
+    _write(key_path, _key_pem(key), private=True)
+
+
 def generate(root: Path) -> Pki:
     """Write a fresh PKI into ``root`` (created if needed) and return its paths."""
     root.mkdir(parents=True, exist_ok=True)
@@ -169,6 +215,8 @@ def generate(root: Path) -> Pki:
     )
     _write(pki.admin_cert, _pem(admin))
     _write(pki.admin_key, _key_pem(admin_key), private=True)
+
+    issue(pki, pki.kubelet_client_cert, pki.kubelet_client_key, common_name=KUBELET_CLIENT_USER)
 
     # RS256 is what every ServiceAccount token consumer understands.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
