@@ -29,29 +29,28 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
-from kubespawner import KubeSpawner
+from kubernetes_asyncio.config import kube_config
+from kubespawner import KubeSpawner, clients
 from kubespawner.clients import shared_client
 from traitlets.config import Config
 
 from benchmarks import simulated_fleet as sim
-from dcloud_spawner.availability import cluster_watch, compute
-from dcloud_spawner.catalog import Catalog, GpuClass
-from dcloud_spawner.cli import _User
-from dcloud_spawner.form import GpuAvailability
-from tests.cluster import harness
-from tests.cluster.layout import RunDir, cache_dir
-from tests.conftest import EXAMPLE_CATALOG
-from tests.kube_spawners import cluster_spawner, point_kubespawner_at
+from dcloud_spawner.core.availability import GpuAvailability, compute
+from dcloud_spawner.core.catalog import Catalog, GpuClass
+from dcloud_spawner.demo import DEMO_CATALOG
+from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+from dcloud_spawner.hub.state import reset_hub_state
+from dcloud_spawner.kube import DCloudSpawner
 
 USER, GROUPS = "bench-user", ("researchers",)  # researchers may use every GPU class
 HUB_NAMESPACE = "dcloud"
@@ -189,7 +188,7 @@ def kubespawner(profile_list: Any) -> KubeSpawner:
     cfg = Config()
     cfg.KubeSpawner.namespace = HUB_NAMESPACE
     cfg.KubeSpawner.profile_list = profile_list
-    return KubeSpawner(_mock=True, user=_User(USER, GROUPS), config=cfg)
+    return KubeSpawner(user=OfflineUser(USER, GROUPS), hub=offline_hub(), config=cfg)
 
 
 @dataclass(frozen=True)
@@ -199,12 +198,28 @@ class Variant:
     new_spawner: Callable[[], Any]
 
 
+def dcloud_spawner() -> DCloudSpawner:
+    cfg = Config()
+    cfg.DCloudSpawner.catalog_path = str(DEMO_CATALOG)
+    cfg.DCloudSpawner.namespace = HUB_NAMESPACE
+    return DCloudSpawner(user=OfflineUser(USER, GROUPS), hub=offline_hub(), config=cfg)
+
+
+async def point_kubespawner_at(kubeconfig: str) -> None:
+    """KubeSpawner caches its client configuration per process; aim it at ``kubeconfig``."""
+    await KubeSpawner._stop_all_reflectors()
+    await reset_hub_state()
+    os.environ["KUBECONFIG"] = kubeconfig
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
+    clients.load_config.cache_clear()
+    clients._client_cache.clear()
+
+
 def variants(catalog: Catalog) -> list[Variant]:
     static, _ = static_profiles(catalog)
     live = live_profile_list(catalog)
-    hub = SimpleNamespace(namespace=HUB_NAMESPACE)
     return [
-        Variant("dcloud", "DCloud (watch caches)", lambda: cluster_spawner(hub, USER, GROUPS)),
+        Variant("dcloud", "DCloud (watch caches)", dcloud_spawner),
         Variant("kubespawner-static", "KubeSpawner, static profile_list", lambda: kubespawner(static)),
         Variant("kubespawner-live", "KubeSpawner, profile_list listing Nodes+Pods", lambda: kubespawner(live)),
     ]
@@ -295,7 +310,9 @@ async def caches_show(catalog: Catalog, expected: Mapping[str, sim.Availability]
     """Wait until DCloud's caches hold the whole fleet (the watch may still be catching up)."""
     wanted = {k: GpuAvailability(v.free, v.total, v.largest_free_block) for k, v in expected.items()}
     deadline = time.monotonic() + timeout
-    while (snapshot := cluster_watch.snapshot(catalog)) != wanted:
+    watch = dcloud_spawner().live_data()
+    assert watch is not None
+    while (snapshot := watch.availability(catalog)) != wanted:
         if time.monotonic() > deadline:
             raise AssertionError(f"DCloud's caches show {snapshot}, the fleet has {wanted}")
         await asyncio.sleep(0.5)
@@ -339,20 +356,34 @@ def _timed(step: Callable[[], object]) -> float:
     return time.perf_counter() - began
 
 
-def set_up(run: RunDir, plan: sim.FleetPlan, workers: int) -> tuple[harness.Cluster, Setup]:
+def cluster_command(run_dir: Path, action: str, *args: str) -> str:
+    """Run the test harness's command line (``python -m tests.cluster``) on its own run dir.
+
+    A command, not an import: the benchmark depends on the harness's interface, not its code.
+    """
+    env = {**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir)}
+    result = subprocess.run([sys.executable, "-m", "tests.cluster", action, *args], env=env,
+                            stdout=subprocess.PIPE, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+def set_up(run_dir: Path, plan: sim.FleetPlan, workers: int) -> tuple[str, Setup]:
+    """Start (or reuse) the cluster and fill it; return the hub's kubeconfig and the timings."""
     setup = Setup()
+    setup.reused_cluster = subprocess.run(
+        [sys.executable, "-m", "tests.cluster", "status"], env={**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir)},
+        capture_output=True).returncode == 0
     began = time.perf_counter()
-    cluster = harness.up(run, build=False)
+    admin_kubeconfig = cluster_command(run_dir, "up", "--no-build")
     setup.cluster_up_s = time.perf_counter() - began
-    setup.reused_cluster = not cluster.started
-    core = sim.admin_core(str(cluster.admin_kubeconfig), workers)
-    sim.remove_harness_fleet(core)
+    core = sim.admin_core(admin_kubeconfig, workers)
+    sim.remove_other_nodes(core)
     sim.ensure_namespace(core)
     setup.nodes_s = _timed(lambda: sim.create_nodes(core, plan.nodes, workers))
     setup.pods_s = _timed(lambda: sim.create_pods(core, plan.pods, workers))
     setup.settle_s = _timed(lambda: sim.wait_settled(core, plan))
     core.api_client.close()
-    return cluster, setup
+    return str(Path(admin_kubeconfig).with_name("hub.kubeconfig")), setup
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -404,7 +435,7 @@ async def run_benchmark(kubeconfig: str, plan: sim.FleetPlan, renders: int) -> d
     counter = RequestCounter()
     counter.install()
     await point_kubespawner_at(kubeconfig)
-    catalog = Catalog.from_path(EXAMPLE_CATALOG)
+    catalog = Catalog.from_path(DEMO_CATALOG)
     expected = plan.expected()
     all_variants = variants(catalog)
     try:
@@ -418,7 +449,7 @@ async def run_benchmark(kubeconfig: str, plan: sim.FleetPlan, renders: int) -> d
         background = dict(Counter(counter.background[background_before:]))
     finally:
         await KubeSpawner._stop_all_reflectors()
-        await cluster_watch.stop()
+        await reset_hub_state()
     summaries = {v.name: summarize(v, samples[v.name], warmups[v.name]) for v in all_variants}
     return {
         "summaries": summaries,
@@ -440,7 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(os.environ.get("DCLOUD_CLUSTER_DIR") or cache_dir() / "bench"),
+        default=Path(os.environ.get("DCLOUD_CLUSTER_DIR")
+                     or Path(os.environ.get("DCLOUD_K8S_CACHE", Path.home() / ".cache" / "dcloud-k8s")) / "bench"),
         help="the cluster's run dir (default $DCLOUD_CLUSTER_DIR, else ~/.cache/dcloud-k8s/bench)",
     )
     parser.add_argument("--keep", action="store_true", help="leave the cluster and its fleet running")
@@ -455,19 +487,18 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = RunDir(args.run_dir)
     plan = sim.plan_fleet(args.seed)
-    log(f"cluster in {run.root}; creating {len(plan.nodes)} nodes and {len(plan.pods)} pods")
+    log(f"cluster in {args.run_dir}; creating {len(plan.nodes)} nodes and {len(plan.pods)} pods")
     try:
-        cluster, setup = set_up(run, plan, args.workers)
+        hub_kubeconfig, setup = set_up(args.run_dir, plan, args.workers)
         log(
             f"setup {setup.total_s:.1f}s (cluster {setup.cluster_up_s:.1f}s, nodes {setup.nodes_s:.1f}s, "
             f"pods {setup.pods_s:.1f}s, settling {setup.settle_s:.1f}s); rendering {args.renders}x3"
         )
-        result = asyncio.run(run_benchmark(str(cluster.hub_kubeconfig), plan, args.renders))
+        result = asyncio.run(run_benchmark(hub_kubeconfig, plan, args.renders))
     finally:
         if not args.keep:
-            harness.down(run, log=log)
+            cluster_command(args.run_dir, "down")
     report = {
         "machine": machine(),
         "fleet": {

@@ -1,8 +1,8 @@
 """A large simulated fleet for benchmarks: 500 KWOK nodes and 5,000 pods bound to them.
 
-The nodes use the test harness's :class:`tests.cluster.fleet.SimulatedNode` (label
-``type=kwok``, so KWOK keeps them Ready and runs their pods; GPU nodes tainted
-``nvidia.com/gpu=present:NoSchedule``; capacity set through the status subresource). The pods
+The nodes are KWOK nodes like the test harness's (label ``type=kwok``, so KWOK keeps them
+Ready and runs their pods; GPU nodes tainted ``nvidia.com/gpu=present:NoSchedule``;
+capacity set through the status subresource); every other node is removed first. The pods
 live in their own namespace without Pod Security enforcement and are bound with
 ``spec.nodeName``, so the scheduler is not involved. How many GPUs each node has in use is
 drawn from a seeded generator, so the free counts the form must show are known in advance.
@@ -22,12 +22,11 @@ from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster import fleet
-from tests.cluster.fleet import GPU_TAINT, PRODUCT_LABEL, SimulatedNode
-
 NAMESPACE = "bench"
 BENCH_LABEL = "dcloud.bench/fleet"
 PODS_PER_NODE = 10
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+PRODUCT_LABEL = "nvidia.com/gpu.product"
 TOLERATION = {**GPU_TAINT, "operator": "Equal"}
 
 Manifest = dict[str, Any]
@@ -64,6 +63,26 @@ POOLS: tuple[Pool, ...] = (
     ),
     Pool("cpu", 200, "16", "64Gi"),
 )
+
+
+@dataclass(frozen=True)
+class SimulatedNode:
+    """One KWOK node of the benchmark's fleet."""
+
+    name: str
+    resources: Mapping[str, str]
+    labels: Mapping[str, str]
+
+    def manifest(self) -> Manifest:
+        gpu = any(key not in ("cpu", "memory", "pods") for key in self.resources)
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                         "labels": {"type": "kwok", "kubernetes.io/hostname": self.name, **self.labels}},
+            "spec": {"providerID": f"kwok://{self.name}", "taints": [GPU_TAINT] if gpu else []},
+            "status": {"capacity": dict(self.resources), "allocatable": dict(self.resources)},
+        }
 
 
 @dataclass(frozen=True)
@@ -131,10 +150,10 @@ def split(used: int, sizes: tuple[int, ...]) -> list[int]:
 
 def node_for(pool: Pool, index: int) -> SimulatedNode:
     name = f"bench-{pool.name}-{index:03d}"
-    accelerators = {pool.resource: str(pool.per_node)} if pool.resource else {}
-    return SimulatedNode(
-        name, f"bench-{pool.name}", pool.cpu, pool.memory, accelerators, {**pool.labels, BENCH_LABEL: "node"}
-    )
+    resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110"}
+    if pool.resource:
+        resources[pool.resource] = str(pool.per_node)
+    return SimulatedNode(name, resources, {**pool.labels, BENCH_LABEL: "node"})
 
 
 def plan_fleet(seed: int = 500) -> FleetPlan:
@@ -178,11 +197,11 @@ def _ignore_conflict(call: Callable[[], object]) -> None:
             raise
 
 
-def remove_harness_fleet(core: client.CoreV1Api) -> None:
-    """Delete the harness's own seven nodes so that the benchmark's fleet is the whole cluster."""
-    for node in fleet.FLEET:
+def remove_other_nodes(core: client.CoreV1Api) -> None:
+    """Delete every node that is not the benchmark's, so that its fleet is the whole cluster."""
+    for node in core.list_node(label_selector=f"!{BENCH_LABEL}").items:
         try:
-            core.delete_node(node.name)
+            core.delete_node(node.metadata.name)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -201,8 +220,15 @@ def ensure_namespace(core: client.CoreV1Api, timeout: float = 60.0) -> None:
         time.sleep(0.25)
 
 
+def create_node(core: client.CoreV1Api, node: SimulatedNode) -> None:
+    manifest = node.manifest()
+    _ignore_conflict(lambda: core.create_node(manifest))
+    # the create may drop the status, depending on the version: set it the kubelet's way
+    core.patch_node_status(node.name, {"status": manifest["status"]})
+
+
 def create_nodes(core: client.CoreV1Api, nodes: Iterable[SimulatedNode], workers: int) -> None:
-    in_parallel([lambda node=node: fleet.ensure_node(core, node) for node in nodes], workers)
+    in_parallel([lambda node=node: create_node(core, node) for node in nodes], workers)
 
 
 def create_pods(core: client.CoreV1Api, pods: Iterable[PodPlan], workers: int) -> None:

@@ -2,7 +2,7 @@
 
 An admin describes what exists and who may use what in one catalog; every request
 (form, REST ``user_options``, uploaded file, CLI) is validated against it into a
-:class:`~dcloud_spawner.plan.Plan`, which a backend (Kubernetes or local) turns into a
+:class:`~dcloud_spawner.core.plan.Plan`, which a backend (Kubernetes or local) turns into a
 running notebook server.
 """
 

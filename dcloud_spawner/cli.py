@@ -17,26 +17,13 @@ from typing import Any
 
 import yaml
 
-from .catalog import Catalog, CatalogError
-from .request import RequestError, json_schema, load_options_file
+from .core.catalog import Catalog, CatalogError
+from .core.errors import RequestError
+from .core.request import json_schema, load_options_file
+from .core.validation import validate
 
 EXIT_CATALOG = 1
 EXIT_OPTIONS = 2
-
-
-class _Group:
-    def __init__(self, name: str):
-        self.name = name
-
-
-class _User:
-    """The parts of a JupyterHub user the spawner reads, for offline rendering."""
-
-    def __init__(self, name: str, groups: Sequence[str]):
-        self.name = name
-        self.id = 0
-        self.url = f"/user/{name}/"
-        self.groups = [_Group(g) for g in groups]
 
 
 def _fake_kubeconfig_if_needed() -> None:
@@ -76,12 +63,13 @@ async def render_objects(
     from kubernetes_asyncio.client import ApiClient
     from traitlets.config import Config
 
-    from .spawner import DCloudSpawner
+    from .hub.offline import OfflineUser, offline_hub
+    from .kube import DCloudSpawner
 
     _fake_kubeconfig_if_needed()
     cfg = Config(config or {})
     cfg.DCloudSpawner.catalog_path = catalog_path
-    spawner = DCloudSpawner(_mock=True, user=_User(user, groups), config=cfg)
+    spawner = DCloudSpawner(user=OfflineUser(user, groups), hub=offline_hub(), config=cfg)
     # validation only: rendering holds no resources, so quotas are not claimed
     spawner.dcloud_plan = spawner.validate_options(options or {})
     await spawner.load_user_options()
@@ -95,8 +83,6 @@ async def render_objects(
 
 def dockerfile(catalog: Catalog, options: dict[str, Any], groups: Sequence[str]) -> str:
     """A Dockerfile baking the chosen environment and packages into one image."""
-    from .validation import validate
-
     plan = validate(options, catalog, groups)
     lines = [
         "# syntax=docker/dockerfile:1",
@@ -105,14 +91,26 @@ def dockerfile(catalog: Catalog, options: dict[str, Any], groups: Sequence[str])
         f"FROM {plan.image}",
     ]
     if plan.packages:
-        argv = ["python", "-m", "pip", "install", "--no-cache-dir"]
-        if plan.package_index_url:
-            argv += ["--index-url", plan.package_index_url]
-        argv += ["--", *plan.packages]
         # exec form: the specifiers reach pip as arguments, never through a shell
-        lines.append("RUN " + json.dumps(argv))
+        lines.append("RUN " + json.dumps(plan.pip_install_command()))
     lines.append("USER ${NB_UID:-1000}")
     return "\n".join(lines) + "\n"
+
+
+def settings_table() -> str:
+    """The README's settings table, made from the traits' own ``help`` so it cannot drift."""
+    from .hub.mixin import DCloudMixin
+    from .kube import DCloudSpawner
+    from .local import DCloudLocalSpawner
+
+    rows = ["| setting | default | what it does |", "| --- | --- | --- |"]
+    for spawner in (DCloudSpawner, DCloudLocalSpawner):
+        traits = {**DCloudMixin.class_own_traits(config=True), **spawner.class_own_traits(config=True)}
+        for name, trait in sorted(traits.items()):
+            text = " ".join((trait.help or "").split()).replace("|", "\\|")
+            shown = trait.default_value_repr().strip("'")
+            rows.append(f"| `{spawner.__name__}.{name}` | `{shown}` | {text} |")
+    return "\n".join(rows) + "\n"
 
 
 def _read_options(source: str | None) -> dict[str, Any]:
@@ -196,6 +194,11 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_settings(args: argparse.Namespace) -> int:
+    sys.stdout.write(settings_table())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -226,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the request JSON Schema")
     schema.set_defaults(run=_cmd_schema)
+
+    settings = sub.add_parser("settings", help="print the spawners' settings (traitlets) as a Markdown table")
+    settings.set_defaults(run=_cmd_settings)
 
     demo = sub.add_parser("demo", help="run JupyterHub locally with the example catalog")
     demo.add_argument("--port", type=int, default=8000)

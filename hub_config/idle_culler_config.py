@@ -7,7 +7,7 @@
 #   DCLOUD_CULL_TIMEOUT      servers without a GPU, idle this long, are stopped (default 8 h)
 #   DCLOUD_CULL_GPU_TIMEOUT  servers holding a GPU, idle this long, are stopped (default 1 h);
 #                            must be shorter than DCLOUD_CULL_TIMEOUT
-from dcloud_spawner.culler import gpu_aware_arbiter, require_arbiter_hook, seconds_from_env
+from dcloud_spawner.hub.culler import gpu_aware_arbiter, require_arbiter_hook, seconds_from_env
 
 c = get_config()  # noqa: F821 - provided by the culler when it loads this file
 

@@ -36,7 +36,7 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 3
 
 # GPU allocations by class, user and group for hub admins: /hub/dcloud/allocations
-from dcloud_spawner.admin import handlers  # noqa: E402
+from dcloud_spawner.hub.admin import handlers  # noqa: E402
 
 c.JupyterHub.extra_handlers = handlers()
 
@@ -79,7 +79,7 @@ else:
 # Services see only the environment they are given, so those two are passed on.
 import sys  # noqa: E402
 
-from dcloud_spawner.culler import CULLER_SCOPES  # noqa: E402
+from dcloud_spawner.hub.culler import CULLER_SCOPES  # noqa: E402
 
 c.JupyterHub.services.append({
     "name": "dcloud-idle-culler",

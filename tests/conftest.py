@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcloud_spawner.catalog import Catalog
+from dcloud_spawner.core.catalog import Catalog
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_CATALOG = ROOT / "hub_config" / "catalog.yaml"
+EXAMPLE_CATALOG = ROOT / "hub_config" / "catalog.yaml"  # a link to DEMO_CATALOG, as admins see it
 
 try:  # the cluster harness is optional for unit-only runs outside CI
     from tests.cluster.fixture import kube_cluster
@@ -27,14 +27,12 @@ except ImportError as exc:  # pragma: no cover - reported by the cluster tests t
 
 
 @pytest.fixture(autouse=True)
-def _fresh_ledgers():
-    """Spawners built in unit tests claim quota and GPUs in process-wide ledgers."""
-    from dcloud_spawner import gpus, mixin, quota
+async def _fresh_hub_state():
+    """Spawners built in tests claim quota and GPUs in the hub-wide state; each test starts afresh."""
+    from dcloud_spawner.hub.state import reset_hub_state
 
     yield
-    quota.ledger._claims.clear()
-    gpus.ledger._holders.clear()
-    mixin._attempts.clear()
+    await reset_hub_state()
 
 
 @pytest.fixture(scope="session")

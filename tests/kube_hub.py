@@ -36,7 +36,7 @@ c.JupyterHub.services = [{{"name": "tests", "api_token": settings["token"]}}]
 c.JupyterHub.load_roles = [{{"name": "tests", "services": ["tests"],
                              "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "tokens",
                                         "servers", "read:metrics"]}}]
-from dcloud_spawner.admin import handlers
+from dcloud_spawner.hub.admin import handlers
 c.JupyterHub.extra_handlers = handlers()
 c.JupyterHub.spawner_class = "dcloud"
 c.DCloudSpawner.catalog_path = settings["catalog"]
@@ -61,7 +61,7 @@ def start_kube_hub(state: Path, cluster, *, on_agent: bool = True, catalog: Path
     port, token, password = free_port(), secrets.token_hex(16), secrets.token_hex(8)
     settings = {
         "port": port, "hub_port": free_port(), "proxy_port": free_port(), "state": str(state),
-        "proxy": [sys.executable, "-m", "dcloud_spawner.demo_proxy"], "password": password, "token": token,
+        "proxy": [sys.executable, "-m", "dcloud_spawner.demo.proxy"], "password": password, "token": token,
         "catalog": str(catalog), "namespace": cluster.namespace, "on_agent": on_agent,
         "users": users or {"student": ["students"]},
         # the agent runs the notebook as this machine's user, root in CI

@@ -9,16 +9,16 @@ from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner, clients
 from traitlets.config import Config
 
-from dcloud_spawner.availability import cluster_watch
-from dcloud_spawner.cli import _User
-from dcloud_spawner.spawner import DCloudSpawner
+from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+from dcloud_spawner.hub.state import reset_hub_state
+from dcloud_spawner.kube import DCloudSpawner
 from tests.conftest import EXAMPLE_CATALOG
 
 
 async def point_kubespawner_at(kubeconfig: str) -> None:
     """KubeSpawner caches its client configuration per process; aim it at ``kubeconfig``."""
     await KubeSpawner._stop_all_reflectors()
-    await cluster_watch.stop()
+    await reset_hub_state()  # the watch caches were made with the old client
     os.environ["KUBECONFIG"] = kubeconfig
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     clients.load_config.cache_clear()
@@ -33,6 +33,6 @@ def cluster_spawner(cluster, user: str, groups=(), catalog: Path = EXAMPLE_CATAL
     cfg.DCloudSpawner.k8s_api_request_timeout = 10
     for key, value in config.items():
         setattr(cfg.DCloudSpawner, key, value)
-    spawner = DCloudSpawner(_mock=True, user=_User(user, groups), config=cfg)
+    spawner = DCloudSpawner(user=OfflineUser(user, groups), hub=offline_hub(), config=cfg)
     spawner.api_token = "test-token"
     return spawner

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from traitlets.config import Config
 
-from dcloud_spawner.cli import _User
-from dcloud_spawner.spawner import DCloudSpawner
+from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+from dcloud_spawner.kube import DCloudSpawner
 from tests.conftest import EXAMPLE_CATALOG
 
 
@@ -15,7 +15,7 @@ def make_spawner(groups=(), name="alice", **config) -> DCloudSpawner:
     cfg.DCloudSpawner.show_availability = False  # no cluster here to watch
     for key, value in config.items():
         setattr(cfg.DCloudSpawner, key, value)
-    return DCloudSpawner(_mock=True, user=_User(name, groups), config=cfg)
+    return DCloudSpawner(user=OfflineUser(name, groups), hub=offline_hub(), config=cfg)
 
 
 async def pod_for(options, groups=(), **config) -> dict:

@@ -1,7 +1,6 @@
 """Free and total GPUs per class from Node and Pod objects (the pure part of availability)."""
 
-from dcloud_spawner.availability import compute, pod_request
-from dcloud_spawner.form import GpuAvailability
+from dcloud_spawner.core.availability import GpuAvailability, compute, pod_request
 
 
 def node(name, labels, gpus, resource="nvidia.com/gpu", ready=True, taint=True, unschedulable=False):
@@ -58,7 +57,7 @@ class FakeCache:
 
 
 def test_cached_snapshot_follows_changes_and_deletions(catalog):
-    from dcloud_spawner.availability import ClusterWatch
+    from dcloud_spawner.kube.watch import ClusterWatch
 
     nodes = [node("t4-0", T4, 4), node("t4-1", T4, 4)]
     pods = [pod("t4-0", 1), pod("t4-1", 2)]

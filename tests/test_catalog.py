@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from dcloud_spawner.catalog import Catalog, CatalogError
+from dcloud_spawner.core.catalog import Catalog, CatalogError
 
 
 def load(data):

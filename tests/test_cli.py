@@ -61,7 +61,8 @@ def test_dockerfile_bakes_packages_in_exec_form(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "FROM ghcr.io/dcloud-project/notebook-pytorch-cuda:2026.11" in lines
-    run = 'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "--", "timm>=1.0", "x; os_name == \\"posix\\""]'
+    run = ('RUN ["python", "-m", "pip", "install", "--disable-pip-version-check", "--no-input", '
+           '"--no-cache-dir", "--", "timm>=1.0", "x; os_name == \\"posix\\""]')
     assert run in lines
 
 
@@ -85,3 +86,14 @@ def test_published_schema_is_current():
     result = dcloud("schema")
     published = (ROOT / "docs" / "request.schema.json").read_text()
     assert result.stdout == published, "regenerate with: dcloud schema > docs/request.schema.json"
+
+
+def test_readme_settings_table_is_current():
+    """The README's settings table is what `dcloud settings` prints from the traits' help."""
+    readme = (EXAMPLE_CATALOG.parents[1] / "README.md").read_text()
+    start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
+    documented = readme[readme.index(start) + len(start):readme.index(end)]
+    result = dcloud("settings")
+    assert result.returncode == 0, result.stderr
+    assert documented == result.stdout, "README settings table is stale: paste `dcloud settings` into it"
+    assert "`DCloudLocalSpawner.package_install_args`" in documented

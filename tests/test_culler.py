@@ -17,7 +17,7 @@ from jupyterhub.scopes import expand_scopes
 from jupyterhub_idle_culler import IdleCuller, cull_idle
 from traitlets.config import Config
 
-from dcloud_spawner.culler import (
+from dcloud_spawner.hub.culler import (
     CULLER_SCOPES,
     gpu_aware_arbiter,
     holds_gpu,

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from dcloud_spawner import dataset_views
+from dcloud_spawner.local import dataset_views
 
 
 @pytest.fixture
@@ -19,23 +19,23 @@ def sources(tmp_path):
     return made
 
 
-def test_links_when_the_hub_cannot_mount(tmp_path, sources, monkeypatch):
+async def test_links_when_the_hub_cannot_mount(tmp_path, sources, monkeypatch):
     monkeypatch.setattr(dataset_views.os, "geteuid", lambda: 1000)
     folder = tmp_path / "server" / "datasets"
     folder.parent.mkdir()
-    assert dataset_views.build(folder, sources) == {"imagenet": "linked", "coco": "linked"}
+    assert await dataset_views.build(folder, sources) == {"imagenet": "linked", "coco": "linked"}
     assert (folder / "coco").is_symlink() and (folder / "coco" / "README.txt").read_text() == "coco"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o550  # no entries added or removed by the server
-    dataset_views.clear(folder)
+    await dataset_views.clear(folder)
     assert not folder.exists() or not any(folder.iterdir())
     assert all((source / "README.txt").exists() for _, source in sources)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
-def test_read_only_bind_mounts_as_root(tmp_path, sources):
+async def test_read_only_bind_mounts_as_root(tmp_path, sources):
     folder = tmp_path / "server" / "datasets"
     folder.parent.mkdir()
-    how = dataset_views.build(folder, sources)
+    how = await dataset_views.build(folder, sources)
     if set(how.values()) == {"linked"}:
         pytest.skip("this machine refuses mounts even to root")
     assert how == {"imagenet": "read-only", "coco": "read-only"}
@@ -43,7 +43,7 @@ def test_read_only_bind_mounts_as_root(tmp_path, sources):
     with pytest.raises(OSError) as err:
         (folder / "imagenet" / "new.txt").write_text("x")
     assert err.value.errno == 30  # EROFS: even root cannot write
-    dataset_views.clear(folder)
+    await dataset_views.clear(folder)
     assert dataset_views._mounts_under(folder) == []
     assert all((source / "README.txt").exists() for _, source in sources)  # nothing deleted
     assert [p.name for p in folder.iterdir()] == []

@@ -18,8 +18,7 @@ import pytest
 import yaml
 from tornado import web
 
-from dcloud_spawner.availability import cluster_watch
-from dcloud_spawner.form import GpuAvailability
+from dcloud_spawner.core.availability import GpuAvailability
 from tests.conftest import EXAMPLE_CATALOG
 from tests.hub import stop_demo_hub
 from tests.kube_hub import start_kube_hub
@@ -38,7 +37,7 @@ async def live(spawner, wanted: dict | None = None, timeout: float = 20) -> dict
     await spawner.refresh_live_data()
     deadline = time.monotonic() + timeout
     while True:
-        snapshot = cluster_watch.snapshot(spawner.catalog)
+        snapshot = spawner.live_data().availability(spawner.catalog)
         if wanted is None or all(snapshot[k] == v for k, v in wanted.items()):
             return snapshot
         assert time.monotonic() < deadline, snapshot
@@ -162,8 +161,9 @@ def quota_hub(kube_cluster, tmp_path_factory):
     stop_demo_hub(hub)
 
 
-def user_token(hub, user: str) -> str:
-    status, body = hub.api("POST", f"/users/{user}/tokens", {"note": "test"})
+def user_token(hub, user: str, scopes: list[str] | None = None) -> str:
+    request = {"note": "test", **({"scopes": scopes} if scopes is not None else {})}
+    status, body = hub.api("POST", f"/users/{user}/tokens", request)
     assert status == 201, body
     return body["token"]
 
@@ -216,4 +216,10 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
     assert re.search(rb'^dcloud_gpus_allocated\{gpu_class="t4"\} 4\.0$', metrics, re.M), metrics[-2000:]
     assert re.search(rb'^dcloud_spawns_refused_total\{reason="quota"\} 16\.0$', metrics, re.M)
     status, _ = get(quota_hub, "/hub/dcloud/allocations", user_token(quota_hub, "stu00"))
+    assert status == 403
+    # the page is guarded by a scope, not by the admin flag: a token holding read:servers
+    # for all servers may read it, an admin's token without that scope may not
+    status, body = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:servers"]))
+    assert status == 200 and json.loads(body)["by_class"]["t4"] == 4
+    status, _ = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:users"]))
     assert status == 403

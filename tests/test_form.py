@@ -3,8 +3,9 @@ import re
 import pytest
 from tornado.httputil import HTTPFile
 
-from dcloud_spawner.form import FormContext, GpuAvailability, render_form, request_from_form, uploaded_options
-from dcloud_spawner.request import RequestError
+from dcloud_spawner.core.availability import GpuAvailability
+from dcloud_spawner.core.errors import RequestError
+from dcloud_spawner.hub.form import FormContext, render_form, request_from_form, uploaded_options
 
 LABELS = ["Environment", "GPU type", "GPU count", "CPU cores", "Memory", "Datasets",
           "Extra packages", "Configuration file"]
@@ -64,7 +65,7 @@ def test_catalog_and_user_text_is_escaped(catalog):
     hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>{{7*7}}'
     data = catalog.model_dump()
     data["environments"][0]["description"] = hostile
-    from dcloud_spawner.catalog import Catalog
+    from dcloud_spawner.core.catalog import Catalog
 
     evil = Catalog.from_data(data)
     html = render_form(evil, evil.allowance([]), {"memory": hostile, "packages": [hostile]})

@@ -181,7 +181,7 @@ def configurable_classes() -> dict[str, type]:
     from kubespawner import KubeSpawner
     from oauthenticator.generic import GenericOAuthenticator
 
-    from dcloud_spawner.spawner import DCloudSpawner
+    from dcloud_spawner.kube import DCloudSpawner
 
     return {cls.__name__: cls for cls in (
         JupyterHub, KubeSpawner, DCloudSpawner, GenericOAuthenticator,
@@ -191,7 +191,7 @@ def configurable_classes() -> dict[str, type]:
 def test_spawner_class_resolves_to_dcloud_spawner(hub_config):
     from jupyterhub.app import JupyterHub
 
-    from dcloud_spawner.spawner import DCloudSpawner
+    from dcloud_spawner.kube import DCloudSpawner
 
     # JupyterHub resolves the name through the `jupyterhub.spawners` entry points.
     assert JupyterHub(config=hub_config).spawner_class is DCloudSpawner
@@ -244,7 +244,7 @@ def test_catalog_path_is_where_the_catalog_is_mounted(values, hub_config):
 
 @pytest.mark.parametrize("which", ["inline", "example"])
 def test_mounted_catalog_loads(which, values, deployed_values, tmp_path):
-    from dcloud_spawner.catalog import Catalog
+    from dcloud_spawner.core.catalog import Catalog
 
     chosen = values if which == "inline" else deployed_values
     text = chosen["hub"]["extraFiles"][CATALOG_FILE]["stringData"]
@@ -255,7 +255,7 @@ def test_mounted_catalog_loads(which, values, deployed_values, tmp_path):
 
 
 def test_broken_catalog_in_values_is_refused(values):
-    from dcloud_spawner.catalog import Catalog, CatalogError
+    from dcloud_spawner.core.catalog import Catalog, CatalogError
 
     text = values["hub"]["extraFiles"][CATALOG_FILE]["stringData"]
     with pytest.raises(CatalogError):
@@ -430,7 +430,7 @@ def test_culler_service_fields_are_jupyterhub_service_traits(values):
 def test_culler_role_grants_exactly_the_culler_scopes(values):
     from jupyterhub.scopes import scope_definitions
 
-    from dcloud_spawner.culler import CULLER_SCOPES
+    from dcloud_spawner.hub.culler import CULLER_SCOPES
 
     _, roles = chart_services_and_roles(values)
     (role,) = [r for r in roles if r["name"] == CULLER]

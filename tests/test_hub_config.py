@@ -6,7 +6,7 @@ from importlib.metadata import entry_points
 import pytest
 from traitlets.config import Config
 
-from dcloud_spawner.catalog import Catalog
+from dcloud_spawner.core.catalog import Catalog
 from tests.conftest import ROOT
 
 CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
@@ -50,7 +50,7 @@ def test_demo_groups_match_the_catalog(monkeypatch, catalog):
 
 
 def test_admin_page_is_mounted(monkeypatch):
-    from dcloud_spawner.admin import AllocationsHandler
+    from dcloud_spawner.hub.admin import AllocationsHandler
 
     c = load(monkeypatch)
     assert (r"/dcloud/allocations(\.json)?", AllocationsHandler) in c.JupyterHub.extra_handlers

@@ -1,17 +1,24 @@
-"""images/: the Dockerfiles, their manifest, and the image names the deployment uses.
+"""images/: the Dockerfiles, their manifest, the image names the deployment uses, and the
+images built here for the test node.
 
-No image is built here (there is no container engine); these checks read the files:
-hadolint on every Dockerfile, pinned bases, a non-root final user, and that every image
-the example catalog or the Helm values name is one images/ builds or a pinned upstream.
+The first checks read the files: hadolint on every Dockerfile, pinned bases, a non-root final
+user, and that every image the example catalog or the Helm values name is one images/ builds or
+a pinned upstream. The last section builds the images with buildah on local stand-in bases
+(tests/cluster/images.py; seconds when its cache is warm) and inspects the archives the test
+node imports: users, environment, entry points and the files DCloud relies on.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -60,13 +67,36 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return result
 
 
-def base_images(dockerfile: Path) -> list[str]:
+def expand(text: str, variables: dict[str, str]) -> str:
+    """``$NAME`` and ``${NAME}`` replaced where ``variables`` has NAME."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m[1] or m[2], m[0]), text)
+
+
+def global_args(dockerfile: Path) -> dict[str, str]:
+    """Defaults of the ARGs declared before the first FROM (the ones a FROM may use)."""
+    args: dict[str, str] = {}
+    for keyword, arguments in instructions(dockerfile):
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def raw_base_images(dockerfile: Path) -> list[str]:
+    """Each FROM's image as written, variables and all."""
     refs = []
     for keyword, arguments in instructions(dockerfile):
         if keyword == "FROM":
             words = [w for w in arguments.split() if not w.startswith("--")]
             refs.append(words[0])
     return refs
+
+
+def base_images(dockerfile: Path) -> list[str]:
+    """Each FROM's image as a build without build arguments pulls it."""
+    return [expand(ref, global_args(dockerfile)) for ref in raw_base_images(dockerfile)]
 
 
 def final_user(dockerfile: Path) -> str | None:
@@ -91,12 +121,18 @@ def env_of(dockerfile: Path) -> dict[str, str]:
 
 
 def labels_of(dockerfile: Path) -> dict[str, str]:
+    """The final stage's labels, with the global ARGs that stage declares again expanded."""
     labels: dict[str, str] = {}
+    in_scope: dict[str, str] = {}
     for keyword, arguments in instructions(dockerfile):
-        if keyword == "LABEL":
+        if keyword == "FROM":
+            labels, in_scope = {}, {}
+        elif keyword == "ARG" and "=" not in arguments and arguments in global_args(dockerfile):
+            in_scope[arguments] = global_args(dockerfile)[arguments]
+        elif keyword == "LABEL":
             for word in shlex.split(arguments):
                 name, _, value = word.partition("=")
-                labels[name] = value
+                labels[name] = expand(value, in_scope)
     return labels
 
 
@@ -152,7 +188,10 @@ def hadolint_binary() -> str:
 def hadolint(dockerfile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [hadolint_binary(), "--no-color", "--config", str(HADOLINT_CONFIG), str(dockerfile)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
 
 
@@ -171,11 +210,12 @@ def test_hadolint_passes(dockerfile):
 
 def test_hadolint_runs_with_the_repo_config(tmp_path):
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM docker.io/library/ubuntu:latest\nRUN apt-get install -y curl\n")
+    bad.write_text("FROM docker.io/library/ubuntu:latest\nRUN apt-get install -y curl\nUSER nobody\n")
     result = hadolint(bad)
     assert result.returncode != 0
-    # DL3026 (untrusted registry) only fires with the config's trustedRegistries.
-    assert "DL3026" in result.stdout and "DL3007" in result.stdout, result.stdout
+    assert "DL3007" in result.stdout, result.stdout
+    # DL3066 (non-numeric USER) is reported unless the config's ignore list is read.
+    assert "DL3066" not in result.stdout, result.stdout
 
 
 def test_every_disabled_hadolint_rule_is_justified():
@@ -190,6 +230,22 @@ def test_every_disabled_hadolint_rule_is_justified():
             comments.append(line)
         assert any(rule in c for c in comments), f"{rule} is disabled without a reason above it"
     assert config.get("disable-ignore-pragma") is True, "inline ignores would bypass the list"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=rel)
+def test_base_is_a_build_argument_defaulting_to_the_upstream_image(dockerfile):
+    """`--build-arg BASE_IMAGE=` swaps the base (a mirror, or the local stand-ins); without it
+    the build starts from the pinned upstream image, as the default of that argument."""
+    assert raw_base_images(dockerfile)[-1] == "${BASE_IMAGE}"
+    assert global_args(dockerfile).get("BASE_IMAGE"), "ARG BASE_IMAGE=<upstream image> before FROM"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=rel)
+def test_base_comes_from_a_trusted_registry(dockerfile):
+    """What hadolint's DL3026 would check, had it expanded the ARG default in FROM."""
+    trusted = yaml.safe_load(HADOLINT_CONFIG.read_text())["trustedRegistries"]
+    for ref in base_images(dockerfile):
+        assert ref.split("/", 1)[0] in trusted, ref
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=rel)
@@ -216,9 +272,7 @@ def test_base_label_names_the_base(dockerfile):
 
 
 def test_hub_image_starts_from_the_charts_hub_image():
-    assert base_images(IMAGES / "hub" / "Dockerfile") == [
-        f"quay.io/jupyterhub/k8s-hub:{CHART_VERSION}"
-    ]
+    assert base_images(IMAGES / "hub" / "Dockerfile") == [f"quay.io/jupyterhub/k8s-hub:{CHART_VERSION}"]
 
 
 def test_hub_build_context_holds_the_package():
@@ -228,7 +282,11 @@ def test_hub_build_context_holds_the_package():
         for line in (IMAGES / "hub" / "Dockerfile.dockerignore").read_text().splitlines()
         if line.strip().startswith("!")
     }
-    needed = {"pyproject.toml", *pyproject["tool"]["setuptools"]["packages"]}
+    setuptools = pyproject["tool"]["setuptools"]
+    packages = setuptools.get("packages", [])
+    if isinstance(packages, dict):  # [tool.setuptools.packages.find]: include patterns
+        packages = [pattern.rstrip("*") for pattern in packages["find"]["include"]]
+    needed = {"pyproject.toml", *(name for name in packages if "." not in name)}
     readme = pyproject["project"].get("readme")
     if isinstance(readme, str):
         needed.add(readme)
@@ -309,10 +367,7 @@ def catalog_images(catalog: dict) -> list[tuple[str, bool]]:
 
 def test_example_catalog_images_are_built_or_pinned(manifest, built):
     catalog = yaml.safe_load(EXAMPLE_CATALOG.read_text())
-    problems = [
-        check_image(ref, built, manifest["upstream"], gpu=gpu)
-        for ref, gpu in catalog_images(catalog)
-    ]
+    problems = [check_image(ref, built, manifest["upstream"], gpu=gpu) for ref, gpu in catalog_images(catalog)]
     assert [p for p in problems if p] == []
 
 
@@ -323,8 +378,7 @@ def test_values_images_are_built_or_pinned(manifest, built):
     singleuser = f"{values['singleuser']['image']['name']}:{values['singleuser']['image']['tag']}"
     inline = yaml.safe_load(values["hub"]["extraFiles"]["dcloud-catalog"]["stringData"])
     problems = [check_image(singleuser, built, manifest["upstream"], gpu=False)] + [
-        check_image(ref, built, manifest["upstream"], gpu=gpu)
-        for ref, gpu in catalog_images(inline)
+        check_image(ref, built, manifest["upstream"], gpu=gpu) for ref, gpu in catalog_images(inline)
     ]
     assert [p for p in problems if p] == []
 
@@ -336,3 +390,182 @@ def test_image_check_refuses_unpinned_and_unknown(manifest, built):
     assert check_image("docker.io/library/python:3.12", built, upstream, gpu=False)
     cuda = next(ref for ref, entry in built.items() if entry.get("gpu"))
     assert check_image(cuda, built, upstream, gpu=False), "a CUDA image as the CPU image"
+
+
+# --- The images built here for the test node (tests/cluster/images.py) --------------------
+
+from tests.cluster import images as local  # noqa: E402  (the section's subject)
+
+NOTEBOOKS = [
+    local.NOTEBOOK_PYTORCH_CUDA,
+    local.NOTEBOOK_PYTORCH_CPU,
+    local.NOTEBOOK_TENSORFLOW_CUDA,
+    local.NOTEBOOK_TENSORFLOW_CPU,
+]
+NOTEBOOK_SITE = "opt/conda/lib/python3.11/site-packages"
+HUB_SITE = "usr/local/lib/python3.11/site-packages"
+
+
+def can_build() -> str | None:
+    """Why the images cannot be built on this machine, or None if they can."""
+    if os.geteuid() != 0:
+        return "building needs root (debootstrap, chroot)"
+    absent = [tool for tool in ("buildah", "debootstrap", "go") if shutil.which(tool) is None]
+    return f"not installed: {', '.join(absent)}" if absent else None
+
+
+@pytest.fixture(scope="module")
+def local_images() -> dict[str, local.Image]:
+    """Every image of the test node, built if missing; seconds when the cache is warm."""
+    if local.missing() and (why := can_build()):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot build the test node's images: {why}")
+        pytest.skip(why)
+    return {image.name: image for image in local.build_all(log=lambda line: print(line, file=sys.stderr))}
+
+
+class Archive:
+    """A docker-archive tar: its manifest, image config, and the paths its layers hold."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with tarfile.open(path) as tar:
+            (self.manifest,) = json.load(tar.extractfile("manifest.json"))
+            self.config = json.load(tar.extractfile(self.manifest["Config"]))["config"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.config.get("Env") or [])
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.config.get("Labels") or {}
+
+    def files(self) -> dict[str, tarfile.TarInfo]:
+        """Path (no leading slash) -> entry, over all layers; whiteouts remove what is below."""
+        merged: dict[str, tarfile.TarInfo] = {}
+        for layer in self.manifest["Layers"]:
+            for name, info in layer_entries(self.path, layer).items():
+                directory, _, base = name.rpartition("/")
+                if base.startswith(".wh."):
+                    merged.pop(f"{directory}/{base[4:]}".lstrip("/"), None)
+                else:
+                    merged[name] = info
+        return merged
+
+
+@cache
+def layer_entries(archive: Path, layer: str) -> dict[str, tarfile.TarInfo]:
+    """A layer's entries, read once per layer: images share their base's layer files by digest."""
+    return _layer_entries_by_digest(layer, archive)
+
+
+_by_digest: dict[str, dict[str, tarfile.TarInfo]] = {}
+
+
+def _layer_entries_by_digest(layer: str, archive: Path) -> dict[str, tarfile.TarInfo]:
+    if layer not in _by_digest:
+        with tarfile.open(archive) as outer, tarfile.open(fileobj=outer.extractfile(layer)) as inner:
+            _by_digest[layer] = {info.name.removeprefix("./").rstrip("/"): info for info in inner}
+    return _by_digest[layer]
+
+
+@cache
+def archive(path: Path) -> Archive:
+    return Archive(path)
+
+
+def test_local_names_stand_in_for_every_image_the_deployment_names(manifest):
+    catalog = yaml.safe_load(EXAMPLE_CATALOG.read_text())
+    named = {entry["image"] for entry in manifest["built"]} | set(manifest["upstream"])
+    assert set(local.LOCAL_NAMES) == named
+    assert {ref for ref, _ in catalog_images(catalog)} <= set(local.LOCAL_NAMES)
+    built_here = {image.name for image in local.images()}
+    assert set(local.LOCAL_NAMES.values()) | {local.PAUSE} == built_here
+    for real, name in local.LOCAL_NAMES.items():
+        assert name.startswith("localhost/"), "never a name a registry could serve instead"
+        if real in {entry["image"] for entry in manifest["built"]}:
+            assert name.rsplit("/", 1)[1] == real.rsplit("/", 1)[1], "same repository and tag"
+
+
+def test_archives_hold_the_image_under_its_name(local_images):
+    assert set(local_images) == {image.name for image in local.images()}
+    for name, image in local_images.items():
+        assert image.archive.is_file()
+        assert archive(image.archive).manifest["RepoTags"] == [name]
+
+
+def test_a_second_build_reuses_every_archive(local_images):
+    before = {image.archive: image.archive.stat().st_mtime_ns for image in local_images.values()}
+    again = local.build_all(log=lambda line: None)
+    assert {image.archive: image.archive.stat().st_mtime_ns for image in again} == before
+
+
+def test_pause_image_is_one_static_binary_as_an_unprivileged_user(local_images):
+    image = archive(local_images[local.PAUSE].archive)
+    assert image.config["Entrypoint"] == ["/pause"]
+    assert image.config["User"] == "65535:65535"
+    files = image.files()
+    assert set(files) == {"pause"}
+    with tarfile.open(image.path) as outer:
+        (layer,) = image.manifest["Layers"]
+        with tarfile.open(fileobj=outer.extractfile(layer)) as inner:
+            binary = inner.extractfile("pause").read()
+    assert binary[:4] == b"\x7fELF"
+    assert b"/lib64/ld-linux" not in binary, "dynamically linked: would not run in an empty image"
+
+
+@pytest.mark.parametrize("name", [*NOTEBOOKS, local.NOTEBOOK_BASE])
+def test_notebook_images_run_jupyterhub_singleuser_as_jovyan(local_images, name):
+    image = archive(local_images[name].archive)
+    config = image.config
+    assert config["User"] == "1000"
+    assert config["WorkingDir"] == "/home/jovyan"
+    assert config["Cmd"] == ["jupyterhub-singleuser"]
+    env = image.env
+    assert {k: env.get(k) for k in ("NB_USER", "NB_UID", "NB_GID")} == BASE_IMAGE_VARIABLES | {"NB_USER": "jovyan"}
+    assert env["PATH"].split(":")[0] == "/opt/conda/bin"
+    files = image.files()
+    for command in ("python", "pip", "jupyterhub-singleuser", "jupyter-lab"):
+        assert f"opt/conda/bin/{command}" in files, command
+    home = files["home/jovyan"]
+    assert (home.uid, home.gid) == (1000, 100)
+    assert (files["opt/conda/bin"].uid, files["opt/conda/bin"].gid) == (1000, 100), "jovyan may pip install"
+    hubs = [p for p in files if p.startswith(f"{NOTEBOOK_SITE}/jupyterhub-") and p.endswith(".dist-info")]
+    assert len(hubs) == 1 and hubs[0].split("-")[-1].split(".")[0] in ("5", "6"), hubs
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_images_come_from_their_dockerfile_on_the_stand_in(local_images, name, built):
+    image = archive(local_images[name].archive)
+    (real,) = [r for r, n in local.LOCAL_NAMES.items() if n == name]
+    dockerfile = ROOT / built[real]["dockerfile"]
+    assert image.labels["org.opencontainers.image.base.name"] == local.NOTEBOOK_BASE
+    assert image.labels["org.opencontainers.image.title"] == labels_of(dockerfile)["org.opencontainers.image.title"]
+    visible = image.env.get("NVIDIA_VISIBLE_DEVICES")
+    assert visible == ("void" if built[real].get("gpu") else None)
+
+
+def test_notebook_path_is_the_spawners_image_path(local_images):
+    """The spawner replaces PATH in pods with extra packages; the image's own directories must
+    all be in the PATH it sets, in the same order."""
+    from dcloud_spawner.kube import DCloudSpawner
+
+    spawner_path = DCloudSpawner.class_traits()["image_path"].default_value.split(":")
+    image_path = archive(local_images[local.NOTEBOOK_PYTORCH_CPU].archive).env["PATH"].split(":")
+    assert [d for d in spawner_path if d in image_path] == image_path
+
+
+def test_hub_image_has_dcloud_on_the_upgraded_jupyterhub(local_images):
+    image = archive(local_images[local.HUB].archive)
+    assert image.config["User"] == "1000:1000"
+    assert image.labels["org.opencontainers.image.base.name"] == local.HUB_BASE
+    files = image.files()
+    assert f"{HUB_SITE}/dcloud_spawner/__init__.py" in files
+    dists = {p.rsplit("/", 1)[1] for p in files if p.startswith(HUB_SITE) and p.endswith(".dist-info")}
+    hubs = [d for d in dists if d.startswith("jupyterhub-") and d[11].isdigit()]
+    assert len(hubs) == 1 and hubs[0].split("-")[1].split(".")[0] == "6", hubs
+    assert any(d.startswith("dcloud_spawner-") for d in dists), dists
+    # Build-time only: the source copy, the wheel mount and the offline pip configuration.
+    leftovers = [p for p in ("tmp/dcloud-src", "tmp/dcloud-wheels", "etc/pip.conf") if p in files]
+    assert leftovers == []

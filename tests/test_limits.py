@@ -2,7 +2,7 @@
 
 import os
 
-from dcloud_spawner import limits
+from dcloud_spawner.local import limits
 
 
 def fake_cgroup_root(tmp_path, controllers="cpuset cpu io memory pids"):

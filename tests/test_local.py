@@ -72,9 +72,9 @@ def test_gpus_are_pinned_and_never_shared(hub):
                 break
             time.sleep(0.25)
         assert "g3" not in user["servers"]
-        assert "No free NVIDIA T4 16GB on this machine right now (0 of 2 free)" in hub.log_tail(200)
+        assert "This machine does not have 1 free NVIDIA T4 16GB GPU right now (0 of 2 free)" in hub.log_tail(200)
     else:
-        assert "No free NVIDIA T4 16GB on this machine right now (0 of 2 free)" in body["message"]
+        assert "This machine does not have 1 free NVIDIA T4 16GB GPU right now (0 of 2 free)" in body["message"]
 
     hub.stop_server("student", "g1")
     assert hub.api("POST", "/users/researcher/servers/g3", one)[0] in (201, 202)

@@ -1,9 +1,10 @@
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
-from dcloud_spawner import quota
-from dcloud_spawner.validation import validate
+from dcloud_spawner.core import quotas as quota
+from dcloud_spawner.core.validation import validate
 
 
 def claim(catalog, user, groups, options, server=""):
@@ -12,48 +13,51 @@ def claim(catalog, user, groups, options, server=""):
 
 async def test_user_totals_across_servers(catalog):
     ledger = quota.Ledger()
-    await ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}, "cpu": 4}, "a"))
+    ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}, "cpu": 4}, "a"))
     with pytest.raises(quota.QuotaExceeded) as err:
-        await ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "b"))
+        ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "b"))
     assert err.value.sentence == (
         "Quota: you already run 1 server with 1 GPU (1 × t4), 4 CPU and 4Gi; with this server you would "
         "exceed 1 GPU in total, so you may still ask for 0 GPU(s), 4 CPU, 28Gi."
     )
     # a CPU server still fits
-    await ledger.claim(catalog, claim(catalog, "sam", ["students"], {"cpu": 4}, "b"))
+    ledger.claim(catalog, claim(catalog, "sam", ["students"], {"cpu": 4}, "b"))
     assert len(ledger.claims) == 2
 
 
 async def test_releasing_makes_room(catalog):
     ledger = quota.Ledger()
     first = claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "a")
-    await ledger.claim(catalog, first)
+    ledger.claim(catalog, first)
+    with pytest.raises(quota.QuotaExceeded):  # students hold one GPU at a time
+        ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "b"))
     ledger.release("sam", "a")
-    await ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "b"))
+    ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "b"))
+    assert [(c.server, c.gpus) for c in ledger.claims] == [("b", 1)]
 
 
 async def test_restarting_the_same_server_does_not_count_twice(catalog):
     ledger = quota.Ledger()
     for _ in range(3):
-        await ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "a"))
+        ledger.claim(catalog, claim(catalog, "sam", ["students"], {"gpu": {"type": "t4"}}, "a"))
     assert len(ledger.claims) == 1
 
 
 async def test_per_class_totals(catalog):
     ledger = quota.Ledger()
     options = {"gpu": {"type": "a100-mig-1g", "count": 1}}
-    await ledger.claim(catalog, claim(catalog, "rita", ["researchers"], options, "a"))
-    await ledger.claim(catalog, claim(catalog, "rita", ["researchers"], options, "b"))
+    ledger.claim(catalog, claim(catalog, "rita", ["researchers"], options, "a"))
+    ledger.claim(catalog, claim(catalog, "rita", ["researchers"], options, "b"))
     with pytest.raises(quota.QuotaExceeded, match="exceed 2 × a100-mig-1g"):
-        await ledger.claim(catalog, claim(catalog, "rita", ["researchers"], options, "c"))
+        ledger.claim(catalog, claim(catalog, "rita", ["researchers"], options, "c"))
 
 
 async def test_group_quota_counts_all_members(catalog):
     ledger = quota.Ledger()
     for i in range(4):
-        await ledger.claim(catalog, claim(catalog, f"s{i}", ["students"], {"gpu": {"type": "t4"}}))
+        ledger.claim(catalog, claim(catalog, f"s{i}", ["students"], {"gpu": {"type": "t4"}}))
     with pytest.raises(quota.QuotaExceeded) as err:
-        await ledger.claim(catalog, claim(catalog, "s4", ["students"], {"gpu": {"type": "t4"}}))
+        ledger.claim(catalog, claim(catalog, "s4", ["students"], {"gpu": {"type": "t4"}}))
     assert err.value.sentence.startswith(
         "Quota of group 'students': its members already run 4 servers with 4 GPUs (4 × t4)"
     )
@@ -66,27 +70,83 @@ async def test_most_permissive_totals_win(catalog):
     assert quota.user_limits(catalog, ["medical"]).gpus == 0  # 'everyone' applies
 
 
-async def test_racing_claims_never_over_allocate(catalog):
-    ledger = quota.Ledger()
+A100 = {"gpu": {"type": "a100", "count": 1}}
 
-    async def try_claim(i):
+
+async def race(claim_one) -> int:
+    """Start 20 claims at once, each yielding to the event loop before claiming, as spawns do;
+    return how many succeeded."""
+
+    async def attempt(i):
         await asyncio.sleep(0)
         try:
-            await ledger.claim(catalog, claim(catalog, "rita", ["researchers"],
-                                              {"gpu": {"type": "a100", "count": 1}}, f"s{i}"))
+            await claim_one(i)
             return True
         except quota.QuotaExceeded:
             return False
 
-    results = await asyncio.gather(*(try_claim(i) for i in range(20)))
-    assert sum(results) == 8  # researchers may hold 8 GPUs in total
+    return sum(await asyncio.gather(*(attempt(i) for i in range(20))))
+
+
+async def test_racing_claims_never_over_allocate(catalog):
+    ledger = quota.Ledger()
+
+    async def claim_one(i):
+        ledger.claim(catalog, claim(catalog, "rita", ["researchers"], A100, f"s{i}"))
+
+    assert await race(claim_one) == 8  # researchers may hold 8 GPUs in total
     assert sum(c.gpus for c in ledger.claims) == 8
+
+
+async def test_the_race_catches_a_check_split_from_its_record(catalog):
+    """The race above interleaves for real: with an await between the check and the record
+    (the mistake Ledger.claim is written to exclude), the same race over-allocates."""
+    ledger = quota.Ledger()
+
+    async def split_claim(i):
+        wanted = claim(catalog, "rita", ["researchers"], A100, f"s{i}")
+        quota.check(catalog, ledger.claims, wanted)
+        await asyncio.sleep(0)
+        ledger.adopt(wanted)  # records without checking
+
+    assert await race(split_claim) > 8
+
+
+async def test_racing_spawns_through_the_hub_hook_never_over_allocate(offline_kubeconfig):
+    """20 servers of one user applied at once through apply_user_options, whose live-data
+    refresh yields to the event loop between validation and the quota claim."""
+    from tornado.web import HTTPError
+
+    from dcloud_spawner.hub.state import hub_state
+    from tests.spawners import make_spawner
+
+    async def refresh_that_yields():
+        await asyncio.sleep(0)
+
+    spawners = []
+    for i in range(20):
+        spawner = make_spawner(["researchers"], name="rita")
+        spawner.orm_spawner = SimpleNamespace(name=f"s{i}", user_options=None, server=None)  # a named server
+        spawner.refresh_live_data = refresh_that_yields
+        spawners.append(spawner)
+
+    async def apply(spawner):
+        try:
+            await spawner.apply_user_options(spawner, dict(A100))
+            return True
+        except HTTPError as exc:
+            assert exc.status_code == 400 and "Quota" in exc.log_message
+            return False
+
+    results = await asyncio.gather(*(apply(s) for s in spawners))
+    assert sum(results) == 8
+    assert sum(c.gpus for c in hub_state().ledger.claims) == 8
 
 
 def test_unknown_class_in_totals_is_a_catalog_error(catalog_data):
     import copy
 
-    from dcloud_spawner.catalog import Catalog, CatalogError
+    from dcloud_spawner.core.catalog import Catalog, CatalogError
 
     data = copy.deepcopy(catalog_data)
     data["quotas"]["groups"]["students"]["max_gpus_per_class"] = {"h100": 1}

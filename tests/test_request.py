@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from dcloud_spawner.request import (
+from dcloud_spawner.core.request import (
     MAX_FILE_BYTES,
     RequestError,
     ServerRequest,

@@ -8,8 +8,8 @@ import pytest
 from tornado import web
 from tornado.httputil import HTTPFile
 
-from dcloud_spawner.request import RequestError
-from dcloud_spawner.spawner import DCloudSpawner
+from dcloud_spawner.core.errors import RequestError
+from dcloud_spawner.kube import DCloudSpawner
 from tests.spawners import make_spawner
 
 pytestmark = pytest.mark.usefixtures("offline_kubeconfig")
@@ -33,9 +33,31 @@ def test_every_dcloud_setting_documents_itself():
 
 async def test_hooks_are_installed():
     spawner = make_spawner()
+    assert spawner.options_form == spawner.dcloud_options_form
     assert spawner.options_from_form == spawner.dcloud_options_from_form
     assert spawner.apply_user_options == spawner.dcloud_apply_user_options
     assert "GPU type" in await spawner.get_options_form()
+
+
+async def test_an_admins_own_hooks_win():
+    """DCloud's hooks are trait defaults: whatever the admin configures, on any class, wins."""
+    from traitlets.config import Config
+
+    from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+    from tests.conftest import EXAMPLE_CATALOG
+
+    def custom_apply(spawner, options):
+        return None
+
+    cfg = Config()
+    cfg.DCloudSpawner.catalog_path = str(EXAMPLE_CATALOG)
+    cfg.DCloudSpawner.show_availability = False
+    cfg.Spawner.options_form = "<p>site form</p>"  # the base class's section
+    cfg.KubeSpawner.apply_user_options = custom_apply
+    spawner = DCloudSpawner(user=OfflineUser("alice"), hub=offline_hub(), config=cfg)
+    assert await spawner.get_options_form() == "<p>site form</p>"
+    assert spawner.apply_user_options is custom_apply
+    assert spawner.options_from_form == spawner.dcloud_options_from_form  # not configured: DCloud's
 
 
 async def test_form_submission_becomes_normalised_options():

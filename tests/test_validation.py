@@ -1,7 +1,7 @@
 import pytest
 
-from dcloud_spawner.request import RequestError
-from dcloud_spawner.validation import validate
+from dcloud_spawner.core.errors import RequestError
+from dcloud_spawner.core.validation import validate
 
 
 def refused(options, catalog, groups=()):

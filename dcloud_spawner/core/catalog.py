@@ -16,14 +16,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .quantity import memory_bytes
+from .errors import input_path
+from .quantity import format_memory, memory_bytes
 
 # Catalog ids end up in labels, volume names and form field values.
 ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$"
@@ -49,15 +52,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_memory(value: str) -> str:
+def _memory(value: object) -> int:
+    """The one memory validator: a quantity such as 16Gi, kept as bytes."""
     try:
-        memory_bytes(value)
+        return memory_bytes(value)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ValueError(f"'{value}' is not a memory quantity such as 16Gi") from exc
-    return str(value)
 
 
-MemoryQuantity = Annotated[str, Field(min_length=1)]
+# Memory in the catalog: written as a quantity, held as bytes, dumped as a quantity again.
+Memory = Annotated[int, BeforeValidator(_memory), PlainSerializer(format_memory, return_type=str)]
 
 
 class EnvironmentImages(_Strict):
@@ -135,16 +139,14 @@ class NumberRange(_Strict):
 
 
 class MemoryRange(_Strict):
-    min: MemoryQuantity
-    max: MemoryQuantity
-    default: MemoryQuantity
+    min: Memory
+    max: Memory
+    default: Memory
     request_fraction: float = Field(1.0, gt=0, le=1)
-
-    _memory = field_validator("min", "max", "default")(_check_memory)
 
     @model_validator(mode="after")
     def _ordered(self) -> MemoryRange:
-        if not memory_bytes(self.min) <= memory_bytes(self.default) <= memory_bytes(self.max):
+        if not self.min <= self.default <= self.max:
             raise ValueError("needs min <= default <= max")
         return self
 
@@ -211,12 +213,7 @@ class Totals(_Strict):
     max_gpus: int | None = Field(None, ge=0)
     max_gpus_per_class: dict[str, int] = Field(default_factory=dict)
     max_cpu: float | None = Field(None, gt=0)
-    max_memory: MemoryQuantity | None = None
-
-    @field_validator("max_memory")
-    @classmethod
-    def _memory(cls, value: str | None) -> str | None:
-        return None if value is None else _check_memory(value)
+    max_memory: Memory | None = None
 
 
 class Quotas(_Strict):
@@ -231,13 +228,8 @@ class Policy(_Strict):
     datasets: Choices = Field(default_factory=list)
     max_gpus: int = Field(0, ge=0)
     max_cpu: float | None = Field(None, gt=0)
-    max_memory: MemoryQuantity | None = None
+    max_memory: Memory | None = None
     totals: Totals | None = Field(None, description="Per-user totals across all of the user's servers.")
-
-    @field_validator("max_memory")
-    @classmethod
-    def _memory(cls, value: str | None) -> str | None:
-        return None if value is None else _check_memory(value)
 
 
 class Policies(_Strict):
@@ -255,19 +247,19 @@ class Allowance:
     max_gpus: int
     max_cpu: float
     max_memory: int
+    default_cpu: float  # the catalog's default, within this user's maximum
+    default_memory: int
 
 
 class Catalog(_Strict):
     environments: list[Environment] = Field(min_length=1)
     gpu_classes: list[GpuClass] = Field(default_factory=list)
     resources: Resources = Resources()
-    shared_memory: MemoryQuantity = "1Gi"
+    shared_memory: Memory = 1024**3
     datasets: list[Dataset] = Field(default_factory=list)
     packages: Packages = Packages()
     policies: Policies = Policies()
     quotas: Quotas = Quotas()
-
-    _shm = field_validator("shared_memory")(_check_memory)
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
@@ -326,12 +318,15 @@ class Catalog(_Strict):
     def dataset(self, dataset_id: str) -> Dataset:
         return next(d for d in self.datasets if d.id == dataset_id)
 
+    def policies_for(self, groups: Iterable[str]) -> list[Policy]:
+        """The policies that apply to a user in ``groups``: 'everyone' and each group's own."""
+        groups = set(groups)
+        return [self.policies.everyone] + [p for name, p in self.policies.groups.items() if name in groups]
+
     def allowance(self, groups: Iterable[str]) -> Allowance:
         """The most permissive value of each field over the user's groups and 'everyone'."""
         groups = set(groups)
-        policies = [self.policies.everyone] + [
-            p for name, p in self.policies.groups.items() if name in groups
-        ]
+        policies = self.policies_for(groups)
 
         def union(field: str, all_ids: list[str]) -> tuple[str, ...]:
             chosen: set[str] = set()
@@ -348,18 +343,18 @@ class Catalog(_Strict):
         cpu = self.resources.cpu
         memory = self.resources.memory
         max_cpus = [p.max_cpu for p in policies if p.max_cpu is not None]
-        max_mems = [memory_bytes(p.max_memory) for p in policies if p.max_memory is not None]
+        max_mems = [p.max_memory for p in policies if p.max_memory is not None]
+        max_cpu = min(max(max_cpus), cpu.max) if max_cpus else cpu.max
+        max_memory = min(max(max_mems), memory.max) if max_mems else memory.max
         return Allowance(
             environments=union("environments", [e.id for e in self.environments]),
             gpu_classes=union("gpu_classes", [g.id for g in self.gpu_classes]),
             datasets=tuple(i for i in dataset_ids if i in granted),
             max_gpus=max(p.max_gpus for p in policies),
-            max_cpu=min(max(max_cpus), cpu.max) if max_cpus else cpu.max,
-            max_memory=(
-                min(max(max_mems), memory_bytes(memory.max))
-                if max_mems
-                else memory_bytes(memory.max)
-            ),
+            max_cpu=max_cpu,
+            max_memory=max_memory,
+            default_cpu=min(cpu.default, max_cpu),
+            default_memory=min(memory.default, max_memory),
         )
 
     # -- loading ------------------------------------------------------------------------
@@ -371,7 +366,7 @@ class Catalog(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise CatalogError(_describe(exc)) from None
+            raise CatalogError(_describe(exc, data)) from None
 
     @classmethod
     def from_yaml(cls, text: str) -> Catalog:
@@ -390,16 +385,14 @@ class Catalog(_Strict):
         return cls.from_yaml(text)
 
 
-def _describe(exc: ValidationError) -> list[str]:
+def _describe(exc: ValidationError, data: Any) -> list[str]:
     """One line per problem: where it is (``gpu_classes[1].max_count``) and what is wrong."""
     lines = []
     for error in exc.errors(include_url=False):
         parts: list[str] = []
-        for item in error["loc"]:
+        for item in input_path(error["loc"], data):
             if isinstance(item, int):
                 parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
-            elif item in ("pvc", "nfs", "host_path", "function-after[_ordered(), NumberRange]"):
-                continue  # discriminator branches: the key path already says where
             else:
                 parts.append(str(item))
         where = ".".join(parts) or "catalog"

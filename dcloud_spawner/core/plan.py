@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,35 @@ class Plan:
         if self.gpu:
             options["gpu"] = {"type": self.gpu.id, "count": self.gpu_count}
         return options
+
+    def environment_variables(self) -> dict[str, str]:
+        """``DCLOUD_*`` variables every backend gives the server, so notebooks can see their grant."""
+        return {
+            "DCLOUD_ENVIRONMENT": self.environment.id,
+            "DCLOUD_GPU_CLASS": self.gpu.id if self.gpu else "",
+            "DCLOUD_GPU_COUNT": str(self.gpu_count),
+            "DCLOUD_CPU_LIMIT": f"{self.cpu_limit:g}",
+            "DCLOUD_MEMORY_LIMIT": format_memory(self.memory_limit),
+            "DCLOUD_DATASETS": ",".join(d.id for d in self.datasets),
+        }
+
+    def pip_install_command(self, python: str = "python", target: str | None = None,
+                            admin_args: Sequence[str] = (), cache: bool = False) -> list[str]:
+        """The argv that installs this plan's packages, for every backend and the Dockerfile.
+
+        A security rule lives here: the user's packages come after ``--``, so they can only
+        ever be requirement specifiers, never pip options; the index comes from the catalog
+        alone, and other pip options only from the admin (``admin_args``).
+        """
+        argv = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+        if not cache:
+            argv.append("--no-cache-dir")
+        if target is not None:
+            argv += ["--target", target]
+        argv += list(admin_args)
+        if self.package_index_url:
+            argv += ["--index-url", self.package_index_url]
+        return [*argv, "--", *self.packages]
 
     def summary(self) -> str:
         """One line for logs and progress messages."""

@@ -3,20 +3,20 @@
 Per-server maxima live in the policies and are checked by ``validation.validate``. This
 module adds totals over all running (and starting) servers: per user (from the user's
 policies, most permissive wins) and per group (``quotas.groups`` in the catalog). Every
-spawn claims its resources in one ledger under one lock, so racing spawns can never
-together exceed a quota; stops and failed starts release the claim.
+spawn claims its resources in one hub-wide ledger, checking and recording in one step,
+so racing spawns can never together exceed a quota; stops and failed starts release it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .catalog import Catalog
+from .errors import QuotaExceeded
 from .plan import Plan
-from .quantity import format_memory, memory_bytes
+from .quantity import format_memory
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,6 @@ class Totals:
         return f"{servers} with {gpus}, {self.cpu:g} CPU and {format_memory(self.memory)}"
 
 
-class QuotaExceeded(Exception):
-    def __init__(self, sentence: str):
-        self.sentence = sentence
-        self.jupyterhub_message = sentence
-        super().__init__(sentence)
-
-
 @dataclass(frozen=True)
 class Limits:
     """Totals one holder (a user or a group) may reach; None means no limit."""
@@ -89,9 +82,7 @@ class Limits:
 
 def user_limits(catalog: Catalog, groups: Iterable[str]) -> Limits:
     """The most permissive per-user totals over 'everyone' and the user's groups."""
-    groups = set(groups)
-    policies = [catalog.policies.everyone] + [p for n, p in catalog.policies.groups.items() if n in groups]
-    quotas = [p.totals for p in policies if p.totals is not None]
+    quotas = [p.totals for p in catalog.policies_for(groups) if p.totals is not None]
     if not quotas:
         return Limits(None, {}, None, None)
 
@@ -108,7 +99,7 @@ def user_limits(catalog: Catalog, groups: Iterable[str]) -> Limits:
         gpus=most([q.max_gpus for q in quotas]),  # type: ignore[arg-type]
         gpus_by_class=by_class,
         cpu=most([q.max_cpu for q in quotas]),  # type: ignore[arg-type]
-        memory=most([None if q.max_memory is None else memory_bytes(q.max_memory) for q in quotas]),  # type: ignore[arg-type]
+        memory=most([q.max_memory for q in quotas]),  # type: ignore[arg-type]
     )
 
 
@@ -116,8 +107,7 @@ def group_limits(catalog: Catalog, group: str) -> Limits | None:
     quota = catalog.quotas.groups.get(group)
     if quota is None:
         return None
-    return Limits(quota.max_gpus, dict(quota.max_gpus_per_class), quota.max_cpu,
-                  None if quota.max_memory is None else memory_bytes(quota.max_memory))
+    return Limits(quota.max_gpus, dict(quota.max_gpus_per_class), quota.max_cpu, quota.max_memory)
 
 
 def _exceeded(limits: Limits, held: Totals, claim: Claim) -> list[str]:
@@ -173,20 +163,24 @@ def check(catalog: Catalog, claims: Iterable[Claim], claim: Claim) -> None:
 
 
 class Ledger:
-    """Claims of all servers of this hub, shared by every spawner in the process."""
+    """Claims of all servers of this hub, shared by every spawner in the hub."""
 
     def __init__(self) -> None:
         self._claims: dict[tuple[str, str], Claim] = {}
-        self._lock = asyncio.Lock()
 
     @property
     def claims(self) -> list[Claim]:
         return list(self._claims.values())
 
-    async def claim(self, catalog: Catalog, claim: Claim) -> None:
-        async with self._lock:
-            check(catalog, self._claims.values(), claim)
-            self._claims[claim.key] = claim
+    def claim(self, catalog: Catalog, claim: Claim) -> None:
+        """Record ``claim``, or raise QuotaExceeded and record nothing.
+
+        Deliberately not a coroutine: the check and the record happen in one step of the
+        hub's event loop, so no other spawn can claim in between. Making this await
+        anything between the two would let racing spawns over-allocate (the tests race it).
+        """
+        check(catalog, self._claims.values(), claim)
+        self._claims[claim.key] = claim
 
     def adopt(self, claim: Claim) -> None:
         """Record a server that was already running when the hub (re)started."""
@@ -195,5 +189,5 @@ class Ledger:
     def release(self, user: str, server: str) -> None:
         self._claims.pop((user, server), None)
 
-
-ledger = Ledger()
+    def clear(self) -> None:
+        self._claims.clear()

@@ -1,7 +1,7 @@
 """What a user asks for: one model for the form, REST ``user_options``, files and the CLI.
 
 This module only checks shape (types, unknown fields, sizes). Whether the user may have
-what they ask for is decided by :func:`dcloud_spawner.validation.validate` against the
+what they ask for is decided by :func:`dcloud_spawner.core.validation.validate` against the
 catalog. Every problem becomes a :class:`RequestError`: one sentence naming the field.
 """
 
@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import RequestError, clip, input_path
+
 FIELDS = ("environment", "gpu", "cpu", "memory", "datasets", "packages")
 
 # Limits on uploaded configuration files: small, shallow, no anchors.
@@ -20,19 +22,6 @@ MAX_FILE_BYTES = 16 * 1024
 MAX_DEPTH = 8
 MAX_SCALAR_CHARS = 512
 MAX_NODES = 500
-
-
-class RequestError(ValueError):
-    """A request that cannot be granted, as one sentence a user can act on.
-
-    ``jupyterhub_message`` is what JupyterHub shows on the form and the progress page.
-    """
-
-    def __init__(self, field: str, sentence: str):
-        self.field = field
-        self.sentence = sentence
-        self.jupyterhub_message = sentence
-        super().__init__(sentence)
 
 
 class GpuRequest(BaseModel):
@@ -82,18 +71,10 @@ class ServerRequest(BaseModel):
             data = {}
         if not isinstance(data, dict):
             raise RequestError("options", "The options must be a mapping of field names to values.")
-        unknown = sorted(str(k) for k in data if k not in FIELDS)
-        if unknown:
-            raise RequestError(
-                unknown[0],
-                f"Unknown field '{_clip(unknown[0])}'; the fields you can set are: "
-                + ", ".join(FIELDS)
-                + ".",
-            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _sentence(exc) from None
+            raise _sentence(exc, data) from None
 
 
 def json_schema() -> dict[str, Any]:
@@ -101,10 +82,6 @@ def json_schema() -> dict[str, Any]:
     schema = ServerRequest.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _READABLE = {
@@ -119,17 +96,21 @@ _READABLE = {
 }
 
 
-def _sentence(exc: ValidationError) -> RequestError:
-    error = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in error["loc"] if not isinstance(p, int)]
-    # pydantic reports union branches ("str", "int") as extra path parts
-    loc = [p for p in loc if p not in ("str", "int", "float", "GpuRequest")]
+def _sentence(exc: ValidationError, data: dict[str, Any]) -> RequestError:
+    errors = exc.errors(include_url=False)
+    # an unknown field is named first, in a stable order, whatever else is wrong
+    unknown = sorted((e for e in errors if e["type"] == "extra_forbidden"), key=lambda e: str(e["loc"]))
+    error = (unknown or errors)[0]
+    loc = [str(p) for p in input_path(error["loc"], data) if not isinstance(p, int)]
     field = ".".join(loc) or "options"
     name = _READABLE.get(field, field)
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = "type, count" if field.startswith("gpu") else ", ".join(FIELDS)
-        return RequestError(field, f"Unknown field '{field}'; allowed here: {allowed}.")
+        if len(error["loc"]) == 1:  # a top-level key, which YAML may also spell as a number
+            field = str(error["loc"][0])
+            return RequestError(field, f"Unknown field '{clip(field)}'; the fields you can set are: "
+                                + ", ".join(FIELDS) + ".")
+        return RequestError(field, f"Unknown field '{clip(field)}'; allowed here: type, count.")
     if kind == "missing":
         return RequestError(field, f"{name} is required.")
     if field == "gpu" and kind in ("model_type", "dict_type"):

@@ -12,9 +12,10 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from .catalog import Catalog
+from .errors import RequestError, clip
 from .plan import Plan
 from .quantity import format_memory, memory_bytes
-from .request import RequestError, ServerRequest, _clip
+from .request import ServerRequest
 
 MAX_PACKAGE_CHARS = 200
 
@@ -34,7 +35,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
     # environment
     env_id = request.environment or (allowance.environments[0] if allowance.environments else None)
     if env_id not in allowance.environments:
-        shown = _clip(str(env_id))
+        shown = clip(str(env_id))
         raise RequestError(
             "environment",
             f"Environment '{shown}' is not available to you; you can use: "
@@ -53,7 +54,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         if request.gpu.type not in allowance.gpu_classes:
             raise RequestError(
                 "gpu.type",
-                f"GPU class '{_clip(request.gpu.type)}' is not available to you; you can use: "
+                f"GPU class '{clip(request.gpu.type)}' is not available to you; you can use: "
                 f"{_listing(allowance.gpu_classes)}.",
             )
         gpu = catalog.gpu_class(request.gpu.type)
@@ -76,7 +77,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
     # CPU
     cpu_range = catalog.resources.cpu
     cpu_max = allowance.max_cpu
-    cpu = request.cpu if request.cpu is not None else min(cpu_range.default, cpu_max)
+    cpu = request.cpu if request.cpu is not None else allowance.default_cpu
     if not cpu_range.min <= cpu <= cpu_max:
         raise RequestError(
             "cpu", f"CPU cores must be between {cpu_range.min:g} and {cpu_max:g} for you."
@@ -86,16 +87,16 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
 
     # memory
     mem_range = catalog.resources.memory
-    mem_min, mem_max = memory_bytes(mem_range.min), allowance.max_memory
+    mem_min, mem_max = mem_range.min, allowance.max_memory
     if request.memory is None:
-        memory = min(memory_bytes(mem_range.default), mem_max)
+        memory = allowance.default_memory
     else:
         try:
             memory = memory_bytes(request.memory)
         except ValueError:
             raise RequestError(
                 "memory",
-                f"Memory '{_clip(str(request.memory))}' is not a quantity such as 16Gi or 512Mi.",
+                f"Memory '{clip(str(request.memory))}' is not a quantity such as 16Gi or 512Mi.",
             ) from None
     if not mem_min <= memory <= mem_max:
         raise RequestError(
@@ -110,7 +111,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         if dataset_id not in allowance.datasets:
             raise RequestError(
                 "datasets",
-                f"Dataset '{_clip(dataset_id)}' is not available to you; you can use: "
+                f"Dataset '{clip(dataset_id)}' is not available to you; you can use: "
                 f"{_listing(allowance.datasets)}.",
             )
         if dataset_id not in chosen:
@@ -131,7 +132,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         cpu_request=max(round(cpu * fraction_cpu, 3), 0.001),
         memory_limit=memory,
         memory_request=int(memory * fraction_mem),
-        shm_bytes=min(memory_bytes(catalog.shared_memory), memory // 2),
+        shm_bytes=min(catalog.shared_memory, memory // 2),
         datasets=datasets,
         packages=packages,
         package_index_url=catalog.packages.index_url,
@@ -151,7 +152,7 @@ def _packages(specs: list[str], catalog: Catalog) -> tuple[str, ...]:
         )
     normal: list[str] = []
     for spec in specs:
-        shown = _clip(spec)
+        shown = clip(spec)
         if len(spec) > MAX_PACKAGE_CHARS or spec.startswith("-"):
             raise RequestError(
                 "packages",

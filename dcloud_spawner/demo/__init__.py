@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog, CatalogError
+from ..core.catalog import Catalog, CatalogError
 
-REPO_CATALOG = Path(__file__).resolve().parents[1] / "hub_config" / "catalog.yaml"
+# The example catalog ships inside the package, so `dcloud demo` works outside a checkout
+# (hub_config/catalog.yaml in the repository is a link to this file).
+DEMO_CATALOG = Path(__file__).with_name("catalog.yaml")
 USERS = {"student": ["students"], "researcher": ["researchers", "medical"], "guest": [], "admin": []}
 
 
@@ -39,7 +41,7 @@ def _proxy_command() -> list[str]:
         raise SystemExit(
             "error: configurable-http-proxy not found; install the demo extra: pip install -e '.[demo]'"
         ) from None
-    return [sys.executable, "-m", "dcloud_spawner.demo_proxy"]
+    return [sys.executable, "-m", "dcloud_spawner.demo.proxy"]
 
 
 def sample_datasets(state: Path, catalog: Catalog) -> dict[str, str]:
@@ -104,7 +106,7 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
             groups.setdefault(group, {"users": []})["users"].append(user)
     c.JupyterHub.load_groups = groups
 
-    from .admin import handlers
+    from ..hub.admin import handlers
 
     c.JupyterHub.extra_handlers = handlers()  # /hub/dcloud/allocations for admins
     c.JupyterHub.spawner_class = "dcloud-local"
@@ -136,7 +138,7 @@ apply_demo_config(c, json.loads({settings!r}))
 
 def run_demo(port: int = 8000, password: str | None = None, catalog: str | None = None,
              simulated_gpus: list[str] | None = None) -> int:
-    catalog_path = Path(catalog) if catalog else REPO_CATALOG
+    catalog_path = Path(catalog) if catalog else DEMO_CATALOG
     if not catalog_path.exists():
         print(f"error: catalog not found: {catalog_path}; pass --catalog PATH", file=sys.stderr)
         return 1

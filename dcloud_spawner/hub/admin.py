@@ -1,9 +1,10 @@
 """The admin page: current GPU allocations by class, user and group, with a chart.
 
-Served by the hub at /hub/dcloud/allocations (HTML) and /hub/dcloud/allocations.json;
-hub admins only, everyone else gets 403. Enable it in jupyterhub_config.py::
+Served by the hub at /hub/dcloud/allocations (HTML) and /hub/dcloud/allocations.json to
+whoever holds the ``read:servers`` scope for all servers (hub admins, or an API token or
+service given that scope); everyone else gets 403. Enable it in jupyterhub_config.py::
 
-    from dcloud_spawner.admin import handlers
+    from dcloud_spawner.hub.admin import handlers
     c.JupyterHub.extra_handlers = handlers()
 
 (JupyterHub 3.1+ logs that extra_handlers is deprecated in favour of services; a service
@@ -15,42 +16,35 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from importlib.resources import files
 from typing import Any
 
 from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.scopes import needs_scope
 from tornado import web
 
-from .metrics import allocations
-from .quantity import format_memory
-
-PAGE = (files("dcloud_spawner") / "templates" / "allocations.html").read_text(encoding="utf-8")
+from ..core.quantity import format_memory
+from .form import templates
+from .metrics import Allocations, allocations
+from .state import hub_state
 
 
 class AllocationsHandler(BaseHandler):
-    """Hub admins see who holds which GPUs; anyone else is refused."""
+    """Who holds which GPUs, for holders of the unfiltered ``read:servers`` scope."""
 
-    # read-only page and JSON: an admin's API token works as well as the login cookie
+    # read-only page and JSON: an API token with the scope works as well as the login cookie
     _accept_token_auth = True
 
-    def _data(self) -> tuple[Any, Any]:
-        spawner = self.current_user.spawner  # any DCloud spawner knows the catalog and live data
-        catalog = spawner.catalog
-        availability = spawner.form_context().availability
-        return catalog, allocations(catalog, availability)
-
-    def _require_admin(self) -> None:
-        if self.current_user is None:
-            raise web.HTTPError(403)
-        if not self.current_user.admin:
-            raise web.HTTPError(403, "Only hub admins may see GPU allocations.")
-
-    @web.authenticated
+    @web.authenticated  # a browser without a login goes to the login page first
+    @needs_scope("read:servers")
     async def get(self, fmt: str = "") -> None:
-        self._require_admin()
-        spawner = self.current_user.spawner
-        await spawner.refresh_live_data()
-        catalog, current = self._data()
+        state = hub_state()
+        if state.live is not None:
+            await state.live.refresh()
+        catalog = state.catalog()
+        if catalog is None:
+            raise web.HTTPError(503, "No DCloud spawner has started in this hub yet.")
+        current = allocations(catalog, state.ledger.claims,
+                              state.live.availability(catalog) if state.live else None)
         if fmt == ".json":
             payload = asdict(current)
             if current.availability is not None:
@@ -58,6 +52,9 @@ class AllocationsHandler(BaseHandler):
             self.set_header("Content-Type", "application/json")
             self.write(json.dumps(payload, sort_keys=True))
             return
+        self.write(await self._page(catalog, current))
+
+    async def _page(self, catalog: Any, current: Allocations) -> str:
         live = current.availability or {}
         scale = max([live[g.id].total for g in catalog.gpu_classes if g.id in live] +
                     [current.by_class.get(g.id, 0) for g in catalog.gpu_classes] + [1])
@@ -66,7 +63,7 @@ class AllocationsHandler(BaseHandler):
             held = current.by_class.get(gpu.id, 0)
             total = live[gpu.id].total if gpu.id in live else None
             free = live[gpu.id].free if gpu.id in live else None
-            busy = (total - free) if total is not None else held
+            busy = (total - free) if total is not None and free is not None else held
             width = 480 / scale
             rows.append({
                 "id": gpu.id, "name": gpu.display_name, "held": held,
@@ -80,13 +77,15 @@ class AllocationsHandler(BaseHandler):
             return [(name, {**t, "cpu": f"{t['cpu']:g}", "memory": format_memory(int(t["memory"]))})
                     for name, t in sorted(totals.items())]
 
-        template = self.settings["jinja2_env"].from_string(PAGE)
+        # the hub's own page layout around DCloud's table (its jinja environment has page.html)
+        source = templates.loader.get_source(templates, "allocations.html")[0]  # type: ignore[union-attr]
+        template = self.settings["jinja2_env"].from_string(source)
         ns = {**self.template_namespace, "xsrf_token": self.xsrf_token.decode("ascii")}
-        self.write(await template.render_async(
+        return await template.render_async(
             **ns, classes=rows, users=readable(current.by_user), groups=readable(current.by_group),
             unavailable=None if current.availability is not None
             else "Cluster-wide GPU availability is not known to the hub; only DCloud's own servers are counted.",
-        ))
+        )
 
 
 def handlers() -> list[tuple[str, type]]:

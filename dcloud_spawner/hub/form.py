@@ -8,23 +8,16 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from .catalog import Allowance, Catalog
-from .quantity import format_memory, memory_bytes
-from .request import MAX_FILE_BYTES, load_options_file
+from ..core.availability import GpuAvailability
+from ..core.catalog import Allowance, Catalog
+from ..core.quantity import format_memory
+from ..core.request import MAX_FILE_BYTES, load_options_file
 
-_templates = Environment(
-    loader=PackageLoader("dcloud_spawner", "templates"),
+# Templates are read on first render, not at import.
+templates = Environment(
+    loader=PackageLoader("dcloud_spawner.hub", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
 )
-
-
-@dataclass(frozen=True)
-class GpuAvailability:
-    """Free and total GPUs of one class on the cluster right now."""
-
-    free: int
-    total: int
-    largest_free_block: int = 0  # most GPUs of this class free on a single node
 
 
 @dataclass
@@ -45,8 +38,6 @@ def form_values(catalog: Catalog, allowance: Allowance, options: Mapping[str, An
     """The form's field values from user_options (or a rejected attempt), as strings."""
     options = dict(options or {})
     gpu = options.get("gpu") if isinstance(options.get("gpu"), Mapping) else {}
-    cpu_default = min(catalog.resources.cpu.default, allowance.max_cpu)
-    mem_default = min(memory_bytes(catalog.resources.memory.default), allowance.max_memory)
     datasets = options.get("datasets") or []
     packages = options.get("packages") or []
     env = options.get("environment") or (allowance.environments[0] if allowance.environments else "")
@@ -54,8 +45,8 @@ def form_values(catalog: Catalog, allowance: Allowance, options: Mapping[str, An
         "environment": str(env),
         "gpu_type": str(gpu.get("type") or ""),
         "gpu_count": str(gpu.get("count") or 1),
-        "cpu": str(options["cpu"] if options.get("cpu") is not None else _num(cpu_default)),
-        "memory": str(options.get("memory") or format_memory(mem_default)),
+        "cpu": str(options["cpu"] if options.get("cpu") is not None else _num(allowance.default_cpu)),
+        "memory": str(options.get("memory") or format_memory(allowance.default_memory)),
         "datasets": [str(d) for d in datasets] if isinstance(datasets, list) else [],
         "packages": "\n".join(str(p) for p in packages) if isinstance(packages, list) else "",
     }
@@ -111,13 +102,13 @@ def render_form(
     if not (allowance.gpu_classes and allowance.max_gpus > 0):
         gpu_help = "GPUs are not available to your groups; servers are CPU only."
     memory_range = catalog.resources.memory
-    return _templates.get_template("form.html").render(
+    return templates.get_template("form.html").render(
         environments=[catalog.environment(e) for e in allowance.environments],
         gpu_classes=gpu_classes,
         gpu_count_max=max([g["max"] for g in gpu_classes], default=1),
         gpu_help=gpu_help,
         cpu={"min": _num(catalog.resources.cpu.min), "max": _num(allowance.max_cpu)},
-        memory={"min": memory_range.min, "max": format_memory(allowance.max_memory)},
+        memory={"min": format_memory(memory_range.min), "max": format_memory(allowance.max_memory)},
         datasets=[catalog.dataset(d) for d in allowance.datasets],
         packages=catalog.packages,
         values=values,

@@ -1,13 +1,13 @@
 """Prometheus metrics on the hub's own /hub/metrics, and the numbers the admin page shows.
 
-Both read the same in-memory state (the quota ledger, the availability caches), so the
+Both read the same in-memory state (the quota ledger, the backend's live data), so the
 page and the metrics always agree, and a scrape makes no Kubernetes API request.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY
@@ -15,15 +15,11 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import quota
-from .catalog import Catalog
-from .form import GpuAvailability
+from ..core.availability import GpuAvailability
+from ..core.catalog import Catalog
+from ..core.quotas import Claim
 
-SPAWNS_REFUSED = PromCounter(
-    "dcloud_spawns_refused",
-    "Spawns DCloud refused, by reason (validation, quota, capacity, unschedulable, gpu_unavailable).",
-    ["reason"],
-)
+Numbers = Callable[[], "tuple[Catalog, dict[str, GpuAvailability] | None] | None"]
 
 
 @dataclass
@@ -37,12 +33,13 @@ class Allocations:
     availability: dict[str, GpuAvailability] | None = None
 
 
-def allocations(catalog: Catalog, availability: dict[str, GpuAvailability] | None) -> Allocations:
+def allocations(catalog: Catalog, claims: Iterable[Claim],
+                availability: dict[str, GpuAvailability] | None) -> Allocations:
     by_class: Counter[str] = Counter({g.id: 0 for g in catalog.gpu_classes})
     by_user: dict[str, dict[str, float]] = defaultdict(lambda: {"servers": 0, "gpus": 0, "cpu": 0.0, "memory": 0})
     by_group: dict[str, dict[str, float]] = defaultdict(lambda: {"servers": 0, "gpus": 0, "cpu": 0.0, "memory": 0})
     servers = []
-    for claim in sorted(quota.ledger.claims, key=lambda c: c.key):
+    for claim in sorted(claims, key=lambda c: c.key):
         if claim.gpu_class:
             by_class[claim.gpu_class] += claim.gpus
         for bucket in [by_user[claim.user]] + [by_group[g] for g in claim.groups or ("(no group)",)]:
@@ -56,17 +53,19 @@ def allocations(catalog: Catalog, availability: dict[str, GpuAvailability] | Non
     return Allocations(dict(by_class), dict(by_user), dict(by_group), servers, availability)
 
 
-class DCloudCollector(Collector):
-    """Computes the GPU gauges at scrape time from a source set by the spawners."""
+class GpuCollector(Collector):
+    """Computes the GPU gauges at scrape time from the hub's state."""
 
-    def __init__(self) -> None:
-        self.source: Callable[[], tuple[Catalog, dict[str, GpuAvailability] | None]] | None = None
+    def __init__(self, numbers: Numbers, claims: Callable[[], Iterable[Claim]]) -> None:
+        self.numbers = numbers
+        self.claims = claims
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.source is None:
+        found = self.numbers()
+        if found is None:
             return
-        catalog, availability = self.source()
-        current = allocations(catalog, availability)
+        catalog, availability = found
+        current = allocations(catalog, self.claims(), availability)
         allocated = GaugeMetricFamily("dcloud_gpus_allocated", "GPUs held by this hub's servers, by class.",
                                       labels=["gpu_class"])
         for gpu_class, count in sorted(current.by_class.items()):
@@ -84,5 +83,24 @@ class DCloudCollector(Collector):
             yield total
 
 
-collector = DCloudCollector()
-REGISTRY.register(collector)
+class Metrics:
+    """DCloud's metrics in the hub's registry (the one /hub/metrics serves), while the hub state lives."""
+
+    def __init__(self, numbers: Numbers, claims: Callable[[], Iterable[Claim]],
+                 registry: object = REGISTRY) -> None:
+        self.registry = registry
+        self.spawns_refused = PromCounter(
+            "dcloud_spawns_refused",
+            "Spawns DCloud refused, by reason (validation, quota, capacity, unschedulable, resourcequota, "
+            "gpu_unavailable).",
+            ["reason"], registry=registry,
+        )
+        self.gpus = GpuCollector(numbers, claims)
+        registry.register(self.gpus)  # type: ignore[attr-defined]
+
+    def refused(self, reason: str) -> None:
+        self.spawns_refused.labels(reason=reason).inc()
+
+    def unregister(self) -> None:
+        for collector in (self.spawns_refused, self.gpus):
+            self.registry.unregister(collector)  # type: ignore[attr-defined]

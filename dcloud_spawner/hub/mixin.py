@@ -1,7 +1,8 @@
 """What every DCloud backend shares: the catalog, the form, and the one validation gate.
 
 ``DCloudMixin`` sits in front of a JupyterHub Spawner (KubeSpawner or the local
-process spawner). It owns JupyterHub's three option hooks:
+process spawner). It gives JupyterHub's three option hooks their defaults (an admin's
+own ``c.Spawner.options_form`` etc. still wins, as with any trait default):
 
 - ``options_form``: the form, for this user's groups, pre-filled;
 - ``options_from_form``: form fields + uploaded file -> validated, normalised options;
@@ -12,69 +13,20 @@ A backend reads ``self.dcloud_plan`` in ``start`` and nothing else of the reques
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
-import time
 from typing import Any
 
 from tornado import web
-from traitlets import Unicode
+from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from . import metrics, quota
-from .catalog import Catalog
+from ..core.catalog import Catalog
+from ..core.errors import Refusal, RequestError
+from ..core.plan import Plan
+from ..core.quotas import Claim
+from ..core.validation import validate
+from . import audit
 from .form import FormContext, render_form, request_from_form, uploaded_options
-from .plan import Plan
-from .request import RequestError
-from .validation import validate
-
-audit_log = logging.getLogger("dcloud.audit")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is emitted (not at import)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-if not audit_log.handlers:  # one bare JSON object per line, whatever the hub's log format
-    _handler = _StderrHandler()
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    audit_log.addHandler(_handler)
-    audit_log.setLevel(logging.INFO)
-    audit_log.propagate = False
-
-
-class CatalogCache:
-    """Loads a catalog file once and again only when the file changes (admins edit it live)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, Catalog]] = {}
-
-    def get(self, path: str) -> Catalog:
-        mtime = os.stat(path).st_mtime
-        cached = self._cache.get(path)
-        if cached and cached[0] == mtime:
-            return cached[1]
-        catalog = Catalog.from_path(path)
-        self._cache[path] = (mtime, catalog)
-        return catalog
-
-
-_catalogs = CatalogCache()
-# The last refused form submission per user, so the re-rendered form keeps their choices.
-# Per user, not per spawner: JupyterHub re-renders a refused named-server form through the
-# user's default spawner. Kept only for that immediate re-render.
-_attempts: dict[str, tuple[float, dict[str, Any]]] = {}
-ATTEMPT_SECONDS = 30
+from .state import HubState, LiveData, hub_state
 
 
 class DCloudMixin(LoggingConfigurable):
@@ -89,12 +41,35 @@ class DCloudMixin(LoggingConfigurable):
     )
 
     dcloud_plan: Plan | None = None
+    _dcloud_last_valid: dict[str, Any] | None = None
+
+    @default("options_form")
+    def _dcloud_options_form_default(self) -> Any:
+        return self.dcloud_options_form
+
+    @default("options_from_form")
+    def _dcloud_options_from_form_default(self) -> Any:
+        return self.dcloud_options_from_form
+
+    @default("apply_user_options")
+    def _dcloud_apply_user_options_default(self) -> Any:
+        return self.dcloud_apply_user_options
 
     # -- inputs -----------------------------------------------------------------------
 
     @property
+    def hub_state(self) -> HubState:
+        """The hub-wide state, told which catalog and live data this hub's spawners use."""
+        state = hub_state()
+        state.catalog_path = self.catalog_path
+        live = self.live_data()
+        if live is not None:
+            state.live = live
+        return state
+
+    @property
     def catalog(self) -> Catalog:
-        return _catalogs.get(self.catalog_path)
+        return self.hub_state.catalogs.get(self.catalog_path)
 
     def user_groups(self) -> list[str]:
         """The JupyterHub groups of this spawner's user (filled by the authenticator)."""
@@ -104,28 +79,34 @@ class DCloudMixin(LoggingConfigurable):
         """The one gate: options -> Plan for this user, or RequestError."""
         return validate(options, self.catalog, self.user_groups())
 
-    # -- JupyterHub hooks ---------------------------------------------------------------
+    # -- what backends add --------------------------------------------------------------
+
+    def live_data(self) -> LiveData | None:
+        """The backend's hub-wide view of free GPUs; None where it has none."""
+        return None
 
     def form_context(self) -> FormContext:
-        """Live data for the form; backends override to add availability and notices."""
-        return FormContext()
-
-    def metrics_source(self) -> tuple[Catalog, Any]:
-        """What /hub/metrics reports: the catalog and the live availability, if known."""
-        return self.catalog, self.form_context().availability
+        """Live data for the form; backends override to add notices."""
+        live = self.live_data()
+        return FormContext(availability=live.availability(self.catalog) if live else None)
 
     async def refresh_live_data(self) -> None:
-        """Make sure live data (availability) is being watched; backends override."""
+        """Make sure live data (availability) is being gathered."""
+        live = self.live_data()
+        if live is not None:
+            await live.refresh()
 
     def check_capacity(self, plan: Plan) -> None:
-        """Refuse (RequestError) a plan that cannot fit right now; backends override."""
+        """Refuse (CapacityRefusal) a plan that cannot fit right now; backends override."""
+
+    # -- JupyterHub hooks ---------------------------------------------------------------
 
     async def dcloud_options_form(self, spawner: Any = None) -> str:
         catalog = self.catalog
         allowance = catalog.allowance(self.user_groups())
         await self.refresh_live_data()
-        stamp, options = _attempts.pop(self.user.name, (0.0, None))
-        if options is None or time.monotonic() - stamp > ATTEMPT_SECONDS:
+        options = self.hub_state.attempts.take(self.user.name)
+        if options is None:
             options = self.user_options or {}
             try:
                 self.validate_options(options)
@@ -134,41 +115,37 @@ class DCloudMixin(LoggingConfigurable):
         return render_form(catalog, allowance, options, self.form_context())
 
     def dcloud_options_from_form(self, formdata: dict[str, list[Any]]) -> dict[str, Any]:
+        attempts = self.hub_state.attempts
         raw = request_from_form(formdata)
-        _attempts[self.user.name] = (time.monotonic(), raw)
+        attempts.remember(self.user.name, raw)
         try:
             uploaded = uploaded_options(formdata)
             if uploaded:  # a file replaces the form's fields entirely (the form says so)
                 raw = uploaded
-                _attempts[self.user.name] = (time.monotonic(), raw)
+                attempts.remember(self.user.name, raw)
             plan = self.validate_options(raw)
         except RequestError as exc:
-            metrics.SPAWNS_REFUSED.labels(reason="validation").inc()
-            self.audit("refused", raw, reason=exc.sentence)
+            self.refused(exc, raw)
             raise
-        _attempts.pop(self.user.name, None)
+        attempts.forget(self.user.name)
         return plan.user_options()
 
     async def dcloud_apply_user_options(self, spawner: Any, user_options: dict) -> None:
-        """Validate, then claim the plan's resources against the quotas (atomically)."""
-        stage = "validation"
+        """Validate, check capacity, then claim the plan's resources against the quotas."""
         try:
             plan = self.validate_options(user_options)
-            stage = "capacity"
             await self.refresh_live_data()
             self.check_capacity(plan)
-            stage = "quota"
-            await self.claim_resources(plan)
-        except (RequestError, quota.QuotaExceeded) as exc:
-            metrics.SPAWNS_REFUSED.labels(reason=stage).inc()
+            self.claim_resources(plan)
+        except Refusal as exc:
             # JupyterHub stored these options before asking us; put back the last good ones
             # so a bad REST call cannot poison the next form or restart.
-            previous = getattr(self, "_dcloud_last_valid", None) or {}
+            previous = self._dcloud_last_valid or {}
             self.user_options = previous
             orm = getattr(self, "orm_spawner", None)
             if orm is not None:
                 orm.user_options = previous
-            self.audit("refused", user_options, reason=exc.sentence)
+            self.refused(exc, user_options)
             error = web.HTTPError(400, exc.sentence)
             error.jupyterhub_message = exc.sentence  # type: ignore[attr-defined]
             raise error from None
@@ -182,13 +159,12 @@ class DCloudMixin(LoggingConfigurable):
     def claim_key(self) -> tuple[str, str]:
         return (self.user.name, getattr(self, "name", "") or "")
 
-    async def claim_resources(self, plan: Plan) -> None:
+    def claim_resources(self, plan: Plan) -> None:
         """Hold ``plan``'s resources in the hub-wide ledger, or raise QuotaExceeded."""
-        claim = quota.Claim.of(*self.claim_key, self.user_groups(), plan)
-        await quota.ledger.claim(self.catalog, claim)
+        self.hub_state.ledger.claim(self.catalog, Claim.of(*self.claim_key, self.user_groups(), plan))
 
     def release_resources(self) -> None:
-        quota.ledger.release(*self.claim_key)
+        self.hub_state.ledger.release(*self.claim_key)
 
     def dcloud_state(self) -> dict[str, Any]:
         """State to persist while a server runs, so a restarted hub re-counts it."""
@@ -203,41 +179,16 @@ class DCloudMixin(LoggingConfigurable):
         except (RequestError, OSError, ValueError):
             return  # the catalog changed under a running server; it is counted no longer
         self.dcloud_plan = plan
-        quota.ledger.adopt(quota.Claim.of(*self.claim_key, self.user_groups(), plan))
+        self.hub_state.ledger.adopt(Claim.of(*self.claim_key, self.user_groups(), plan))
 
-    # -- audit ------------------------------------------------------------------------
+    # -- audit and metrics ----------------------------------------------------------------
+
+    def refused(self, refusal: Refusal, options: Any, **fields: Any) -> None:
+        """Count a refusal by its reason and write its audit line."""
+        self.hub_state.metrics.refused(refusal.reason)
+        self.audit("refused", options, reason=refusal.sentence, **fields)
 
     def audit(self, event: str, options: Any, **fields: Any) -> None:
         """One JSON line per spawn, refusal and stop: who, what was asked, the outcome."""
-        record = {
-            "event": event,
-            "user": getattr(self.user, "name", None),
-            "server": getattr(self, "name", ""),
-            "groups": self.user_groups(),
-            "requested": _json_safe(options),
-            **fields,
-        }
-        audit_log.info(json.dumps(record, sort_keys=True, default=str))
-
-
-def _json_safe(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)[:500]
-
-
-def install_hooks(spawner: Any) -> None:
-    """Point JupyterHub's option hooks at DCloud's unless the admin configured their own,
-    and make /hub/metrics report this backend's numbers."""
-    if metrics.collector.source is None:
-        metrics.collector.source = spawner.metrics_source
-    config = spawner.config
-    section = {k for cls in type(spawner).mro() for k in config.get(cls.__name__, {})}
-    if "options_form" not in section:
-        spawner.options_form = spawner.dcloud_options_form
-    if "options_from_form" not in section:
-        spawner.options_from_form = spawner.dcloud_options_from_form
-    if "apply_user_options" not in section:
-        spawner.apply_user_options = spawner.dcloud_apply_user_options
+        audit.record(event, getattr(self.user, "name", None), getattr(self, "name", ""),
+                     self.user_groups(), options, **fields)

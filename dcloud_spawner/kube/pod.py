@@ -1,4 +1,4 @@
-"""Kubernetes backend: a Plan expressed as KubeSpawner traits.
+"""The notebook pod: a Plan expressed as KubeSpawner traits.
 
 The pod itself is built by KubeSpawner's ``get_pod_manifest``; this module only decides
 the traits it reads. Values derived from the plan never pass through a shell.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .plan import Plan
-from .quantity import format_memory
+from ..core.plan import Plan
+from ..core.quantity import format_memory
 
 LABEL_PREFIX = "dcloud.io"
 PACKAGES_DIR = "/opt/dcloud/packages"
@@ -89,17 +89,10 @@ def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[
 
     Same image as the notebook, so wheels match its Python; argv list, no shell.
     """
-    command = [
-        "python", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
-        "--no-input", "--target", PACKAGES_DIR, *pip_args,
-    ]
-    if plan.package_index_url:
-        command += ["--index-url", plan.package_index_url]
-    command += ["--", *plan.packages]
     return {
         "name": "dcloud-packages",
         "image": plan.image,
-        "command": command,
+        "command": plan.pip_install_command(target=PACKAGES_DIR, admin_args=pip_args),
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_NO_WARN_SCRIPT_LOCATION", "value": "1"}],
         "volumeMounts": [{"name": "dcloud-packages", "mountPath": PACKAGES_DIR}],
         "securityContext": {
@@ -139,14 +132,7 @@ def apply_plan(spawner: Any, plan: Plan, base: dict[str, Any], image_path: str,
     spawner.mem_guarantee = plan.memory_request
 
     environment = dict(spawner.environment)
-    environment.update(literal({
-        "DCLOUD_ENVIRONMENT": plan.environment.id,
-        "DCLOUD_GPU_CLASS": plan.gpu.id if plan.gpu else "",
-        "DCLOUD_GPU_COUNT": str(plan.gpu_count),
-        "DCLOUD_CPU_LIMIT": f"{plan.cpu_limit:g}",
-        "DCLOUD_MEMORY_LIMIT": format_memory(plan.memory_limit),
-        "DCLOUD_DATASETS": ",".join(d.id for d in plan.datasets),
-    }))
+    environment.update(literal(plan.environment_variables()))
 
     tolerations = _as_list(spawner.tolerations)
     node_selector = dict(spawner.node_selector)

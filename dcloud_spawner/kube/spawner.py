@@ -6,7 +6,8 @@ Contract, in JupyterHub's order of calls:
 2. ``apply_user_options``: validates them into ``self.dcloud_plan`` or answers 400;
 3. ``start``: KubeSpawner's own start, whose ``load_user_options`` step sets the pod
    traits from the plan; meanwhile scheduler events are watched, and a pod the scheduler
-   cannot place ends the spawn with the reason in the user's terms;
+   cannot place ends the spawn with the reason in the user's terms (``start`` is
+   KubeSpawner's public entry; its private ``_start`` is left alone);
 4. ``stop``: KubeSpawner deletes the pod and what it owns.
 """
 
@@ -24,14 +25,13 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, List, Unicode, default
 
-from . import metrics
-from .availability import cluster_watch
-from .form import FormContext
-from .kube import PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
-from .mixin import DCloudMixin, install_hooks
-from .plan import Plan
-from .quantity import format_memory
-from .request import RequestError
+from ..core.errors import CapacityRefusal
+from ..core.plan import Plan
+from ..core.quantity import format_memory
+from ..hub.mixin import DCloudMixin
+from ..hub.state import LiveData, hub_state
+from .pod import PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
+from .watch import ClusterWatch
 
 
 class DCloudSpawner(DCloudMixin, KubeSpawner):
@@ -91,31 +91,21 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        install_hooks(self)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
 
-    async def refresh_live_data(self) -> None:
-        if self.show_availability:
-            await cluster_watch.ensure_started()
-
-    def live_availability(self) -> dict | None:
-        return cluster_watch.snapshot(self.catalog) if self.show_availability else None
-
-    def form_context(self) -> FormContext:
-        return FormContext(availability=self.live_availability())
+    def live_data(self) -> LiveData | None:
+        return hub_state().part("kube.watch", ClusterWatch) if self.show_availability else None
 
     def check_capacity(self, plan: Plan) -> None:
-        live = self.live_availability() if plan.gpu else None
+        live_data = self.live_data() if plan.gpu else None
+        live = live_data.availability(self.catalog) if live_data else None
         if not live or plan.gpu is None or plan.gpu.id not in live:
             return
         gpu = live[plan.gpu.id]
         if gpu.largest_free_block < plan.gpu_count:
-            plural = "s" if plan.gpu_count > 1 else ""
-            raise RequestError(
-                "gpu.count",
-                f"No node has {plan.gpu_count} free {plan.gpu.display_name} GPU{plural} right now "
-                f"({gpu.free} of {gpu.total} free, at most {gpu.largest_free_block} on one node); "
-                "ask for fewer, or try again when others stop their servers.",
+            raise CapacityRefusal.no_free_gpus(
+                plan.gpu.display_name, plan.gpu_count,
+                f"{gpu.free} of {gpu.total} free, at most {gpu.largest_free_block} on one node",
             )
 
     async def load_user_options(self) -> None:
@@ -124,9 +114,9 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self.dcloud_plan = plan
         apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
 
-    async def _start(self) -> str:
+    async def start(self) -> str:  # type: ignore[override]
         plan = self.dcloud_plan
-        start = asyncio.ensure_future(super()._start())
+        start = super().start()  # KubeSpawner keeps this future to end progress() with it
         watch = asyncio.ensure_future(self._unschedulable_reason())
         try:
             done, _ = await asyncio.wait([start, watch], return_when=asyncio.FIRST_COMPLETED)
@@ -143,9 +133,9 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                 reason = explain_api_refusal(exc)
                 if reason is None:
                     raise
-                self.audit("refused", self.user_options, reason=reason, pod=self.pod_name)
-                metrics.SPAWNS_REFUSED.labels(reason="resourcequota").inc()
-                raise SpawnException(reason, reason="resourcequota") from None
+                refusal = CapacityRefusal(reason, reason="resourcequota")
+                self.refused(refusal, self.user_options, pod=self.pod_name)
+                raise SpawnException(reason, reason=refusal.reason) from None
             except BaseException:
                 self.release_resources()
                 raise
@@ -153,13 +143,12 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                        pod=self.pod_name)
             return url
         start.cancel()
-        reason = watch.result()
-        self.audit("refused", self.user_options, reason=reason, pod=self.pod_name)
-        metrics.SPAWNS_REFUSED.labels(reason="unschedulable").inc()
+        refusal = watch.result()
+        self.refused(refusal, self.user_options, pod=self.pod_name)
         await self.stop(now=True)  # releases the claim too
-        raise SpawnException(reason, reason="unschedulable")
+        raise SpawnException(refusal.sentence, reason=refusal.reason)
 
-    async def _unschedulable_reason(self) -> str:
+    async def _unschedulable_reason(self) -> CapacityRefusal:
         """Wait until the scheduler has reported this pod unplaceable for the grace time."""
         first_seen: float | None = None
         while True:
@@ -175,7 +164,8 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                 continue
             first_seen = first_seen or time.monotonic()
             if time.monotonic() - first_seen >= self.unschedulable_grace_seconds:
-                return explain_unschedulable(failed[-1].get("message") or "", self.dcloud_plan)
+                sentence = explain_unschedulable(failed[-1].get("message") or "", self.dcloud_plan)
+                return CapacityRefusal(sentence, reason="unschedulable")
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
@@ -221,11 +211,7 @@ def explain_unschedulable(message: str, plan: Plan | None) -> str:
     """The scheduler's FailedScheduling message, said in terms of the user's choice."""
     missing = set(_INSUFFICIENT.findall(message))
     if plan and plan.gpu and plan.gpu.resource in missing:
-        return (
-            f"No node has {plan.gpu_count} free {plan.gpu.display_name} GPU"
-            f"{'s' if plan.gpu_count > 1 else ''} right now; ask for fewer, or try again when "
-            "others stop their servers."
-        )
+        return CapacityRefusal.no_free_gpus(plan.gpu.display_name, plan.gpu_count).sentence
     if plan and ("cpu" in missing or "memory" in missing):
         what = " and ".join(
             part for part, key in (

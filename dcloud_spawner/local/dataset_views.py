@@ -9,12 +9,20 @@ empty directories are removed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+
+
+async def _run(*argv: str) -> bool:
+    """Run a mount tool without blocking the hub's event loop; True when it succeeded."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait() == 0
 
 
 def _mounts_under(folder: Path) -> list[Path]:
@@ -32,7 +40,7 @@ def _mounts_under(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def clear(folder: Path) -> None:
+async def clear(folder: Path) -> None:
     """Remove a datasets folder made by :func:`build`, detaching its mounts first."""
     if folder.is_symlink() or folder.is_file():
         folder.unlink()
@@ -40,7 +48,7 @@ def clear(folder: Path) -> None:
     if not folder.is_dir():
         return
     for point in _mounts_under(folder):
-        subprocess.run(["umount", str(point)], capture_output=True, check=False)
+        await _run("umount", str(point))
     if _mounts_under(folder):
         raise OSError(f"cannot detach the dataset mounts under {folder}")
     folder.chmod(0o755)  # build() left it read-only
@@ -51,23 +59,23 @@ def clear(folder: Path) -> None:
             entry.rmdir()  # an (empty) former mount point: never a recursive delete
 
 
-def _bind_read_only(source: Path, target: Path) -> bool:
+async def _bind_read_only(source: Path, target: Path) -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     target.mkdir()
-    steps = (["mount", "--bind", str(source), str(target)],
-             ["mount", "-o", "remount,ro,bind", str(target)])
+    steps = (("mount", "--bind", str(source), str(target)),
+             ("mount", "-o", "remount,ro,bind", str(target)))
     for step in steps:
-        if subprocess.run(step, capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", str(target)], capture_output=True, check=False)
+        if not await _run(*step):
+            await _run("umount", str(target))
             target.rmdir()
             return False
     return True
 
 
-def build(folder: Path, sources: Iterable[tuple[str, Path]]) -> dict[str, str]:
+async def build(folder: Path, sources: Iterable[tuple[str, Path]]) -> dict[str, str]:
     """Make ``folder/<id>`` for each (id, source directory); return id -> "read-only" or "linked"."""
-    clear(folder)
+    await clear(folder)
     sources = list(sources)
     if not sources:
         return {}
@@ -75,7 +83,7 @@ def build(folder: Path, sources: Iterable[tuple[str, Path]]) -> dict[str, str]:
     how = {}
     for dataset_id, source in sources:
         target = folder / dataset_id
-        if _bind_read_only(source, target):
+        if await _bind_read_only(source, target):
             how[dataset_id] = "read-only"
         else:
             target.symlink_to(source, target_is_directory=True)

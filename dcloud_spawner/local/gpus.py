@@ -1,18 +1,17 @@
 """GPUs of one machine, for the local backend: what exists, and who holds which.
 
-The ledger is shared by every local spawner in the hub process, so two running servers
-never get the same GPU.
+The ledger is part of the hub state (one per hub), so two running servers never get the
+same GPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .catalog import Catalog, GpuClass
+from ..core.catalog import Catalog, GpuClass
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -29,18 +28,31 @@ class LocalGpu:
         return self.name.strip().replace(" ", "-")
 
 
-def discover_gpus(timeout: float = 10.0) -> tuple[list[LocalGpu], str]:
-    """The machine's NVIDIA GPUs via ``nvidia-smi``, and a sentence on how it went."""
+async def discover_gpus(timeout: float = 10.0) -> tuple[list[LocalGpu], str]:
+    """The machine's NVIDIA GPUs via ``nvidia-smi``, and a sentence on how it went.
+
+    Run as a subprocess of the event loop: a slow driver must not freeze the hub.
+    """
     smi = shutil.which("nvidia-smi")
     if not smi:
         return [], "No NVIDIA GPU found on this machine (nvidia-smi is not installed)."
     try:
-        out = subprocess.run(
-            [smi, "--query-gpu=index,uuid,name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=timeout, check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError) as exc:
+        proc = await asyncio.create_subprocess_exec(
+            smi, "--query-gpu=index,uuid,name", "--format=csv,noheader",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
         return [], f"nvidia-smi failed, so no GPU is offered: {exc}."
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return [], f"nvidia-smi did not answer within {timeout:g} s, so no GPU is offered."
+    if proc.returncode != 0:
+        detail = stderr.decode(errors="replace").strip()[:200] or f"exit status {proc.returncode}"
+        return [], f"nvidia-smi failed, so no GPU is offered: {detail}."
+    out = stdout.decode(errors="replace")
     gpus = []
     for line in out.splitlines():
         parts = [p.strip() for p in line.split(",")]
@@ -85,11 +97,10 @@ class NotEnoughGpus(Exception):
 
 
 class GpuLedger:
-    """Which server holds which GPU. Reservations are atomic under one lock."""
+    """Which server holds which GPU."""
 
     def __init__(self) -> None:
         self._holders: dict[str, str] = {}  # GPU uuid -> owner key
-        self._lock = asyncio.Lock()
 
     def holder(self, gpu: LocalGpu) -> str | None:
         return self._holders.get(gpu.uuid)
@@ -97,16 +108,20 @@ class GpuLedger:
     def free(self, gpus: Iterable[LocalGpu]) -> list[LocalGpu]:
         return [g for g in gpus if g.uuid not in self._holders]
 
-    async def reserve(self, owner: str, candidates: list[LocalGpu], count: int) -> list[LocalGpu]:
-        async with self._lock:
-            self._release(owner)
-            free = self.free(candidates)
-            if len(free) < count:
-                raise NotEnoughGpus(len(free), len(candidates))
-            chosen = free[:count]
-            for gpu in chosen:
-                self._holders[gpu.uuid] = owner
-            return chosen
+    def reserve(self, owner: str, candidates: list[LocalGpu], count: int) -> list[LocalGpu]:
+        """Give ``owner`` ``count`` free GPUs of ``candidates``, or raise NotEnoughGpus.
+
+        Not a coroutine on purpose: finding free GPUs and taking them is one step of the
+        event loop, so two starts can never take the same GPU.
+        """
+        self._release(owner)
+        free = self.free(candidates)
+        if len(free) < count:
+            raise NotEnoughGpus(len(free), len(candidates))
+        chosen = free[:count]
+        for gpu in chosen:
+            self._holders[gpu.uuid] = owner
+        return chosen
 
     def adopt(self, owner: str, uuids: Iterable[str]) -> None:
         """Record GPUs held by a server that survived a hub restart."""
@@ -116,9 +131,10 @@ class GpuLedger:
     def release(self, owner: str) -> None:
         self._release(owner)
 
+    def clear(self) -> None:
+        self._holders.clear()
+
     def _release(self, owner: str) -> None:
         for uuid in [u for u, o in self._holders.items() if o == owner]:
             del self._holders[uuid]
 
-
-ledger = GpuLedger()

@@ -6,6 +6,7 @@ For the one-command demo and for a single shared GPU workstation. A plan becomes
 - GPUs pinned with ``CUDA_VISIBLE_DEVICES`` from the machine's GPUs, never two servers on
   the same GPU; CPU-only servers see no GPU;
 - CPU and memory limits through cgroup v2 or systemd where possible (``limits.py``);
+  the GPUs, their ledger and the limiter are one :class:`LocalMachine` per hub;
 - datasets with a local path under ``datasets/<id>`` in the working dir (read-only bind
   mounts where the hub may mount, links elsewhere);
 - extra packages pip-installed into a per-server overlay on ``PYTHONPATH``.
@@ -23,15 +24,13 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException
 from traitlets import Bool, Dict, List, Unicode, default
 
-from . import dataset_views, gpus, limits, metrics
-from .form import FormContext, GpuAvailability
-from .mixin import DCloudMixin, install_hooks
-from .plan import Plan
-from .quantity import format_memory
-from .request import RequestError
-
-_limiter: limits.Limiter | None = None
-_inventory: tuple[list[gpus.LocalGpu], str] | None = None
+from ..core.errors import CapacityRefusal
+from ..core.plan import Plan
+from ..hub.form import FormContext
+from ..hub.mixin import DCloudMixin
+from ..hub.state import hub_state
+from . import dataset_views, gpus, limits
+from .machine import LocalMachine
 
 
 class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
@@ -75,7 +74,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     package_install_args = List(
         Unicode(),
         config=True,
-        help="Extra pip arguments for installing users' packages, set by the admin.",
+        help="""Extra pip arguments for installing users' packages, set by the admin (e.g.
+        ["--trusted-host", "pypi.internal"]). Users can never add pip options.""",
     )
 
     @default("default_url")
@@ -84,60 +84,48 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        install_hooks(self)
         self._progress: list[str] = []
         self._gpu_uuids: list[str] = []
 
-    # -- machine facts (shared by every spawner in the hub process) ---------------------
+    # -- this machine (one per hub: the first spawner's settings make it) ---------------
+
+    def live_data(self) -> LocalMachine:
+        return hub_state().part("local.machine", self._make_machine)
+
+    def _make_machine(self) -> LocalMachine:
+        configured = [gpus.LocalGpu(int(g["index"]), str(g.get("uuid") or f"GPU-local-{g['index']}"),
+                                    str(g["name"])) for g in self.local_gpus]
+        return LocalMachine(configured, self.gpu_class_assignment or None)
+
+    @property
+    def machine(self) -> LocalMachine:
+        return self.live_data()
 
     @property
     def limiter(self) -> limits.Limiter:
-        global _limiter
-        if _limiter is None:
-            _limiter = limits.detect()
-            self.log.info("DCloud local backend: %s", _limiter.reason)
-        return _limiter
-
-    def inventory(self) -> tuple[list[gpus.LocalGpu], str]:
-        global _inventory
-        if self.local_gpus:
-            found = [gpus.LocalGpu(int(g["index"]), str(g.get("uuid") or f"GPU-local-{g['index']}"),
-                                   str(g["name"])) for g in self.local_gpus]
-            return found, f"{len(found)} GPU(s) configured in DCloudLocalSpawner.local_gpus."
-        if _inventory is None:
-            _inventory = gpus.discover_gpus()
-            self.log.info("DCloud local backend: %s", _inventory[1])
-        return _inventory
-
-    def gpus_by_class(self) -> dict[str, list[gpus.LocalGpu]]:
-        found, _ = self.inventory()
-        return gpus.classify(found, self.catalog, self.gpu_class_assignment or None)
+        return self.machine.limiter
 
     def form_context(self) -> FormContext:
-        by_class = self.gpus_by_class()
-        found, how = self.inventory()
-        availability = {}
-        for class_id, members in by_class.items():
-            free = len(gpus.ledger.free(members))
-            availability[class_id] = GpuAvailability(free, len(members), free)
+        found, how = self.machine.inventory()
         notices = []
         if not self.limiter.enforced:
             notices.append(self.limiter.reason)
         help_text = "" if found else f"{how} Servers on this machine are CPU only."
-        return FormContext(availability=availability, notices=notices,
+        return FormContext(availability=self.machine.availability(self.catalog), notices=notices,
                            limits_enforced=self.limiter.enforced, gpu_help=help_text)
+
+    def _no_free_gpus(self, plan: Plan, free: int, total: int, reason: str | None = None) -> CapacityRefusal:
+        assert plan.gpu is not None
+        return CapacityRefusal.no_free_gpus(plan.gpu.display_name, plan.gpu_count, f"{free} of {total} free",
+                                            where="machine", reason=reason)
 
     def check_capacity(self, plan: Plan) -> None:
         if plan.gpu is None:
             return
-        members = self.gpus_by_class().get(plan.gpu.id, [])
-        free = [g for g in members if gpus.ledger.holder(g) in (None, self.owner_key)]
+        members = self.machine.gpus_by_class(self.catalog).get(plan.gpu.id, [])
+        free = [g for g in members if self.machine.ledger.holder(g) in (None, self.owner_key)]
         if len(free) < plan.gpu_count:
-            raise RequestError(
-                "gpu.count",
-                f"No free {plan.gpu.display_name} on this machine right now ({len(free)} of {len(members)} "
-                "free); ask for fewer, or try again when others stop their servers.",
-            )
+            raise self._no_free_gpus(plan, len(free), len(members))
 
     # -- start / stop -------------------------------------------------------------------
 
@@ -199,18 +187,16 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         workdir.mkdir(parents=True, exist_ok=True)
 
         env_extra: dict[str, str] = {}
+        machine = self.machine
+        await machine.refresh()
         if plan.gpu:
-            candidates = self.gpus_by_class().get(plan.gpu.id, [])
+            candidates = machine.gpus_by_class(self.catalog).get(plan.gpu.id, [])
             try:
-                chosen = await gpus.ledger.reserve(self.owner_key, candidates, plan.gpu_count)
+                chosen = machine.ledger.reserve(self.owner_key, candidates, plan.gpu_count)
             except gpus.NotEnoughGpus as exc:
-                reason = (
-                    f"No free {plan.gpu.display_name} on this machine right now ({exc.free} of "
-                    f"{exc.total} free); ask for fewer, or try again when others stop their servers."
-                )
-                self.audit("refused", self.user_options, reason=reason)
-                metrics.SPAWNS_REFUSED.labels(reason="gpu_unavailable").inc()
-                raise SpawnException(reason, reason="gpu_unavailable") from None
+                refusal = self._no_free_gpus(plan, exc.free, exc.total, reason="gpu_unavailable")
+                self.refused(refusal, self.user_options)
+                raise SpawnException(refusal.sentence, reason=refusal.reason) from None
             self._gpu_uuids = [g.uuid for g in chosen]
             env_extra["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in chosen)
             env_extra["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in chosen)
@@ -220,22 +206,15 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             env_extra["NVIDIA_VISIBLE_DEVICES"] = "void"
 
         try:
-            datasets_read_only = self._link_datasets(plan, workdir)
+            datasets_read_only = await self._link_datasets(plan, workdir)
             python = plan.environment.python or sys.executable
             if plan.packages:
                 overlay = await self._install_packages(plan, python, workdir)
                 env_extra["PYTHONPATH"] = str(overlay)
                 env_extra["PATH"] = f"{overlay / 'bin'}:{os.environ.get('PATH', '')}"
-            env_extra.update({
-                "DCLOUD_ENVIRONMENT": plan.environment.id,
-                "DCLOUD_GPU_CLASS": plan.gpu.id if plan.gpu else "",
-                "DCLOUD_GPU_COUNT": str(plan.gpu_count),
-                "DCLOUD_CPU_LIMIT": f"{plan.cpu_limit:g}",
-                "DCLOUD_MEMORY_LIMIT": format_memory(plan.memory_limit),
-                "DCLOUD_LIMITS_ENFORCED": "1" if self.limiter.enforced else "0",
-                "DCLOUD_DATASETS": ",".join(d.id for d in plan.datasets),
-                "DCLOUD_DATASETS_READ_ONLY": datasets_read_only,
-            })
+            env_extra.update(plan.environment_variables())
+            env_extra["DCLOUD_LIMITS_ENFORCED"] = "1" if self.limiter.enforced else "0"
+            env_extra["DCLOUD_DATASETS_READ_ONLY"] = datasets_read_only
             self._env_extra = env_extra
             self._join_limits = self.limiter.prepare(self.owner_key, plan.cpu_limit, plan.memory_limit)
             command = [python, "-m", "jupyterhub.singleuser"]
@@ -248,7 +227,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             self._say("Starting JupyterLab")
             url = await super().start()
         except BaseException:
-            gpus.ledger.release(self.owner_key)
+            machine.ledger.release(self.owner_key)
             self.release_resources()
             raise
         self.audit("spawned", self.user_options, granted=plan.summary(),
@@ -266,10 +245,10 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
         try:
-            dataset_views.clear(self.workdir / "datasets")
+            await dataset_views.clear(self.workdir / "datasets")
         except OSError as exc:
             self.log.warning("%s: %s", self._log_name, exc)
-        gpus.ledger.release(self.owner_key)
+        self.machine.ledger.release(self.owner_key)
         self.release_resources()
         self.limiter.cleanup(self.owner_key)
         self._gpu_uuids = []
@@ -278,7 +257,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     async def poll(self) -> int | None:
         status = await super().poll()
         if status is not None:
-            gpus.ledger.release(self.owner_key)
+            self.machine.ledger.release(self.owner_key)
             self.release_resources()
         return status
 
@@ -294,7 +273,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         super().load_state(state)
         self._gpu_uuids = list(state.get("dcloud_gpus", []))
         if self._gpu_uuids:
-            gpus.ledger.adopt(self.owner_key, self._gpu_uuids)
+            self.machine.ledger.adopt(self.owner_key, self._gpu_uuids)
         if self.pid:
             self.load_dcloud_state(state)
 
@@ -307,7 +286,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             return Path(dataset.source.path)
         return None
 
-    def _link_datasets(self, plan: Plan, workdir: Path) -> str:
+    async def _link_datasets(self, plan: Plan, workdir: Path) -> str:
         """Build the server's datasets/ folder; return "1" when every dataset is read-only."""
         sources = []
         for dataset in plan.datasets:
@@ -316,7 +295,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 self._say(f"Dataset {dataset.id} has no local copy on this machine; skipped")
                 continue
             sources.append((dataset.id, source))
-        how = dataset_views.build(workdir / "datasets", sources)
+        how = await dataset_views.build(workdir / "datasets", sources)
         if how:
             self._say("Datasets: " + ", ".join(f"{k} ({v})" for k, v in how.items()))
         if "linked" in how.values():
@@ -328,11 +307,9 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         overlay = workdir / ".dcloud-packages"
         shutil.rmtree(overlay, ignore_errors=True)
         self._say(f"Installing {len(plan.packages)} extra package(s) into this server's overlay")
-        argv = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-                "--target", str(overlay), *self.package_install_args]
-        if plan.package_index_url:
-            argv += ["--index-url", plan.package_index_url]
-        argv += ["--", *plan.packages]
+        # pip's cache is kept: the same machine installs the same packages again and again
+        argv = plan.pip_install_command(python, target=str(overlay), admin_args=self.package_install_args,
+                                        cache=True)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )

@@ -1,0 +1,128 @@
+"""Everything DCloud shares across the spawners of one hub process, in one object.
+
+JupyterHub makes one spawner object per server, but some things exist once per hub: the
+catalog cache, the quota ledger, the refused form submissions kept for a re-render, the
+metrics, and each backend's live data (the Kubernetes watch caches, the local machine's
+GPUs). They live in one :class:`HubState`, created when the first spawner asks for it,
+and dropped with :func:`reset_hub_state` (tests, or a hub that reloads its config).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from ..core.availability import GpuAvailability
+from ..core.catalog import Catalog
+from ..core.quotas import Ledger
+from . import audit
+from .metrics import Metrics
+
+T = TypeVar("T")
+
+
+class LiveData(Protocol):
+    """A backend's view of what is free now (the form, admin page and metrics read it)."""
+
+    async def refresh(self) -> None:
+        """Make sure the data is being gathered (start watches, discover devices)."""
+
+    def availability(self, catalog: Catalog) -> dict[str, GpuAvailability] | None:
+        """GPU class id -> free and total now; None when not known."""
+
+
+class CatalogCache:
+    """Loads a catalog file once and again only when the file changes (admins edit it live)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[float, Catalog]] = {}
+
+    def get(self, path: str) -> Catalog:
+        mtime = os.stat(path).st_mtime
+        cached = self._cache.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        catalog = Catalog.from_path(path)
+        self._cache[path] = (mtime, catalog)
+        return catalog
+
+
+class FormAttempts:
+    """The last refused form submission per user, so the re-rendered form keeps the choices.
+
+    Per user, not per spawner: JupyterHub re-renders a refused named-server form through the
+    user's default spawner. Kept only for that immediate re-render.
+    """
+
+    def __init__(self, keep_seconds: float = 30) -> None:
+        self.keep_seconds = keep_seconds
+        self._attempts: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def remember(self, user: str, options: dict[str, Any]) -> None:
+        self._attempts[user] = (time.monotonic(), options)
+
+    def take(self, user: str) -> dict[str, Any] | None:
+        stamp, options = self._attempts.pop(user, (0.0, None))
+        return options if time.monotonic() - stamp <= self.keep_seconds else None
+
+    def forget(self, user: str) -> None:
+        self._attempts.pop(user, None)
+
+
+class HubState:
+    """The hub-wide parts; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.catalogs = CatalogCache()
+        self.attempts = FormAttempts()
+        self.ledger = Ledger()
+        self.catalog_path: str | None = None  # the spawners' configured catalog
+        self.live: LiveData | None = None  # the running backend's live data
+        self._parts: dict[str, Any] = {}
+        audit.install_handler()
+        self.metrics = Metrics(self.current_numbers, lambda: self.ledger.claims)
+
+    def part(self, name: str, factory: Callable[[], T]) -> T:
+        """The hub-wide object ``name`` of a backend, made by ``factory`` on first use."""
+        if name not in self._parts:
+            self._parts[name] = factory()
+        return self._parts[name]
+
+    def catalog(self) -> Catalog | None:
+        return self.catalogs.get(self.catalog_path) if self.catalog_path else None
+
+    def current_numbers(self) -> tuple[Catalog, dict[str, GpuAvailability] | None] | None:
+        """The catalog and live availability, for metrics and the admin page."""
+        catalog = self.catalog()
+        if catalog is None:
+            return None
+        return catalog, self.live.availability(catalog) if self.live is not None else None
+
+    async def close(self) -> None:
+        """Stop what the parts run in the background and unregister the metrics."""
+        for part in self._parts.values():
+            stop = getattr(part, "stop", None)
+            if stop is not None:
+                await stop()
+        self.metrics.unregister()
+
+
+_current: HubState | None = None
+
+
+def hub_state() -> HubState:
+    """This hub's shared state, created on first use."""
+    global _current
+    if _current is None:
+        _current = HubState()
+    return _current
+
+
+async def reset_hub_state() -> None:
+    """Drop the hub's shared state (after stopping its background work); the next use starts afresh."""
+    global _current
+    state, _current = _current, None
+    if state is not None:
+        await state.close()
