@@ -130,3 +130,47 @@ async def test_consecutive_plans_do_not_leak_into_each_other():
     assert not pod.spec.init_containers
     assert [v.name for v in pod.spec.volumes] == ["dcloud-shm"]
     assert "nvidia.com/gpu" not in (pod.spec.containers[0].resources.limits or {})
+
+
+async def test_pod_never_restarts_and_the_installer_reports_pips_words():
+    pod = await pod_for({"environment": "pytorch", "packages": ["timm>=1.0"]})
+    assert pod["spec"]["restartPolicy"] == "Never"  # the hub sees a dead server and says why
+    (installer,) = pod["spec"]["initContainers"]
+    assert installer["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert installer["command"][-2:] == ["--", "timm>=1.0"]
+
+
+def test_a_failed_package_install_is_told_with_the_package_named(catalog):
+    from dcloud_spawner.core.validation import validate
+    from dcloud_spawner.kube.spawner import package_failure
+
+    plan = validate({"packages": ["NoSuch_Pkg==1.0", "timm"]}, catalog, ["students"])
+    pod = {"status": {"initContainerStatuses": [{"name": "dcloud-packages", "state": {"terminated": {
+        "exitCode": 1, "reason": "Error",
+        "message": "ERROR: Could not find a version that satisfies the requirement nosuch-pkg==1.0 "
+                   "(from versions: none)\nERROR: No matching distribution found for nosuch-pkg==1.0\n"}}}]}}
+    assert package_failure(pod, plan) == (
+        "Extra package 'NoSuch_Pkg==1.0' could not be installed: the package index has no version of it "
+        "for this environment. Check its name and version, or leave it out.")
+    running = {"status": {"initContainerStatuses": [{"name": "dcloud-packages", "state": {"running": {}}}]}}
+    assert package_failure(running, plan) is None
+    assert package_failure(None, plan) is None
+    unreachable = {"status": {"initContainerStatuses": [{"name": "dcloud-packages", "state": {"terminated": {
+        "exitCode": 1, "message": "WARNING: Retrying ... Failed to establish a new connection: refused"}}}]}}
+    assert package_failure(unreachable, plan) == (
+        "Installing the extra packages failed: the package index could not be reached.")
+
+
+def test_an_oom_killed_notebook_is_told_in_words(catalog):
+    from dcloud_spawner.core.validation import validate
+    from dcloud_spawner.kube.spawner import out_of_memory
+
+    plan = validate({"memory": "2Gi"}, catalog, ["students"])
+    killed = {"status": {"containerStatuses": [{"name": "notebook", "state": {"terminated": {
+        "exitCode": 137, "reason": "OOMKilled"}}}]}}
+    assert out_of_memory(killed, plan) == (
+        "Your last server was stopped because it ran out of memory: it used more than its limit of 2Gi, "
+        "so the kernel killed it. Choose more memory below, or use less.")
+    crashed = {"status": {"containerStatuses": [{"name": "notebook", "state": {"terminated": {
+        "exitCode": 1, "reason": "Error"}}}]}}
+    assert out_of_memory(crashed, plan) is None

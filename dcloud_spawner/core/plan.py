@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from .catalog import Dataset, Environment, GpuClass
+from .errors import clip
 from .quantity import format_memory
+
+_NOT_FOUND = re.compile(r"No matching distribution found for (\S+)")
+_UNREACHABLE = ("Could not fetch URL", "Connection refused", "Failed to establish a new connection",
+                "Name or service not known", "Temporary failure in name resolution")
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,29 @@ class Plan:
         if self.package_index_url:
             argv += ["--index-url", self.package_index_url]
         return [*argv, "--", *self.packages]
+
+    def install_failure(self, output: str) -> str:
+        """One sentence on why installing the packages failed, from pip's output (its tail).
+
+        Names the package pip could not find where it says so; never echoes more than a
+        clipped line of pip's output.
+        """
+        missing = _NOT_FOUND.search(output)
+        if missing:
+            try:
+                wanted = canonicalize_name(Requirement(missing.group(1)).name)
+            except InvalidRequirement:
+                wanted = canonicalize_name(missing.group(1))
+            named = [p for p in self.packages if canonicalize_name(Requirement(p).name) == wanted]
+            shown = named[0] if named else clip(missing.group(1))
+            where = "the package index" + (f" {self.package_index_url}" if self.package_index_url else "")
+            return (f"Extra package '{shown}' could not be installed: {where} has no version of it for "
+                    "this environment. Check its name and version, or leave it out.")
+        if any(marker in output for marker in _UNREACHABLE):
+            return "Installing the extra packages failed: the package index could not be reached."
+        errors = [line.strip() for line in output.splitlines() if line.strip().startswith("ERROR")]
+        lines = errors or [line.strip() for line in output.splitlines() if line.strip()] or ["no output"]
+        return f"Installing the extra packages failed: {clip(lines[-1], 300)}"
 
     def summary(self) -> str:
         """One line for logs and progress messages."""

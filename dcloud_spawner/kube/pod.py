@@ -84,15 +84,20 @@ def dataset_volume(plan_dataset: Any, name: str) -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": source.path, "type": "Directory"}}
 
 
+PACKAGE_INSTALLER = "dcloud-packages"
+
+
 def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[str, Any]:
     """Init container that pip-installs the plan's packages into the shared volume.
 
     Same image as the notebook, so wheels match its Python; argv list, no shell.
     """
     return {
-        "name": "dcloud-packages",
+        "name": PACKAGE_INSTALLER,
         "image": plan.image,
         "command": plan.pip_install_command(target=PACKAGES_DIR, admin_args=pip_args),
+        # pip's last lines become the termination message, so a failure can be told in words
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_NO_WARN_SCRIPT_LOCATION", "value": "1"}],
         "volumeMounts": [{"name": "dcloud-packages", "mountPath": PACKAGES_DIR}],
         "securityContext": {

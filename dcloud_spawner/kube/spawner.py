@@ -7,8 +7,11 @@ Contract, in JupyterHub's order of calls:
 3. ``start``: KubeSpawner's own start, whose ``load_user_options`` step sets the pod
    traits from the plan; meanwhile scheduler events are watched, and a pod the scheduler
    cannot place ends the spawn with the reason in the user's terms (``start`` is
-   KubeSpawner's public entry; its private ``_start`` is left alone);
-4. ``stop``: KubeSpawner deletes the pod and what it owns.
+   KubeSpawner's public entry; its private ``_start`` is left alone); so does a failed
+   package init container, with the package named;
+4. ``poll``: a notebook container the kernel killed for memory is remembered, and the
+   next form says so;
+5. ``stop``: KubeSpawner deletes the pod and what it owns.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, List, Unicode, default
 
-from ..core.errors import CapacityRefusal
+from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..core.quantity import format_memory
+from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin
 from ..hub.state import LiveData, hub_state
-from .pod import PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
+from .pod import PACKAGE_INSTALLER, PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
 from .watch import ClusterWatch
 
 
@@ -89,6 +93,15 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     def _no_token(self) -> bool:
         return False
 
+    @default("extra_pod_config")
+    def _never_restart(self) -> dict:
+        # A notebook container that dies (killed for memory, crashed) ends the server, so the
+        # hub sees it and says why; KubeSpawner's OnFailure would restart it in place, silently,
+        # and retry a failing package install in a crash loop until the start timeout.
+        return {"restartPolicy": "Never"}
+
+    dcloud_last_stop: str | None = None  # why the last server ended unasked, for the next form
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
@@ -114,10 +127,17 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self.dcloud_plan = plan
         apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
 
+    def form_context(self) -> FormContext:
+        context = super().form_context()
+        if self.dcloud_last_stop:
+            context.notices.insert(0, self.dcloud_last_stop)
+        return context
+
     async def start(self) -> str:  # type: ignore[override]
         plan = self.dcloud_plan
+        self.dcloud_last_stop = None
         start = super().start()  # KubeSpawner keeps this future to end progress() with it
-        watch = asyncio.ensure_future(self._unschedulable_reason())
+        watch = asyncio.ensure_future(self._doomed())
         try:
             done, _ = await asyncio.wait([start, watch], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -148,14 +168,18 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         await self.stop(now=True)  # releases the claim too
         raise SpawnException(refusal.sentence, reason=refusal.reason)
 
-    async def _unschedulable_reason(self) -> CapacityRefusal:
-        """Wait until the scheduler has reported this pod unplaceable for the grace time."""
+    async def _doomed(self) -> Refusal:
+        """Wait until the pod cannot start: the scheduler has reported it unplaceable for the
+        grace time, or the package init container failed."""
         first_seen: float | None = None
         while True:
             await asyncio.sleep(0.25)
+            pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
+            failure = package_failure(pod, self.dcloud_plan)
+            if failure is not None:
+                return Refusal(failure, field="packages", reason="packages")
             if not self.events_enabled or self.event_reflector is None:
                 continue
-            pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}")
             if pod and (pod.get("spec") or {}).get("nodeName"):
                 first_seen = None
                 continue  # placed after all
@@ -167,20 +191,75 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                 sentence = explain_unschedulable(failed[-1].get("message") or "", self.dcloud_plan)
                 return CapacityRefusal(sentence, reason="unschedulable")
 
+    async def progress(self):  # type: ignore[override]
+        """KubeSpawner's events, plus DCloud's words for what the pod is doing."""
+        plan = self.dcloud_plan
+        if plan is not None:
+            yield {"progress": 1, "message": f"Requested {plan.summary()}"}
+        async for event in super().progress():
+            yield event
+            message = (event.get("raw_event") or {}).get("message") or ""
+            if plan is not None and plan.packages and f"container {PACKAGE_INSTALLER}" in message \
+                    and message.startswith("Started"):
+                yield {"progress": event.get("progress", 50),
+                       "message": f"Installing extra packages: {', '.join(plan.packages)}"}
+
+    async def poll(self) -> int | None:
+        pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
+        ended = out_of_memory(pod, self.dcloud_plan)
+        if ended is not None:  # before KubeSpawner's poll, which stops (and audits) the server
+            self.dcloud_last_stop = ended
+        status = await super().poll()
+        if status is not None:
+            self.release_resources()
+        return status
+
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
         self.release_resources()
-        self.audit("stopped", self.user_options, pod=self.pod_name)
+        extra = {"reason": self.dcloud_last_stop} if self.dcloud_last_stop else {}
+        self.audit("stopped", self.user_options, pod=self.pod_name, **extra)
 
     def get_state(self) -> dict:
         state = super().get_state()
         if getattr(self, "pod_id", None):  # running: keep what it holds across hub restarts
             state.update(self.dcloud_state())
+        if self.dcloud_last_stop:
+            state["dcloud_last_stop"] = self.dcloud_last_stop
         return state
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.load_dcloud_state(state)
+        self.dcloud_last_stop = state.get("dcloud_last_stop") or self.dcloud_last_stop
+
+
+def _container(pod: dict | None, name: str, kind: str = "containerStatuses") -> dict:
+    for status in ((pod or {}).get("status") or {}).get(kind) or []:
+        if status.get("name") == name:
+            return status
+    return {}
+
+
+def package_failure(pod: dict | None, plan: Plan | None) -> str | None:
+    """Why the package init container failed, in words; None while it has not failed."""
+    if plan is None or not plan.packages:
+        return None
+    status = _container(pod, PACKAGE_INSTALLER, "initContainerStatuses")
+    ended = (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+    if not ended or ended.get("exitCode") == 0:
+        return None
+    return plan.install_failure(ended.get("message") or "")
+
+
+def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
+    """The sentence for a notebook container killed for using more memory than its limit."""
+    ended = (_container(pod, "notebook").get("state") or {}).get("terminated") or {}
+    if ended.get("reason") != "OOMKilled":
+        return None
+    limit = f" of {format_memory(plan.memory_limit)}" if plan else ""
+    return (f"Your last server was stopped because it ran out of memory: it used more than its "
+            f"limit{limit}, so the kernel killed it. Choose more memory below, or use less.")
 
 
 _INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")

@@ -315,8 +315,5 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         )
         output, _ = await proc.communicate()
         if proc.returncode != 0:
-            tail = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise SpawnException(
-                f"Installing the extra packages failed: {tail[0][:300]}", reason="packages"
-            )
+            raise SpawnException(plan.install_failure(output.decode(errors="replace")), reason="packages")
         return overlay
