@@ -1,0 +1,3 @@
+module dcloud.test/pause
+
+go 1.22
