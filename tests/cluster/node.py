@@ -37,7 +37,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import binaries, control_plane, fleet, host, kubeconfig
-from .layout import RunDir, bin_dir
+from .layout import RunDir, bin_dir, cache_dir
 from .pki import KUBELET_CLIENT_USER, Pki, issue
 
 NAME = "real-0"
@@ -62,6 +62,8 @@ KUBELET_API_BINDING = "dcloud-test:apiserver-kubelet-client"
 SUBNET_BASE = ipaddress.ip_network("10.128.0.0/10")
 DISABLE_ENV = "DCLOUD_REAL_NODE"  # "0": never start real-0
 NODE_IP_ENV = "DCLOUD_NODE_IP"  # override the discovered node address
+STORE_ENV = "DCLOUD_NODE_IMAGE_STORE"  # where containerd keeps images (default: in the cache)
+IMAGES_ENV = "DCLOUD_NODE_IMAGES"  # comma-separated names to import (the pause image always)
 
 Log = Callable[[str], None]
 
@@ -113,6 +115,15 @@ class NodeDir:
     @property
     def kubelet_root(self) -> Path:
         return self.root / "kubelet"
+
+
+def image_store(run: RunDir) -> Path:
+    """containerd's root (content, snapshots, metadata), kept across ``down``/``up`` like a build
+    cache so that images are imported once, not on every start: ``$DCLOUD_NODE_IMAGE_STORE`` or
+    one per run directory in the cluster cache. It holds no mounts once containerd stops."""
+    if override := os.environ.get(STORE_ENV):
+        return Path(override)
+    return cache_dir() / "node-images" / Names.of(run).bridge.removeprefix("dcbr")
 
 
 @dataclass(frozen=True)
@@ -219,14 +230,15 @@ def _toml(value: object) -> str:
     return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 
-def containerd_config(node: NodeDir, pause_image: str) -> str:
-    """containerd 2.x, CRI only, every path under the node dir (no /etc/containerd imports)."""
+def containerd_config(node: NodeDir, store: Path, pause_image: str) -> str:
+    """containerd 2.x, CRI only, every path under the node dir or the image store (no
+    /etc/containerd imports)."""
     cri_runtime = "plugins.'io.containerd.cri.v1.runtime'"
     runc = f"{cri_runtime}.containerd.runtimes.runc"
     sections: dict[str, dict[str, object]] = {
         "": {
             "version": 3,
-            "root": node.root / "containerd" / "root",
+            "root": store / "root",
             "state": node.root / "containerd" / "state",
             "imports": [],
         },
@@ -501,19 +513,37 @@ def _wait(what: str, done: Callable[[], bool], timeout: float, run: RunDir, stat
 # --- images -----------------------------------------------------------------------------------
 
 
-def import_images(node: NodeDir, built: list[Any], log: Log) -> list[str]:
-    """Import each built image (docker-archive) into containerd's CRI namespace unless it is
-    already there. Returns the names imported now."""
+def wanted_images(built: list[Any], pause: str) -> list[Any]:
+    """The built images to import: all, or those ``$DCLOUD_NODE_IMAGES`` names, and pause."""
+    names = {n.strip() for n in os.environ.get(IMAGES_ENV, "").split(",") if n.strip()}
+    return [image for image in built if not names or image.name in names or image.name == pause]
+
+
+def _fingerprint(archive: Path) -> str:
+    stat = archive.stat()
+    return f"{archive}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def import_images(node: NodeDir, store: Path, built: list[Any], log: Log) -> list[str]:
+    """Import each image's docker-archive into containerd's CRI namespace unless that very
+    archive was imported before (same name, path, size and time). Returns the names imported."""
+    ledger_path = store / "imported.json"
+    try:
+        ledger: dict[str, str] = json.loads(ledger_path.read_text())
+    except (OSError, ValueError):
+        ledger = {}
     present = set(_ctr(node, "images", "list", "--quiet").split())
     imported = []
     for image in built:
-        if image.name in present:
+        if image.name in present and ledger.get(image.name) == _fingerprint(image.archive):
             continue
         log(f"importing {image.name} into real-0's containerd")
         _ctr(node, "images", "import", "--local", str(image.archive))
+        ledger[image.name] = _fingerprint(image.archive)
+        ledger_path.write_text(json.dumps(ledger, indent=2))
         imported.append(image.name)
-    missing = [image.name for image in built if image.name not in set(_ctr(node, "images", "list", "--quiet").split())]
-    if missing:
+    present = set(_ctr(node, "images", "list", "--quiet").split())
+    if missing := [image.name for image in built if image.name not in present]:
         raise RuntimeError(f"images not in containerd after import: {missing}")
     return imported
 
@@ -576,8 +606,8 @@ def start(run: RunDir, server: str, api: client.ApiClient, log: Log) -> NodeStat
         raise NodeUnavailable(reason)
     images = _images_module()
     began = time.monotonic()
-    built = images.build_all(log)
-    log(f"images for real-0 ready in {time.monotonic() - began:.1f}s")
+    built = wanted_images(images.build_all(log), images.PAUSE)
+    log(f"images for real-0 built in {time.monotonic() - began:.1f}s")
     stop(run, log, api=None)  # whatever a crashed run left
     node, names, pki = NodeDir(run.node), Names.of(run), Pki(run.pki)
     for directory in (node.root, node.pki, node.cni_conf, node.kubelet_root, node.root / "pod-logs"):
@@ -593,7 +623,9 @@ def start(run: RunDir, server: str, api: client.ApiClient, log: Log) -> NodeStat
           usage=ExtendedKeyUsageOID.SERVER_AUTH, dns_names=(NAME,), ips=(address,))  # fmt: skip
     kubeconfig.write(node.kubeconfig, server=server, ca_cert=pki.ca_cert, user=f"system:node:{NAME}",
                      client_cert=node.pki / "node.crt", client_key=node.pki / "node.key")  # fmt: skip
-    node.containerd_config.write_text(containerd_config(node, images.PAUSE))
+    store = image_store(run)
+    store.mkdir(parents=True, exist_ok=True)
+    node.containerd_config.write_text(containerd_config(node, store, images.PAUSE))
     (node.cni_conf / "10-bridge.conflist").write_text(json.dumps(cni_config(node, names, subnet), indent=2))
     node.kubelet_config.write_text(yaml.safe_dump(kubelet_config(node, names, pki, address, port)))
     _create_cgroup_root(names)
@@ -605,7 +637,9 @@ def start(run: RunDir, server: str, api: client.ApiClient, log: Log) -> NodeStat
     )
     state.save(node)
     _wait("containerd", lambda: node.socket.is_socket() and _ctr_answers(node), 30, run, state)
-    import_images(node, built, log)
+    began = time.monotonic()
+    if imported := import_images(node, store, built, log):
+        log(f"imported {len(imported)} images in {time.monotonic() - began:.1f}s")
 
     ensure_kubelet_api_access(api)
     state.processes["kubelet"] = control_plane.spawn(
@@ -662,7 +696,8 @@ def ensure(run: RunDir, server: str, api: client.ApiClient, log: Log) -> str | N
             stop(run, log, api=api)
             raise
         return None
-    import_images(NodeDir(run.node), _images_module().build_all(log), log)
+    images = _images_module()
+    import_images(NodeDir(run.node), image_store(run), wanted_images(images.build_all(log), images.PAUSE), log)
     ensure_kubelet_api_access(api)
     core = client.CoreV1Api(api)
     converge(core)

@@ -9,6 +9,7 @@ machine that neither collides with this one nor leaves anything behind.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -71,9 +72,13 @@ def _kubectl(kubeconfig: Path | str, *args: str) -> subprocess.CompletedProcess[
 
 
 def _shell_image() -> str:
-    """An image with a shell from tests/cluster/images.py (anything but the pause image)."""
+    """An image with a POSIX shell and coreutils, imported into real-0 by ``up``: the notebook
+    stand-in (Debian) of tests/cluster/images.py, else any image there but the pause image."""
     images = node._images_module()
-    names = [image.name for image in images.build_all(lambda _message: None) if image.name != images.PAUSE]
+    names = [image.name for image in images.build_all(lambda _line: None) if image.name != images.PAUSE]
+    preferred = getattr(images, "NOTEBOOK_BASE", None)
+    if preferred in names:
+        return str(preferred)
     if not names:
         pytest.fail("tests/cluster/images.py builds no image besides pause")
     return str(names[0])
@@ -264,7 +269,13 @@ def _host_snapshot() -> dict[str, object]:
 def test_second_cluster_does_not_collide_and_leaves_the_host_as_before(real_node: RealNode) -> None:
     before = _host_snapshot()
     other = RunDir(Path(tempfile.mkdtemp(prefix="dcloud-2nd-")))
-    env = {**os.environ, "DCLOUD_CLUSTER_DIR": str(other.root)}
+    # Its image store inside its run dir (removed below), holding the pause image only.
+    env = {
+        **os.environ,
+        "DCLOUD_CLUSTER_DIR": str(other.root),
+        node.STORE_ENV: str(other.root / "images"),
+        node.IMAGES_ENV: node._images_module().PAUSE,
+    }
     cli = [sys.executable, "-m", "tests.cluster"]
     try:
         started = subprocess.run([*cli, "up", "--no-build"], cwd=REPO_ROOT, env=env, capture_output=True,
@@ -281,11 +292,11 @@ def test_second_cluster_does_not_collide_and_leaves_the_host_as_before(real_node
     finally:
         stopped = subprocess.run([*cli, "down"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                                  timeout=300, check=False)  # fmt: skip
-        leftover = [p.name for p in other.root.iterdir()] if other.root.exists() else []
-        if other.root.exists() and set(leftover) <= {"lock"}:
-            (other.root / "lock").unlink(missing_ok=True)
-            other.root.rmdir()
+        leftover = {p.name for p in other.root.iterdir()}
+        if leftover <= {"lock", "images"}:  # what down keeps: its lock and the image store
+            shutil.rmtree(other.root)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert leftover <= {"lock", "images"}, leftover
     after = _host_snapshot()
     for key in before:
         assert after[key] == before[key], key
