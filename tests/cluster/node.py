@@ -741,6 +741,9 @@ def stop(run: RunDir, log: Log, *, api: client.ApiClient | None) -> list[str]:
     node, names = NodeDir(run.node), Names.of(run)
     state = NodeState.load(node)
     stopped: list[str] = []
+    ctrd = state.processes.get("containerd") if state is not None else None
+    # A containerd that died leaves its containers' records in the image store: drop the store.
+    crashed = ctrd is not None and not control_plane.alive(int(ctrd["pid"]), str(ctrd["exe"]))
     if state is not None and "kubelet" in state.processes:
         if api is not None and running(run) is not None:
             try:
@@ -770,6 +773,11 @@ def stop(run: RunDir, log: Log, *, api: client.ApiClient | None) -> list[str]:
     if node.root.exists():
         _unmount_all(node.root)  # checked again right before the recursive delete
         shutil.rmtree(node.root)
+    store = image_store(run)
+    if crashed and store.exists():
+        log(f"removing the image store of a crashed containerd: {store}")
+        _unmount_all(store)
+        shutil.rmtree(store)
     return stopped
 
 
