@@ -67,7 +67,10 @@ def healthy(run: RunDir) -> State | None:
     state = State.load(run)
     if state is None or control_plane.dead(state, COMPONENTS):
         return None
-    return state if control_plane.readyz(state.server, Pki(run.pki)) else None
+    pki = Pki(run.pki)
+    if not pki.kubelet_client_cert.is_file():
+        return None  # started by an older harness: no way to reach a real kubelet; restart it
+    return state if control_plane.readyz(state.server, pki) else None
 
 
 def _clean(run: RunDir) -> None:
