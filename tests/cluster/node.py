@@ -444,6 +444,39 @@ def _our_shims(node: NodeDir) -> list[int]:
     return pids
 
 
+def _task_ids(node: NodeDir) -> list[str]:
+    """Ids of the sandboxes and containers containerd still has bundles for."""
+    tasks = node.root / "containerd" / "state" / "io.containerd.runtime.v2.task" / CRI_NAMESPACE
+    return [bundle.name for bundle in tasks.iterdir()] if tasks.is_dir() else []
+
+
+def _remove_host_leftovers(node: NodeDir, names: Names) -> None:
+    """What a crashed node leaves at fixed host paths, found through its own records: the
+    sockets of the shims that were killed (each bundle's bootstrap.json names its socket in
+    /run/containerd/s), libcni's cached results for its sandboxes (/var/lib/cni/results) and the
+    kubelet's links to its pod logs (/var/log/containers)."""
+    tasks = node.root / "containerd" / "state" / "io.containerd.runtime.v2.task" / CRI_NAMESPACE
+    for bootstrap in tasks.glob("*/bootstrap.json"):
+        try:
+            address = str(json.loads(bootstrap.read_text())["address"]).removeprefix("unix://")
+        except (OSError, ValueError, KeyError):
+            continue
+        for path in (Path(address), Path(address + ".debug")):
+            if path.parent == Path("/run/containerd/s") and path.is_socket():
+                path.unlink()
+    ids = _task_ids(node)
+    results = Path("/var/lib/cni/results")
+    if results.is_dir():
+        for cached in results.iterdir():
+            if cached.name.startswith(f"{names.bridge}-") or any(f"-{i}-" in cached.name for i in ids):
+                cached.unlink()
+    links = Path("/var/log/containers")
+    if links.is_dir():
+        for link in links.iterdir():
+            if link.is_symlink() and os.readlink(link).startswith(f"{node.root}/"):
+                link.unlink()
+
+
 def _ctr(node: NodeDir, *args: str, check: bool = True) -> str:
     argv = [str(bin_dir() / "ctr"), "--address", str(node.socket), "-n", CRI_NAMESPACE, *args]
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=300).stdout
@@ -763,6 +796,7 @@ def stop(run: RunDir, log: Log, *, api: client.ApiClient | None) -> list[str]:
             _terminate(int(info["pid"]), str(info["exe"]), grace=10.0)
     for pid in _our_shims(node):
         _signal(pid, signal.SIGKILL)
+    _remove_host_leftovers(node, names)
     if node.root.exists() or any((h / names.cgroup_root.lstrip("/")).exists() for h in CGROUP_FS.iterdir()):
         _remove_cgroup_root(names)
     if node.root.exists():
