@@ -49,7 +49,7 @@ from dcloud_spawner.core.availability import GpuAvailability, compute
 from dcloud_spawner.core.catalog import Catalog, GpuClass
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
-from dcloud_spawner.hub.state import reset_hub_state
+from dcloud_spawner.hub.state import close_hub_state
 from dcloud_spawner.kube import DCloudSpawner
 
 USER, GROUPS = "bench-user", ("researchers",)  # researchers may use every GPU class
@@ -208,7 +208,7 @@ def dcloud_spawner() -> DCloudSpawner:
 async def point_kubespawner_at(kubeconfig: str) -> None:
     """KubeSpawner caches its client configuration per process; aim it at ``kubeconfig``."""
     await KubeSpawner._stop_all_reflectors()
-    await reset_hub_state()
+    await close_hub_state()
     os.environ["KUBECONFIG"] = kubeconfig
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     clients.load_config.cache_clear()
@@ -449,7 +449,7 @@ async def run_benchmark(kubeconfig: str, plan: sim.FleetPlan, renders: int) -> d
         background = dict(Counter(counter.background[background_before:]))
     finally:
         await KubeSpawner._stop_all_reflectors()
-        await reset_hub_state()
+        await close_hub_state()
     summaries = {v.name: summarize(v, samples[v.name], warmups[v.name]) for v in all_variants}
     return {
         "summaries": summaries,

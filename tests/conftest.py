@@ -27,12 +27,14 @@ except ImportError as exc:  # pragma: no cover - reported by the cluster tests t
 
 
 @pytest.fixture(autouse=True)
-async def _fresh_hub_state():
-    """Spawners built in tests claim quota and GPUs in the hub-wide state; each test starts afresh."""
+def _fresh_hub_state():
+    """Spawners built in tests claim quota and GPUs in the hub-wide state; each test starts afresh.
+
+    Synchronous on purpose: browser tests run Playwright's own event loop."""
     from dcloud_spawner.hub.state import reset_hub_state
 
     yield
-    await reset_hub_state()
+    reset_hub_state()
 
 
 @pytest.fixture(scope="session")

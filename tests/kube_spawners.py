@@ -10,7 +10,7 @@ from kubespawner import KubeSpawner, clients
 from traitlets.config import Config
 
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
-from dcloud_spawner.hub.state import reset_hub_state
+from dcloud_spawner.hub.state import close_hub_state
 from dcloud_spawner.kube import DCloudSpawner
 from tests.conftest import EXAMPLE_CATALOG
 
@@ -18,7 +18,7 @@ from tests.conftest import EXAMPLE_CATALOG
 async def point_kubespawner_at(kubeconfig: str) -> None:
     """KubeSpawner caches its client configuration per process; aim it at ``kubeconfig``."""
     await KubeSpawner._stop_all_reflectors()
-    await reset_hub_state()  # the watch caches were made with the old client
+    await close_hub_state()  # the watch caches were made with the old client
     os.environ["KUBECONFIG"] = kubeconfig
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     clients.load_config.cache_clear()

@@ -36,7 +36,7 @@ def package_imports(path: Path) -> set[str]:
                 if path.name == "__init__.py":
                     base = list(module_parts[: len(module_parts) - node.level + 1])
                 target = base + (node.module.split(".") if node.module else [])
-                names = [target + [alias.name] for alias in node.names]
+                names = [[*target, alias.name] for alias in node.names]
             else:
                 names = [(node.module or "").split(".")]
         elif isinstance(node, ast.Import):

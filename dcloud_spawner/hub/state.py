@@ -4,7 +4,8 @@ JupyterHub makes one spawner object per server, but some things exist once per h
 catalog cache, the quota ledger, the refused form submissions kept for a re-render, the
 metrics, and each backend's live data (the Kubernetes watch caches, the local machine's
 GPUs). They live in one :class:`HubState`, created when the first spawner asks for it,
-and dropped with :func:`reset_hub_state` (tests, or a hub that reloads its config).
+and dropped with :func:`close_hub_state` (waits for background work to stop) or
+:func:`reset_hub_state` (from synchronous code: cancels it).
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ class HubState:
                 await stop()
         self.metrics.unregister()
 
+    def abandon(self) -> None:
+        """Cancel the parts' background work without waiting for it, and unregister the metrics."""
+        for part in self._parts.values():
+            cancel = getattr(part, "cancel", None)
+            if cancel is not None:
+                cancel()
+        self.metrics.unregister()
+
 
 _current: HubState | None = None
 
@@ -120,9 +129,17 @@ def hub_state() -> HubState:
     return _current
 
 
-async def reset_hub_state() -> None:
-    """Drop the hub's shared state (after stopping its background work); the next use starts afresh."""
+async def close_hub_state() -> None:
+    """Drop the hub's shared state after stopping its background work; the next use starts afresh."""
     global _current
     state, _current = _current, None
     if state is not None:
         await state.close()
+
+
+def reset_hub_state() -> None:
+    """Drop the hub's shared state now, cancelling its background work; the next use starts afresh."""
+    global _current
+    state, _current = _current, None
+    if state is not None:
+        state.abandon()

@@ -72,6 +72,11 @@ class NodeReflector:
                 except Exception as list_error:
                     log.warning("DCloud: listing nodes failed: %s", list_error)
 
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -179,6 +184,14 @@ class ClusterWatch:
             return cached[1]
 
         return holding
+
+    def cancel(self) -> None:
+        """Cancel the watches without waiting (from synchronous code)."""
+        if self.nodes is not None:
+            self.nodes.cancel()
+        if self.pods is not None and self.pods.watch_task is not None:
+            self.pods.watch_task.cancel()
+        self.nodes = self.pods = None
 
     async def stop(self) -> None:
         for reflector in (self.nodes, self.pods):

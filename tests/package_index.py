@@ -1,0 +1,89 @@
+"""A PEP 503 simple package index with one wheel, served from this machine for the tests.
+
+Pods on the test cluster's bridge reach it at the node's address, so the package init
+container installs from here and the tests never depend on the public index.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+NAME = "dcloud-probe"
+VERSION = "1.0"
+MODULE = "dcloud_probe"
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def build_wheel(folder: Path) -> Path:
+    """A pure-Python wheel whose module says where it was installed from."""
+    dist = f"{MODULE}-{VERSION}"
+    files = {
+        f"{MODULE}/__init__.py": (
+            '"""Installed by DCloud\'s package init container from the tests\' own index."""\n'
+            f'VERSION = "{VERSION}"\n'
+        ).encode(),
+        f"{dist}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\nSummary: DCloud test probe\n"
+        ).encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: dcloud-tests\nRoot-Is-Purelib: true\n"
+                                   b"Tag: py3-none-any\n",
+    }
+    record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())
+    files[f"{dist}.dist-info/RECORD"] = (record + f"{dist}.dist-info/RECORD,,\n").encode()
+    wheel = folder / f"{dist}-py3-none-any.whl"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    wheel.write_bytes(buffer.getvalue())
+    return wheel
+
+
+def build_index(root: Path) -> Path:
+    """``root/simple/``: the index page, and the project page linking the wheel with its hash."""
+    project = root / "simple" / NAME
+    project.mkdir(parents=True, exist_ok=True)
+    wheel = build_wheel(project)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (root / "simple" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{NAME}/">{NAME}</a></body></html>\n')
+    (project / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{wheel.name}#sha256={digest}">{wheel.name}</a></body></html>\n')
+    return root / "simple"
+
+
+@dataclass(frozen=True)
+class PackageIndex:
+    url: str  # the simple index, e.g. http://192.0.2.2:40123/simple/
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve_index(root: Path, host: str) -> Iterator[PackageIndex]:
+    """Serve the index on ``host`` (an address of this machine) and a free port."""
+    build_index(root)
+    handler = lambda *a, **kw: _Quiet(*a, directory=str(root), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield PackageIndex(f"http://{host}:{server.server_address[1]}/simple/")
+    finally:
+        server.shutdown()
+        server.server_close()
