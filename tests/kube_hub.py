@@ -1,5 +1,8 @@
-"""A real JupyterHub with DCloudSpawner against the test cluster, proxied to pods the
-test agent runs on node local-0 (see tests/cluster/agent.py)."""
+"""A real JupyterHub with DCloudSpawner against the test cluster.
+
+With ``real_node``, its servers run in containers on node real-0: the hub API listens on the
+node's address, which the servers reach over the pod bridge as they would a hub Service, and
+the proxy routes to the pods' IPs. Otherwise pods go to the KWOK fleet (Running, nobody home)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ from pathlib import Path
 
 from tests.conftest import EXAMPLE_CATALOG
 from tests.hub import DemoHub, free_port, launch_hub
+from tests.real_node import RealNode, spawner_config
 
 CONFIG = """\
 import json
 settings = json.loads({settings!r})
 c.JupyterHub.bind_url = f"http://127.0.0.1:{{settings['port']}}"
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{{settings['hub_port']}}"
-c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{{settings['hub_port']}}"
+c.JupyterHub.hub_bind_url = f"http://{{settings['hub_ip']}}:{{settings['hub_port']}}"
+c.JupyterHub.hub_connect_url = f"http://{{settings['hub_ip']}}:{{settings['hub_port']}}"
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{{settings['proxy_port']}}"
 c.ConfigurableHTTPProxy.command = settings["proxy"]
 c.JupyterHub.db_url = "sqlite:///" + settings["state"] + "/hub.sqlite"
@@ -39,33 +43,27 @@ c.JupyterHub.load_roles = [{{"name": "tests", "services": ["tests"],
 from dcloud_spawner.hub.admin import handlers
 c.JupyterHub.extra_handlers = handlers()
 c.JupyterHub.spawner_class = "dcloud"
-c.DCloudSpawner.catalog_path = settings["catalog"]
 c.DCloudSpawner.namespace = settings["namespace"]
-if settings["on_agent"]:
-    # pods of this hub go to the node whose pods really run (the test agent's)
-    c.DCloudSpawner.node_selector = {{"dcloud.test/pool": "local"}}
-    c.DCloudSpawner.tolerations = [{{"key": "dcloud.test/agent", "operator": "Equal", "value": "local",
-                                     "effect": "NoSchedule"}}]
-c.DCloudSpawner.cmd = ["jupyterhub-singleuser"]
-c.DCloudSpawner.args = settings["args"]
-c.DCloudSpawner.start_timeout = 120
-c.DCloudSpawner.http_timeout = 90
+for name, value in settings["spawner"].items():
+    setattr(c.DCloudSpawner, name, value)
+c.DCloudSpawner.start_timeout = 180
+c.DCloudSpawner.http_timeout = 120
 """
 
 
-def start_kube_hub(state: Path, cluster, *, on_agent: bool = True, catalog: Path = EXAMPLE_CATALOG,
+def start_kube_hub(state: Path, cluster, *, real_node: RealNode | None = None, catalog: Path = EXAMPLE_CATALOG,
                    users: dict[str, list[str]] | None = None) -> DemoHub:
-    """``on_agent``: pin CPU servers to the agent's node so they really run; otherwise pods
-    go wherever the scheduler puts them (KWOK nodes: Running, but nothing answers)."""
+    """A hub whose servers run on ``real_node`` (with ``catalog`` naming images it has), or
+    on the KWOK fleet."""
     state.mkdir(parents=True, exist_ok=True)
     port, token, password = free_port(), secrets.token_hex(16), secrets.token_hex(8)
+    spawner = spawner_config(catalog) if real_node else {"catalog_path": str(catalog)}
+    hub_ip = real_node.address if real_node else "127.0.0.1"
     settings = {
-        "port": port, "hub_port": free_port(), "proxy_port": free_port(), "state": str(state),
-        "proxy": [sys.executable, "-m", "dcloud_spawner.demo.proxy"], "password": password, "token": token,
-        "catalog": str(catalog), "namespace": cluster.namespace, "on_agent": on_agent,
+        "port": port, "hub_ip": hub_ip, "hub_port": free_port(hub_ip), "proxy_port": free_port(),
+        "state": str(state), "proxy": [sys.executable, "-m", "dcloud_spawner.demo.proxy"],
+        "password": password, "token": token, "namespace": cluster.namespace, "spawner": spawner,
         "users": users or {"student": ["students"]},
-        # the agent runs the notebook as this machine's user, root in CI
-        "args": ["--ServerApp.allow_root=True"] if os.geteuid() == 0 else [],
     }
     config = state / "jupyterhub_config.py"
     config.write_text(CONFIG.format(settings=json.dumps(settings)))

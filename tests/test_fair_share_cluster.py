@@ -154,7 +154,7 @@ def quota_hub(kube_cluster, tmp_path_factory):
     data = yaml.safe_load(EXAMPLE_CATALOG.read_text())
     assert data["quotas"]["groups"]["students"] == {"max_gpus": 4}
     users = {f"stu{i:02d}": ["students"] for i in range(20)}
-    hub = start_kube_hub(state, kube_cluster, on_agent=False, users=users)
+    hub = start_kube_hub(state, kube_cluster, users=users)
     yield hub
     for user in users:
         hub.api("DELETE", f"/users/{user}/servers/gpu")

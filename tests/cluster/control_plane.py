@@ -13,7 +13,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -32,9 +31,7 @@ POD_CIDR = "127.1.0.0/16"
 NODE_SELECTOR = "type=kwok"
 NODE_LEASE_SECONDS = 40
 # Clients first, etcd last: an API server whose etcd is gone hangs in its shutdown.
-STOP_ORDER = (("agent", "kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
-AGENT_SCRIPT = Path(__file__).with_name("agent.py")
-AGENT_NODE = "local-0"
+STOP_ORDER = (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
 COMPONENTS = tuple(name for group in STOP_ORDER for name in group)
 
 
@@ -270,14 +267,6 @@ def start_controllers(bins: Path, run: RunDir, pki: Pki, state: State) -> None:
         "kube-controller-manager": controller_manager_argv(bins, pki, admin),
         "kube-scheduler": scheduler_argv(bins, admin),
         "kwok": kwok_argv(bins, run, admin),
-        # the one node whose pods really run, as local processes
-        "agent": [
-            sys.executable,
-            str(AGENT_SCRIPT),
-            f"--kubeconfig={admin}",
-            f"--node={AGENT_NODE}",
-            f"--workdir={run.agent}",
-        ],
     }
     for name, argv in argvs.items():
         state.processes[name] = spawn(run, name, argv)
@@ -316,7 +305,10 @@ def stop(run: RunDir, grace: float = 10.0) -> list[str]:
     if state is None:
         return []
     stopped: list[str] = []
-    for group in STOP_ORDER:
+    later = {name for group in STOP_ORDER[1:] for name in group}
+    # processes an older harness recorded (e.g. its process agent) go with the first group
+    groups = [tuple(set(state.processes) - later | set(STOP_ORDER[0])), *STOP_ORDER[1:]]
+    for group in groups:
         running = {name for name in group if name in state.processes} - set(dead(state, group))
         for name in running:
             _signal(int(state.processes[name]["pid"]), signal.SIGTERM)

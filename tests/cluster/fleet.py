@@ -256,9 +256,19 @@ def _volume_name(namespace: str, dataset: str) -> str:
     return f"{namespace}-{dataset}"
 
 
-def ensure_datasets(core: client.CoreV1Api, namespace: str) -> None:
-    """Read-only dataset claims, each pre-bound to its own static volume."""
+def ensure_datasets(core: client.CoreV1Api, namespace: str, root: Path | None = None) -> None:
+    """Read-only dataset claims, each pre-bound to its own static volume.
+
+    The volumes are host paths under ``root``: with a real node (real-0) they hold a sample
+    file each, so a pod can read them; the default is for clusters the harness did not make.
+    """
+    base = root or Path("/srv/datasets")
     for dataset in DATASETS:
+        if root is not None:
+            folder = root / dataset
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o755)
+            (folder / "README.txt").write_text(f"{dataset}: sample data of the DCloud test cluster\n")
         volume = _volume_name(namespace, dataset)
         claim_ref = {"namespace": namespace, "name": dataset}
         pv = {
@@ -268,7 +278,7 @@ def ensure_datasets(core: client.CoreV1Api, namespace: str) -> None:
                 "accessModes": ["ReadOnlyMany"],
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "",
-                "hostPath": {"path": f"/srv/datasets/{dataset}"},
+                "hostPath": {"path": str(base / dataset)},
                 "claimRef": claim_ref,
             },
         }
@@ -374,6 +384,7 @@ def apply(
     *,
     forgiving: bool = False,
     wait: bool = True,
+    dataset_root: Path | None = None,
 ) -> Setup:
     """Create or converge every object above. With ``forgiving``, a step the credentials may not
     take (403) is skipped and reported instead of failing: for clusters the harness did not make.
@@ -384,7 +395,7 @@ def apply(
         *[(f"node {node.name}", lambda node=node: ensure_node(core, node)) for node in FLEET],
         (f"namespace {namespace}", lambda: ensure_namespace(core, namespace)),
         ("hub ServiceAccount and RBAC", lambda: ensure_hub_account(core, rbac, namespace)),
-        ("datasets", lambda: ensure_datasets(core, namespace)),
+        ("datasets", lambda: ensure_datasets(core, namespace, dataset_root)),
     ]
     if rbac_file is not None:
         steps.append((str(rbac_file), lambda: apply_extra_rbac(rbac, rbac_file, namespace)))

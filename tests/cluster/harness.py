@@ -122,8 +122,7 @@ def _start(run: RunDir, build: bool, log: Log) -> State:
 
 def _set_up_objects(run: RunDir, state: State, log: Log) -> None:
     with _admin_api(run) as api:
-        fleet.apply(api, fleet.NAMESPACE, RBAC_FILE)
-        fleet.wait_node_ready(client.CoreV1Api(api), control_plane.AGENT_NODE)
+        fleet.apply(api, fleet.NAMESPACE, RBAC_FILE, dataset_root=run.datasets)
         node.ensure(run, state.server, api, log)
         expires_in = state.hub_token_expires - time.time()
         if run.hub_kubeconfig.is_file() and expires_in > HUB_TOKEN_RENEW_BELOW:

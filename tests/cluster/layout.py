@@ -79,15 +79,15 @@ class RunDir:
         return self.logs / f"{component}.log"
 
     @property
-    def agent(self) -> Path:
-        """Working directories of the pods the test agent runs."""
-        return self.root / "agent"
-
-    @property
     def node(self) -> Path:
         """Everything of the real node ``real-0``: containerd, kubelet, CNI, host record.
         Removed by ``node.stop`` (after unmounting), never by a plain recursive delete."""
         return self.root / "node"
+
+    @property
+    def datasets(self) -> Path:
+        """Host-path folders behind the dataset volumes (read by pods on real-0)."""
+        return self.root / "datasets"
 
     def generated(self) -> list[Path]:
         """What ``down`` removes: only paths the harness itself creates."""
@@ -99,5 +99,5 @@ class RunDir:
             self.admin_kubeconfig,
             self.hub_kubeconfig,
             self.kwok_stages,
-            self.agent,
+            self.datasets,
         ]
