@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,33 +160,37 @@ def _groups(text: str | None) -> list[str]:
     return [g.strip() for g in (text or "").split(",") if g.strip()]
 
 
-def _cmd_render(args: argparse.Namespace) -> int:
-    try:
-        _load_catalog(args.catalog)
-        options = _read_options(args.options)
-        objects = asyncio.run(render_objects(args.catalog, args.user, _groups(args.groups), options))
-    except CatalogError as exc:
-        print(f"error: invalid catalog: {exc}", file=sys.stderr)
-        return EXIT_CATALOG
-    except RequestError as exc:
-        print(f"error: {exc.sentence}", file=sys.stderr)
-        return EXIT_OPTIONS
-    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
-    return 0
+def _reporting(command: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], int]:
+    """Run a command that prints a document; a bad catalog or bad options become one error line."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            output = command(args)
+        except CatalogError as exc:
+            print(f"error: invalid catalog: {exc}", file=sys.stderr)
+            return EXIT_CATALOG
+        except RequestError as exc:
+            print(f"error: {exc.sentence}", file=sys.stderr)
+            return EXIT_OPTIONS
+        sys.stdout.write(output)
+        return 0
+
+    return run
 
 
-def _cmd_dockerfile(args: argparse.Namespace) -> int:
-    try:
-        catalog = _load_catalog(args.catalog)
-        groups = _groups(args.groups) if args.groups is not None else list(catalog.policies.groups)
-        sys.stdout.write(dockerfile(catalog, _read_options(args.options), groups))
-    except CatalogError as exc:
-        print(f"error: invalid catalog: {exc}", file=sys.stderr)
-        return EXIT_CATALOG
-    except RequestError as exc:
-        print(f"error: {exc.sentence}", file=sys.stderr)
-        return EXIT_OPTIONS
-    return 0
+@_reporting
+def _cmd_render(args: argparse.Namespace) -> str:
+    _load_catalog(args.catalog)
+    options = _read_options(args.options)
+    objects = asyncio.run(render_objects(args.catalog, args.user, _groups(args.groups), options))
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+@_reporting
+def _cmd_dockerfile(args: argparse.Namespace) -> str:
+    catalog = _load_catalog(args.catalog)
+    groups = _groups(args.groups) if args.groups is not None else list(catalog.policies.groups)
+    return dockerfile(catalog, _read_options(args.options), groups)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

@@ -120,7 +120,17 @@ class GpuClass(_Strict):
         return value
 
 
-class NumberRange(_Strict):
+class _Range(_Strict):
+    """A choice between ``min`` and ``max`` with a ``default`` in between."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        if not self.min <= self.default <= self.max:  # type: ignore[attr-defined]
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class NumberRange(_Range):
     min: float = Field(gt=0)
     max: float = Field(gt=0)
     default: float = Field(gt=0)
@@ -131,24 +141,12 @@ class NumberRange(_Strict):
         description="Request = chosen value × this fraction; the chosen value is the limit.",
     )
 
-    @model_validator(mode="after")
-    def _ordered(self) -> NumberRange:
-        if not self.min <= self.default <= self.max:
-            raise ValueError("needs min <= default <= max")
-        return self
 
-
-class MemoryRange(_Strict):
+class MemoryRange(_Range):
     min: Memory
     max: Memory
     default: Memory
     request_fraction: float = Field(1.0, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> MemoryRange:
-        if not self.min <= self.default <= self.max:
-            raise ValueError("needs min <= default <= max")
-        return self
 
 
 class Resources(_Strict):
