@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +56,7 @@ PAUSE = PREFIX + "pause:3.10"
 DEBIAN = PREFIX + "debian:bookworm"
 NOTEBOOK_BASE = PREFIX + "notebook-standin:2025-07-07"
 HUB_BASE = PREFIX + "k8s-hub-standin:4.4.0"
-HUB = PREFIX + "hub:2026.11"
+HUB = PREFIX + "hub:2026.11"  # built by .ci/setup and `build`; real-0 runs notebooks only
 NOTEBOOK_PYTORCH_CUDA = PREFIX + "notebook-pytorch-cuda:2026.11"
 NOTEBOOK_PYTORCH_CPU = PREFIX + "notebook-pytorch-cpu:2026.11"
 NOTEBOOK_TENSORFLOW_CUDA = PREFIX + "notebook-tensorflow-cuda:2026.11"
@@ -369,12 +369,17 @@ def missing() -> list[Image]:
     return [image for image in images() if not image.archive.is_file()]
 
 
-def build_all(log: Callable[[str], None] = print) -> list[Image]:
-    """Build every image whose archive is missing (and the bases they need); return them all."""
+def build_all(log: Callable[[str], None] = print, names: Collection[str] | None = None) -> list[Image]:
+    """Build every image (or those ``names``) whose archive is missing, and the bases they need;
+    return them."""
+
+    def chosen(found: list[Image]) -> list[Image]:
+        return [image for image in found if names is None or image.name in names]
+
     with _locked():
-        wanted = missing()
+        wanted = chosen(missing())
         if not wanted:
-            return images()
+            return chosen(images())
         started = time.monotonic()
         builder = _Builder(log)
         specs = _specs()
@@ -388,7 +393,7 @@ def build_all(log: Callable[[str], None] = print) -> list[Image]:
                 builder.ensure_stored(spec, key, by_name, keys)
         builder.prune()
         log(f"images built in {time.monotonic() - started:.0f} s; archives in {cache_dir() / 'archives'}")
-        return images()
+        return chosen(images())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -546,10 +546,12 @@ def _wait(what: str, done: Callable[[], bool], timeout: float, run: RunDir, stat
 # --- images -----------------------------------------------------------------------------------
 
 
-def wanted_images(built: list[Any], pause: str) -> list[Any]:
-    """The built images to import: all, or those ``$DCLOUD_NODE_IMAGES`` names, and pause."""
+def wanted_images() -> set[str]:
+    """The images to build and import: ``$DCLOUD_NODE_IMAGES``, or every notebook image (the
+    hub image runs in no pod here, and rebuilds on every change to the package); and pause."""
     names = {n.strip() for n in os.environ.get(IMAGES_ENV, "").split(",") if n.strip()}
-    return [image for image in built if not names or image.name in names or image.name == pause]
+    images = _images_module()
+    return (names or set(images.LOCAL_NAMES.values()) - {images.HUB}) | {images.PAUSE}
 
 
 def _fingerprint(archive: Path) -> str:
@@ -639,7 +641,7 @@ def start(run: RunDir, server: str, api: client.ApiClient, log: Log) -> NodeStat
         raise NodeUnavailable(reason)
     images = _images_module()
     began = time.monotonic()
-    built = wanted_images(images.build_all(log), images.PAUSE)
+    built = images.build_all(log, wanted_images())
     log(f"images for real-0 built in {time.monotonic() - began:.1f}s")
     stop(run, log, api=None)  # whatever a crashed run left
     node, names, pki = NodeDir(run.node), Names.of(run), Pki(run.pki)
@@ -730,7 +732,7 @@ def ensure(run: RunDir, server: str, api: client.ApiClient, log: Log) -> str | N
             raise
         return None
     images = _images_module()
-    import_images(NodeDir(run.node), image_store(run), wanted_images(images.build_all(log), images.PAUSE), log)
+    import_images(NodeDir(run.node), image_store(run), images.build_all(log, wanted_images()), log)
     ensure_kubelet_api_access(api)
     core = client.CoreV1Api(api)
     converge(core)
