@@ -100,6 +100,19 @@ async def test_packages_install_in_an_init_container_as_argv():
     assert_restricted(pod)
 
 
+@pytest.mark.parametrize("options", [
+    {"environment": "pytorch", "packages": ["timm"]},
+    {"environment": "pytorch", "gpu": {"type": "a100", "count": 2}, "packages": ["timm"]},
+])
+async def test_the_package_installer_hides_gpus_itself(options):
+    """pip runs the packages' build code: it never sees a GPU, whatever the image or the pod."""
+    pod = await pod_for(options, groups=["researchers"])
+    (installer,) = pod["spec"]["initContainers"]
+    env = {e["name"]: e["value"] for e in installer["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "resources" not in installer or "nvidia.com/gpu" not in str(installer["resources"])
+
+
 async def test_braces_in_user_values_are_not_expanded():
     pod = await pod_for({"packages": ['x; platform_release == "{username}{0.__class__}"']})
     init = pod["spec"]["initContainers"][0]

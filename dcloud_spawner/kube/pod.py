@@ -90,7 +90,10 @@ PACKAGE_INSTALLER = "dcloud-packages"
 def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[str, Any]:
     """Init container that pip-installs the plan's packages into the shared volume.
 
-    Same image as the notebook, so wheels match its Python; argv list, no shell.
+    Same image as the notebook, so wheels match its Python; argv list, no shell. It hides
+    GPUs itself: a package's build code never needs one, and on a GPU server the notebook
+    image may not set ``NVIDIA_VISIBLE_DEVICES``, so the NVIDIA runtime would expose all of
+    the node's GPUs to code the user chose.
     """
     return {
         "name": PACKAGE_INSTALLER,
@@ -98,7 +101,11 @@ def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[
         "command": plan.pip_install_command(target=PACKAGES_DIR, admin_args=pip_args),
         # pip's last lines become the termination message, so a failure can be told in words
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PIP_NO_WARN_SCRIPT_LOCATION", "value": "1"}],
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "PIP_NO_WARN_SCRIPT_LOCATION", "value": "1"},
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"},
+        ],
         "volumeMounts": [{"name": "dcloud-packages", "mountPath": PACKAGES_DIR}],
         "securityContext": {
             **copy.deepcopy(RESTRICTED_CONTAINER), **({"runAsUser": uid} if uid is not None else {}),
