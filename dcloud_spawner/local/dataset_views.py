@@ -57,6 +57,7 @@ async def clear(folder: Path) -> None:
             entry.unlink()
         else:
             entry.rmdir()  # an (empty) former mount point: never a recursive delete
+    folder.rmdir()  # gone, not just emptied: the next build() makes it afresh
 
 
 async def _bind_read_only(source: Path, target: Path) -> bool:
