@@ -7,6 +7,7 @@ JupyterHub's ``SpawnException`` it carries ``jupyterhub_message`` (what the form
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,15 +54,56 @@ class CapacityRefusal(Refusal):
         )
 
 
+    @classmethod
+    def too_few_gpus(cls, display_name: str, count: int, total: int, *, where: str = "machine",
+                     reason: str | None = None) -> CapacityRefusal:
+        """Fewer GPUs of the class exist than were asked for: waiting would not help."""
+        holder = "The cluster" if where == "node" else "This machine"
+        if total == 0:
+            return cls(f"{holder} has no {display_name} GPU; choose another GPU class, or none for a "
+                       "CPU-only server.", field="gpu.type", reason=reason)
+        plural = "s" if total > 1 else ""
+        return cls(f"{holder} has only {total} {display_name} GPU{plural}; ask for at most {total}.",
+                   field="gpu.count", reason=reason)
+
+
 class QuotaExceeded(Refusal):
     """The server would take a user or a group over a quota summed across servers."""
 
     reason = "quota"
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _shown(char: str) -> str:
+    """One character as a log line may hold it: control, format and unassigned ones escaped
+    (a newline could forge a log line, U+202E reverse the text a reader sees)."""
+    if unicodedata.category(char)[0] not in "CZ" or char == " ":
+        return char
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` on one line, every control or invisible character escaped."""
+    return "".join(_shown(c) for c in text)
+
+
 def clip(text: str, limit: int = 40) -> str:
-    """User text quoted in a sentence, cut short: refusals never echo a whole payload."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """User text quoted in a sentence: escaped and cut short, never a whole payload."""
+    pieces = [_shown(c) for c in text[: limit + 1]]  # never more is looked at
+    if len(text) <= limit and sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    kept, length = [], 0
+    for piece in pieces:  # whole characters only: never half an escape
+        if length + len(piece) > limit - 1:
+            break
+        kept.append(piece)
+        length += len(piece)
+    return "".join(kept) + "…"
 
 
 def input_path(loc: Sequence[Any], data: Any) -> list[str | int]:

@@ -116,6 +116,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
     def _no_free_gpus(self, plan: Plan, free: int, total: int, reason: str | None = None) -> CapacityRefusal:
         assert plan.gpu is not None
+        if total < plan.gpu_count:  # even an idle machine could not: "try again" would mislead
+            return CapacityRefusal.too_few_gpus(plan.gpu.display_name, plan.gpu_count, total, reason=reason)
         return CapacityRefusal.no_free_gpus(plan.gpu.display_name, plan.gpu_count, f"{free} of {total} free",
                                             where="machine", reason=reason)
 
