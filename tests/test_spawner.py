@@ -144,6 +144,23 @@ async def test_refusals_are_audited_as_one_json_line(capfd):
                       "reason": "GPU class 'a100' is not available to you; you can use: t4."}
 
 
+async def test_a_refused_megabyte_request_writes_a_bounded_clean_audit_line(capfd):
+    from dcloud_spawner.hub.audit import MAX_FIELD_CHARS, MAX_REQUESTED_CHARS
+
+    spawner = make_spawner(["students"], name="auditee")
+    spawner.orm_spawner = FakeOrmSpawner()
+    junk = {"packages": ["x\n{\"event\": \"spawned\"}\x1b[2K" * 100_000], "evil\nkey": "y" * 2**20}
+    with pytest.raises(web.HTTPError) as err:
+        await spawner.dcloud_apply_user_options(spawner, junk)
+    assert err.value.log_message.isprintable() and len(err.value.log_message) < 300
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    assert len(lines[-1]) < MAX_REQUESTED_CHARS + 2 * MAX_FIELD_CHARS
+    assert lines[-1].isprintable()  # JSON escapes: no value can break the line or forge another
+    record = json.loads(lines[-1])
+    assert record["event"] == "refused" and record["reason"].startswith("Unknown field 'evil\\nkey'")
+    assert isinstance(record["requested"], str) and record["requested"].endswith("…")
+
+
 async def test_refused_named_server_form_is_kept_for_the_default_spawners_render():
     # JupyterHub re-renders a refused named-server form through the user's default spawner
     named, default = make_spawner(["students"]), make_spawner(["students"])

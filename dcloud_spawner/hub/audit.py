@@ -38,17 +38,38 @@ def install_handler() -> None:
     audit_log.propagate = False  # the hub's own handlers would wrap the JSON in their format
 
 
-def _json_safe(value: Any) -> Any:
+# What one audit line may quote: a refused request can carry megabytes of junk, and a log
+# line must stay small whatever a user sends. JSON escapes control characters, so a value
+# can never break the line or forge another.
+MAX_REQUESTED_CHARS = 4096
+MAX_FIELD_CHARS = 1024
+
+
+def _opaque(value: Any) -> str:
+    return f"<{type(value).__name__}>"
+
+
+def bounded(value: Any, limit: int) -> Any:
+    """``value`` as JSON data if it encodes in ``limit`` characters, else the start of its
+    JSON text, clipped (encoded lazily: junk past the limit is never serialised)."""
+    encoder = json.JSONEncoder(allow_nan=False, default=_opaque)
+    chunks: list[str] = []
+    length = 0
     try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)[:500]
+        for chunk in encoder.iterencode(value):
+            chunks.append(chunk)
+            length += len(chunk)
+            if length > limit:
+                return "".join(chunks)[: limit - 1] + "…"
+    except (RecursionError, ValueError):  # absurdly deep, or NaN (not JSON)
+        return _opaque(value)
+    return json.loads("".join(chunks))
 
 
 def record(event: str, user: str | None, server: str, groups: list[str], requested: Any,
            **fields: Any) -> None:
-    """Write one audit line."""
-    line = {"event": event, "user": user, "server": server, "groups": groups,
-            "requested": _json_safe(requested), **fields}
-    audit_log.info(json.dumps(line, sort_keys=True, default=str))
+    """Write one audit line, bounded whatever the request held."""
+    line = {"event": event, "user": user, "server": server, "groups": groups, **fields}
+    line = {key: bounded(value, MAX_FIELD_CHARS) for key, value in line.items()}
+    line["requested"] = bounded(requested, MAX_REQUESTED_CHARS)
+    audit_log.info(json.dumps(line, sort_keys=True))
