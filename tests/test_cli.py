@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_CATALOG
@@ -97,3 +98,76 @@ def test_readme_settings_table_is_current():
     assert result.returncode == 0, result.stderr
     assert documented == result.stdout, "README settings table is stale: paste `dcloud settings` into it"
     assert "`DCloudLocalSpawner.package_install_args`" in documented
+
+
+def _limited_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))  # reading /dev/zero whole would OOM
+
+
+def assert_error_lines(result, code):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.stderr and all(line.startswith("error: ") for line in result.stderr.splitlines()), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_render_reads_at_most_one_byte_past_the_limit():
+    for args, stdin in (((), None), (("-",), "/dev/zero")):
+        source = args[0] if args else "/dev/zero"
+        with open(stdin or "/dev/null", "rb") as feed:
+            result = subprocess.run(
+                [sys.executable, "-m", "dcloud_spawner.cli", "render", "--catalog", str(EXAMPLE_CATALOG),
+                 "--user", "bob", "--options", source],
+                stdin=feed, capture_output=True, text=True, timeout=60, preexec_fn=_limited_memory)
+        assert_error_lines(result, 2)
+        assert result.stderr == "error: Configuration file is larger than 16 KiB; keep it to the fields.\n"
+
+
+def test_huge_numbers_in_an_options_file_are_one_line(tmp_path):
+    options = tmp_path / "o.json"
+    options.write_text('{"cpu": ' + "9" * 5000 + "}")
+    result = dcloud("render", "--catalog", str(EXAMPLE_CATALOG), "--user", "bob", "--options", str(options))
+    assert_error_lines(result, 2)
+    assert "more than 100 digits" in result.stderr
+
+
+@pytest.mark.parametrize("content, text", [
+    ("environments:\n  - id: x\n    display_name: Café\n".encode("latin-1"), "not UTF-8 text"),
+    (("a: " + "[" * 10_000 + "]" * 10_000).encode(), "nested deeper than 64 levels"),
+    (b"environments:\n  - id: x\n   bad: [\n", "not valid YAML (line 3)"),
+    (b"environments: []\nenvironments: []\n", "appears twice"),
+    (b"a: " + b"1" * 5000, "more than 100 digits"),
+    (EXAMPLE_CATALOG.read_bytes().replace(b"display_name: PyTorch", b'display_name: "PyTorch\\nRUN id"'),
+     "environments[0].display_name: must be one line"),
+])
+def test_check_errors_are_error_lines_never_tracebacks(tmp_path, content, text):
+    path = tmp_path / "catalog.yaml"
+    path.write_bytes(content)
+    result = dcloud("check", str(path))
+    assert_error_lines(result, 1)
+    assert text in result.stderr
+
+
+def test_usage_mistakes_are_error_lines():
+    result = dcloud("render", "--catalog", str(EXAMPLE_CATALOG))
+    assert_error_lines(result, 2)
+    assert "--user" in result.stderr
+
+
+def test_dockerfile_lines_are_only_what_the_catalog_means(tmp_path):
+    import re
+
+    options = tmp_path / "o.yaml"
+    options.write_text("environment: pytorch\npackages: ['rich; python_version >= \"3.8\"']\n")
+    result = dcloud("dockerfile", "--catalog", str(EXAMPLE_CATALOG), "--options", str(options))
+    assert result.returncode == 0, result.stderr
+    shapes = (r"# [^\r]*", r"FROM [A-Za-z0-9][A-Za-z0-9._/:@-]*", r"RUN \[.*\]", r"USER \$\{NB_UID:-1000\}")
+    for line in result.stdout.splitlines():
+        assert line.isprintable() and any(re.fullmatch(shape, line) for shape in shapes), line
+    bad = tmp_path / "c.yaml"
+    bad.write_bytes(EXAMPLE_CATALOG.read_bytes().replace(
+        b"quay.io/jupyter/scipy-notebook:2025-07-07", b'"quay.io/jupyter/scipy-notebook:1\\nRUN id"', 1))
+    result = dcloud("dockerfile", "--catalog", str(bad), "--options", str(options))
+    assert_error_lines(result, 1)
+    assert result.stdout == "" and "is not an image reference" in result.stderr

@@ -61,7 +61,7 @@ def test_yaml_and_json_files():
         (b"- just\n- a list\n", "must be a mapping"),
         (b"", "empty"),
         (b"environment: [\n", "not valid YAML or JSON"),
-        (b"a: !!python/object/apply:os.system ['true']\n", "not valid YAML or JSON"),
+        (b"a: !!python/object/apply:os.system ['true']\n", "tags such as"),
         (b"a: " + b"[" * 20 + b"]" * 20 + b"\n", "nested deeper"),
         (b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested deeper"),
         (b"a: " + b"x" * 2000 + b"\n", "longer than"),
@@ -83,3 +83,60 @@ def test_alias_bomb_is_refused_quickly():
     with pytest.raises(RequestError, match="anchors and aliases"):
         load_options_file("\n".join(lines).encode())
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "body, text",
+    [
+        (b'{"cpu": ' + b"1" * 5000 + b"}", "more than 100 digits"),  # int() itself refuses > 4,300
+        (b"cpu: 1\nmemory: 2Gi\ncpu: 64\n", "the key 'cpu' appears twice (line 3)"),
+        (b'{"cpu": 1, "cpu": 64}', "the key 'cpu' appears twice"),
+        (b'{"cpu": NaN}', "'NaN' is not a JSON number"),
+        (b"gpu: !!binary dDQ=\n", "tags such as"),
+    ],
+)
+def test_files_that_used_to_escape_the_one_sentence_rule(body, text):
+    with pytest.raises(RequestError) as err:
+        load_options_file(body)
+    assert text in err.value.sentence
+    assert err.value.sentence.startswith("Configuration file") and "\n" not in err.value.sentence
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b"cpu: yes\n", {"cpu": "yes"}),  # YAML 1.1 would say True, and True would be 1 core
+        (b"cpu: 1:30\n", {"cpu": "1:30"}),  # YAML 1.1 would say 90
+        (b"environment: 2024-01-01\n", {"environment": "2024-01-01"}),  # not a date object
+        (b"environment: 0o17\ncpu: 010\n", {"environment": 15, "cpu": 10}),  # YAML 1.2 integers
+        (b"<<: {cpu: 64}\n", {"<<": {"cpu": 64}}),  # no merge keys: an unknown field
+        (b"cpu: .5\nmemory: ~\n", {"cpu": 0.5, "memory": None}),
+    ],
+)
+def test_files_resolve_scalars_as_yaml_1_2(body, expected):
+    assert load_options_file(body) == expected
+
+
+@pytest.mark.parametrize("options", [
+    {"cpu": True}, {"cpu": False}, {"gpu": {"type": "t4", "count": True}}, {"memory": True},
+    {"cpu": float("inf")}, {"cpu": float("nan")},
+])
+def test_booleans_and_non_finite_numbers_are_not_numbers(options):
+    with pytest.raises(RequestError) as err:
+        ServerRequest.parse(options)
+    assert err.value.field in ("cpu", "gpu.count", "memory")
+
+
+def test_file_booleans_are_refused_with_the_field_named():
+    with pytest.raises(RequestError, match="CPU cores must be a number"):
+        ServerRequest.parse(load_options_file(b"cpu: true\n"))
+    with pytest.raises(RequestError, match="CPU cores must be a number"):
+        ServerRequest.parse(load_options_file(b"cpu: yes\n"))
+
+
+def test_control_characters_in_user_text_are_escaped_in_sentences():
+    with pytest.raises(RequestError) as err:
+        ServerRequest.parse({"evil\n[I 2025-01-01 JupyterHub] admin logged in\x1b[2K": 1})
+    sentence = err.value.sentence
+    assert sentence.startswith("Unknown field 'evil\\n[I 2025")
+    assert sentence.isprintable() and len(sentence) < 200

@@ -93,7 +93,10 @@ def test_restricted_dataset_needs_its_group(catalog):
         ("-r requirements.txt", "options are not allowed"),
         ("torch @ https://evil.example/torch.whl", "points at a URL"),
         ("$(curl evil)", "is not a requirement"),
-        ("x" * 300, "options are not allowed"),
+        ("x" * 300, "is longer than 200 characters"),
+        ("x.tar.gz", "looks like a file name"),
+        ("evil.whl", "looks like a file name"),
+        ("Evil.TGZ[extra]>=1; python_version > '3'", "looks like a file name"),
     ],
 )
 def test_hostile_packages(catalog, spec, text):
@@ -117,3 +120,21 @@ def test_user_options_round_trip(catalog):
     plan = validate(options, catalog, ["researchers"])
     assert plan.user_options() == {**options, "cpu": 8.0}
     assert validate(plan.user_options(), catalog, ["researchers"]) == plan
+
+
+@pytest.mark.parametrize("cpu", [1.001, "1.001", 1.999, 0.515, "1.25"])
+def test_three_decimals_are_counted_as_written_not_as_binary_floats(catalog, cpu):
+    # 1.001 * 1000 is 1000.9999999999999 in binary floating point
+    assert validate({"cpu": cpu}, catalog, ["researchers"]).cpu_limit == float(cpu)
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"environment": "py\ntorch\x1b[31m\u202e"}, "environment"),
+    ({"gpu": {"type": "t4\r\nX-Injected: 1"}}, "gpu.type"),
+    ({"datasets": ["\x00" * 10_000]}, "datasets"),
+    ({"packages": ["numpy\n--index-url=http://evil"]}, "packages"),
+])
+def test_refusals_quote_user_text_escaped_and_short(catalog, options, field):
+    err = refused(options, catalog, ["researchers"])
+    assert err.field == field
+    assert err.sentence.isprintable() and len(err.sentence) < 300, err.sentence

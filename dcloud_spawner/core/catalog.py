@@ -7,14 +7,15 @@ its place named, instead of surfacing later as a pod that does not schedule.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import input_path
+from .errors import clip, input_path, printable
+from .loading import Limits, LoadProblem, load_yaml
 from .quantity import format_memory, memory_bytes
 
 # Catalog ids end up in labels, volume names and form field values.
@@ -39,17 +41,58 @@ _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za
 
 _KIND = {"environments": "environment", "gpu_classes": "GPU class", "datasets": "dataset"}
 
+# Where DCloud itself mounts in a notebook container (and the kernel's own file systems):
+# a dataset mounted over or inside one of them would hide it or fail the pod.
+PACKAGES_DIR = "/opt/dcloud/packages"
+OWN_MOUNTS = {PACKAGES_DIR: "the extra packages", "/dev/shm": "shared memory", "/home/jovyan": "the home directory",
+              "/proc": "the kernel's files", "/sys": "the kernel's files"}
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+
+MAX_CATALOG_BYTES = 8 * 1024 * 1024
+# A catalog is about 7 levels deep; anchors are allowed, but not to expand without end.
+CATALOG_LIMITS = Limits(max_depth=64, max_nodes=200_000, aliases=True)
+MAX_ERROR_CHARS = 300
+
 
 class CatalogError(ValueError):
-    """A catalog that cannot be used; ``errors`` lists one line per problem."""
+    """A catalog that cannot be used; ``errors`` lists one line per problem.
+
+    Lines quote the catalog (keys, values), so each is escaped to one line and bounded:
+    ``dcloud check`` prints them as ``error:`` lines and the hub logs them.
+    """
 
     def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("; ".join(errors))
+        self.errors = [clip(line, MAX_ERROR_CHARS) for line in errors]
+        super().__init__("; ".join(self.errors))
+
+
+def _one_line(value: str) -> str:
+    """Text shown to users (form, Dockerfile comments, logs): one line, no control characters.
+
+    Surrounding whitespace is dropped first, so a folded YAML block (``>``) is fine.
+    """
+    value = value.strip()
+    if printable(value) != value:
+        bad = next(c for c in value if printable(c) != c)
+        raise ValueError(f"must be one line of text without control characters (found '{printable(bad)}')")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_one_line)]
+
+
+def _image(value: str) -> str:
+    if not _IMAGE.match(value):
+        raise ValueError(f"'{clip(value, 80)}' is not an image reference such as "
+                         "quay.io/jupyter/scipy-notebook:2025-07-07")
+    return value
+
+
+Image = Annotated[str, AfterValidator(_image)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _memory(value: object) -> int:
@@ -65,14 +108,14 @@ Memory = Annotated[int, BeforeValidator(_memory), PlainSerializer(format_memory,
 
 
 class EnvironmentImages(_Strict):
-    gpu: str | None = Field(None, description="Image used when the server has a GPU.")
-    cpu: str = Field(description="Image used without a GPU.")
+    gpu: Image | None = Field(None, description="Image used when the server has a GPU.")
+    cpu: Image = Field(description="Image used without a GPU.")
 
 
 class Environment(_Strict):
     id: Id
-    display_name: str
-    description: str = ""
+    display_name: Text
+    description: Text = ""
     image: EnvironmentImages
     python: str | None = Field(
         None,
@@ -97,8 +140,8 @@ class Toleration(_Strict):
 
 class GpuClass(_Strict):
     id: Id
-    display_name: str
-    description: str = ""
+    display_name: Text
+    description: Text = ""
     resource: str = Field("nvidia.com/gpu", description="Kubernetes extended resource name.")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
@@ -180,12 +223,22 @@ DatasetSource = Annotated[PvcSource | NfsSource | HostPathSource, Field(discrimi
 
 class Dataset(_Strict):
     id: Id
-    display_name: str
-    description: str = ""
-    size: str = ""
-    format: str = ""
+    display_name: Text
+    description: Text = ""
+    size: Text = ""
+    format: Text = ""
     source: DatasetSource
     mount_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9._/-]*$")
+
+    @field_validator("mount_path")
+    @classmethod
+    def _normal_path(cls, value: str | None) -> str | None:
+        if value is not None and (
+            value.rstrip("/") == "" or "//" in value or posixpath.normpath(value) != value
+        ):
+            raise ValueError(f"'{value}' must be a normalised absolute path below / (no '..', '.', "
+                             "'//' or trailing '/'), such as /datasets/imagenet")
+        return value
     read_only: bool = True
     groups: list[str] | None = Field(
         None, description="Groups that may use it; null means everyone."
@@ -301,6 +354,7 @@ class Catalog(_Strict):
                         f"{where}.max_gpus_per_class.{gpu_id}: unknown GPU class '{gpu_id}' "
                         f"(defined: {', '.join(sorted(known['gpu_classes'])) or 'none defined'})"
                     )
+        problems += _mount_collisions(self.datasets)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -369,18 +423,48 @@ class Catalog(_Strict):
     @classmethod
     def from_yaml(cls, text: str) -> Catalog:
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CatalogError([f"catalog: not valid YAML: {exc}"]) from None
+            data = load_yaml(text, CATALOG_LIMITS)
+        except LoadProblem as exc:
+            raise CatalogError([f"catalog: {exc}"]) from None
         return cls.from_data(data)
 
     @classmethod
     def from_path(cls, path: str | Path) -> Catalog:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as f:  # bounded: the path may be a pipe or a device
+                data = f.read(MAX_CATALOG_BYTES + 1)
         except OSError as exc:
             raise CatalogError([f"{path}: cannot read the catalog: {exc.strerror}"]) from None
+        if len(data) > MAX_CATALOG_BYTES:
+            raise CatalogError([f"{path}: the catalog is larger than {MAX_CATALOG_BYTES // 2**20} MiB"])
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise CatalogError([f"{path}: line {line}: the catalog is not UTF-8 text "
+                                f"(byte 0x{data[exc.start]:02x}); save it as UTF-8"]) from None
         return cls.from_yaml(text)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """One path is the other or lies inside it: mounting both would hide one."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _mount_collisions(datasets: list[Dataset]) -> list[str]:
+    problems = []
+    for index, dataset in enumerate(datasets):
+        path = dataset.path_in_pod
+        where = f"datasets[{index}].mount_path"
+        for own, what in OWN_MOUNTS.items():
+            if _overlap(path, own):
+                problems.append(f"{where}: '{path}' overlaps {own} ({what}), so one would hide the "
+                                f"other, use a path such as /datasets/{dataset.id}")
+        for other_index, other in enumerate(datasets[:index]):
+            if _overlap(path, other.path_in_pod):
+                problems.append(f"{where}: '{path}' overlaps the mount path '{other.path_in_pod}' of "
+                                f"datasets[{other_index}] ('{other.id}')")
+    return problems
 
 
 def _describe(exc: ValidationError, data: Any) -> list[str]:

@@ -7,13 +7,12 @@ catalog. Every problem becomes a :class:`RequestError`: one sentence naming the 
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import RequestError, clip, input_path
+from .loading import Limits, LoadProblem, SyntaxProblem, load_json, load_yaml
 
 FIELDS = ("environment", "gpu", "cpu", "memory", "datasets", "packages")
 
@@ -24,11 +23,21 @@ MAX_SCALAR_CHARS = 512
 MAX_NODES = 500
 
 
+def _not_a_boolean(value: Any) -> Any:
+    """``true`` is not 1: pydantic's lax mode would take it as a number."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+NotBool = BeforeValidator(_not_a_boolean)
+
+
 class GpuRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: str = Field(max_length=64, description="A GPU class id from the catalog.")
-    count: int = Field(1, ge=1, le=64, description="How many GPUs of that class.")
+    count: Annotated[int, NotBool] = Field(1, ge=1, le=64, description="How many GPUs of that class.")
 
 
 class ServerRequest(BaseModel):
@@ -36,6 +45,7 @@ class ServerRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         title="DCloud server request",
         json_schema_extra={
             "description": "user_options accepted by DCloudSpawner. Unknown fields are "
@@ -55,8 +65,8 @@ class ServerRequest(BaseModel):
 
     environment: str | None = Field(None, max_length=64, description="An environment id.")
     gpu: GpuRequest | None = Field(None, description="Leave out for a CPU-only server.")
-    cpu: float | None = Field(None, gt=0, le=1024, description="CPU cores, e.g. 2 or 0.5.")
-    memory: str | int | None = Field(
+    cpu: Annotated[float | None, NotBool] = Field(None, gt=0, le=1024, description="CPU cores, e.g. 2 or 0.5.")
+    memory: Annotated[str | int | None, NotBool] = Field(
         None, description="Memory as a Kubernetes quantity, e.g. 16Gi."
     )
     datasets: list[str] = Field(default_factory=list, max_length=50)
@@ -132,45 +142,15 @@ def _sentence(exc: ValidationError, data: dict[str, Any]) -> RequestError:
 
 # -- uploaded configuration files -----------------------------------------------------
 
-
-class _GuardedLoader(yaml.SafeLoader):
-    """Safe YAML that refuses anchors/aliases and bounds depth, size and node count.
-
-    Alias bombs ("billion laughs") expand only when the loaded object is walked, so
-    refusing aliases at compose time is what keeps them from ever costing memory.
-    """
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self._depth = 0
-        self._nodes = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            raise _FileProblem("anchors and aliases (& and *) are not allowed")
-        event = self.peek_event()
-        if getattr(event, "anchor", None):
-            raise _FileProblem("anchors and aliases (& and *) are not allowed")
-        self._nodes += 1
-        if self._nodes > MAX_NODES:
-            raise _FileProblem(f"it has more than {MAX_NODES} values")
-        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
-            raise _FileProblem(f"a value is longer than {MAX_SCALAR_CHARS} characters")
-        self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise _FileProblem(f"it is nested deeper than {MAX_DEPTH} levels")
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _FileProblem(Exception):
-    pass
+FILE_LIMITS = Limits(max_depth=MAX_DEPTH, max_nodes=MAX_NODES, max_scalar_chars=MAX_SCALAR_CHARS)
 
 
 def load_options_file(data: bytes, filename: str = "") -> dict[str, Any]:
-    """The options in an uploaded YAML or JSON file, or RequestError saying why not."""
+    """The options in an uploaded YAML or JSON file, or RequestError saying why not.
+
+    Anchors and aliases are refused outright: alias bombs ("billion laughs") would only
+    cost memory once the loaded object is walked, and a request never needs them.
+    """
     field = "Configuration file"
     if len(data) > MAX_FILE_BYTES:
         raise RequestError(
@@ -184,20 +164,14 @@ def load_options_file(data: bytes, filename: str = "") -> dict[str, Any]:
         raise RequestError("file", f"{field} must be UTF-8 text (YAML or JSON).")
     try:
         if filename.lower().endswith(".json") or text.lstrip().startswith("{"):
-            loaded = json.loads(text)
-            _check_json(loaded)
+            loaded = load_json(text, FILE_LIMITS)
         else:
-            loaded = yaml.load(text, Loader=_GuardedLoader)
-    except _FileProblem as exc:
-        raise RequestError("file", f"{field} was refused: {exc}.") from None
-    except RecursionError:
-        raise RequestError(
-            "file", f"{field} was refused: it is nested deeper than {MAX_DEPTH} levels."
-        ) from None
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
-        line = f" (line {where.line + 1})" if hasattr(where, "line") else ""
+            loaded = load_yaml(text, FILE_LIMITS)
+    except SyntaxProblem as exc:
+        line = f" (line {exc.line})" if exc.line else ""
         raise RequestError("file", f"{field} is not valid YAML or JSON{line}.") from None
+    except LoadProblem as exc:
+        raise RequestError("file", f"{field} was refused: {exc}.") from None
     if loaded is None:
         raise RequestError("file", f"{field} is empty.")
     if not isinstance(loaded, dict):
@@ -205,17 +179,3 @@ def load_options_file(data: bytes, filename: str = "") -> dict[str, Any]:
             "file", f"{field} must be a mapping with the fields: " + ", ".join(FIELDS) + "."
         )
     return loaded
-
-
-def _check_json(value: Any, depth: int = 1, count: list[int] | None = None) -> None:
-    count = count if count is not None else [0]
-    count[0] += 1
-    if count[0] > MAX_NODES:
-        raise _FileProblem(f"it has more than {MAX_NODES} values")
-    if depth > MAX_DEPTH:
-        raise _FileProblem(f"it is nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str) and len(value) > MAX_SCALAR_CHARS:
-        raise _FileProblem(f"a value is longer than {MAX_SCALAR_CHARS} characters")
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    for child in children:
-        _check_json(child, depth + 1, count)

@@ -7,6 +7,7 @@ calls this and nothing else decides what a user may have.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -18,6 +19,9 @@ from .quantity import format_memory, memory_bytes
 from .request import ServerRequest
 
 MAX_PACKAGE_CHARS = 200
+# pip installs a requirement whose name ends like this from a local file, not the index
+ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
+                    ".tlz", ".tar.lz", ".tar.lzma")
 
 
 def _listing(items: Iterable[str]) -> str:
@@ -82,7 +86,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         raise RequestError(
             "cpu", f"CPU cores must be between {cpu_range.min:g} and {cpu_max:g} for you."
         )
-    if round(cpu * 1000) != cpu * 1000:
+    if Decimal(repr(cpu)).as_tuple().exponent < -3:  # the number as written, not its binary float
         raise RequestError("cpu", "CPU cores can have at most three decimals, e.g. 0.5 or 1.25.")
 
     # memory
@@ -153,7 +157,11 @@ def _packages(specs: list[str], catalog: Catalog) -> tuple[str, ...]:
     normal: list[str] = []
     for spec in specs:
         shown = clip(spec)
-        if len(spec) > MAX_PACKAGE_CHARS or spec.startswith("-"):
+        if len(spec) > MAX_PACKAGE_CHARS:
+            raise RequestError(
+                "packages", f"Extra package '{shown}' is longer than {MAX_PACKAGE_CHARS} characters."
+            )
+        if spec.startswith("-"):
             raise RequestError(
                 "packages",
                 f"Extra package '{shown}' is not a requirement such as 'numpy>=1.26' "
@@ -171,6 +179,12 @@ def _packages(specs: list[str], catalog: Catalog) -> tuple[str, ...]:
                 "packages",
                 f"Extra package '{shown}' points at a URL; only names from the package index "
                 "are allowed.",
+            )
+        if requirement.name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise RequestError(
+                "packages",
+                f"Extra package '{shown}' looks like a file name, which pip would read from disk; "
+                "only names from the package index are allowed.",
             )
         normal.append(str(requirement))
     return tuple(normal)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ..core.catalog import PACKAGES_DIR  # the catalog keeps datasets off it
 from ..core.plan import Plan
 from ..core.quantity import format_memory
 
 LABEL_PREFIX = "dcloud.io"
-PACKAGES_DIR = "/opt/dcloud/packages"
 
 # Pod Security Standard "restricted" for every container, init containers included.
 RESTRICTED_CONTAINER = {
