@@ -187,3 +187,19 @@ def test_an_oom_killed_notebook_is_told_in_words(catalog):
     crashed = {"status": {"containerStatuses": [{"name": "notebook", "state": {"terminated": {
         "exitCode": 1, "reason": "Error"}}}]}}
     assert out_of_memory(crashed, plan) is None
+
+
+def test_the_catalogs_own_plain_http_index_is_trusted_and_nothing_else(catalog):
+    from dcloud_spawner.core.catalog import Catalog
+    from dcloud_spawner.core.validation import validate
+
+    data = catalog.model_dump()
+    data["packages"]["index_url"] = "http://pypi.lab.example:8080/simple/"
+    plan = validate({"packages": ["timm"]}, Catalog.from_data(data), [])
+    assert plan.pip_install_command(target="/t") == [
+        "python", "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir",
+        "--target", "/t", "--index-url", "http://pypi.lab.example:8080/simple/",
+        "--trusted-host", "pypi.lab.example:8080", "--", "timm"]
+    data["packages"]["index_url"] = "https://pypi.lab.example/simple/"
+    plan = validate({"packages": ["timm"]}, Catalog.from_data(data), [])
+    assert "--trusted-host" not in plan.pip_install_command()

@@ -150,8 +150,9 @@ class _Loader(
 
 def load_yaml(text: str, limits: Limits) -> Any:
     """The single document in ``text``; LoadProblem saying what is wrong and where."""
-    loader = _Loader(text, limits)
+    loader = None
     try:
+        loader = _Loader(text, limits)  # the reader refuses some characters right away
         return loader.get_single_data()
     except LoadProblem:
         raise
@@ -161,7 +162,8 @@ def load_yaml(text: str, limits: Limits) -> Any:
     except (yaml.YAMLError, ValueError, OverflowError) as exc:
         raise SyntaxProblem("YAML", None, _reason(exc)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _reason(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -83,6 +84,10 @@ class Plan:
         argv += list(admin_args)
         if self.package_index_url:
             argv += ["--index-url", self.package_index_url]
+            index = urlsplit(self.package_index_url)
+            if index.scheme == "http" and index.netloc:
+                # pip ignores a plain-HTTP index unless its host is trusted; the admin chose it
+                argv += ["--trusted-host", index.netloc]
         return [*argv, "--", *self.packages]
 
     def install_failure(self, output: str) -> str:

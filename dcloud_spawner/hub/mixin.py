@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -27,6 +28,19 @@ from ..core.validation import validate
 from . import audit
 from .form import FormContext, render_form, request_from_form, uploaded_options
 from .state import HubState, LiveData, hub_state
+
+
+class SpawnRefused(SpawnException):
+    """JupyterHub's SpawnException (status ``failure``, ``reason`` in its metrics) whose
+    message the progress page shows as the bare sentence, without the exception's name."""
+
+    @property
+    def jupyterhub_message(self) -> str:
+        return self.message
+
+    @classmethod
+    def of(cls, refusal: Refusal) -> SpawnRefused:
+        return cls(refusal.sentence, reason=refusal.reason)
 
 
 class DCloudMixin(LoggingConfigurable):

@@ -23,7 +23,6 @@ import re
 import time
 from typing import Any
 
-from jupyterhub.spawner import SpawnException
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, List, Unicode, default
@@ -32,7 +31,7 @@ from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..core.quantity import format_memory
 from ..hub.form import FormContext
-from ..hub.mixin import DCloudMixin
+from ..hub.mixin import DCloudMixin, SpawnRefused
 from ..hub.state import LiveData, hub_state
 from .pod import PACKAGE_INSTALLER, PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
 from .watch import ClusterWatch
@@ -155,7 +154,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                     raise
                 refusal = CapacityRefusal(reason, reason="resourcequota")
                 self.refused(refusal, self.user_options, pod=self.pod_name)
-                raise SpawnException(reason, reason=refusal.reason) from None
+                raise SpawnRefused.of(refusal) from None
             except BaseException:
                 self.release_resources()
                 raise
@@ -166,7 +165,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         refusal = watch.result()
         self.refused(refusal, self.user_options, pod=self.pod_name)
         await self.stop(now=True)  # releases the claim too
-        raise SpawnException(refusal.sentence, reason=refusal.reason)
+        raise SpawnRefused.of(refusal)
 
     async def _doomed(self) -> Refusal:
         """Wait until the pod cannot start: the scheduler has reported it unplaceable for the

@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jupyterhub.spawner import LocalProcessSpawner, SpawnException
+from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Dict, List, Unicode, default
 
-from ..core.errors import CapacityRefusal
+from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..hub.form import FormContext
-from ..hub.mixin import DCloudMixin
+from ..hub.mixin import DCloudMixin, SpawnRefused
 from ..hub.state import hub_state
 from . import dataset_views, gpus, limits
 from .machine import LocalMachine
@@ -198,7 +198,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             except gpus.NotEnoughGpus as exc:
                 refusal = self._no_free_gpus(plan, exc.free, exc.total, reason="gpu_unavailable")
                 self.refused(refusal, self.user_options)
-                raise SpawnException(refusal.sentence, reason=refusal.reason) from None
+                raise SpawnRefused.of(refusal) from None
             self._gpu_uuids = [g.uuid for g in chosen]
             env_extra["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in chosen)
             env_extra["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in chosen)
@@ -317,5 +317,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         )
         output, _ = await proc.communicate()
         if proc.returncode != 0:
-            raise SpawnException(plan.install_failure(output.decode(errors="replace")), reason="packages")
+            refusal = Refusal(plan.install_failure(output.decode(errors="replace")), field="packages",
+                              reason="packages")
+            raise SpawnRefused.of(refusal)
         return overlay
