@@ -197,9 +197,10 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
             yield {"progress": 1, "message": f"Requested {plan.summary()}"}
         async for event in super().progress():
             yield event
-            message = (event.get("raw_event") or {}).get("message") or ""
-            if plan is not None and plan.packages and f"container {PACKAGE_INSTALLER}" in message \
-                    and message.startswith("Started"):
+            raw = event.get("raw_event") or {}
+            about = (raw.get("involvedObject") or raw.get("involved_object") or {}).get("fieldPath") or ""
+            if plan is not None and plan.packages and raw.get("reason") == "Started" \
+                    and about == f"spec.initContainers{{{PACKAGE_INSTALLER}}}":
                 yield {"progress": event.get("progress", 50),
                        "message": f"Installing extra packages: {', '.join(plan.packages)}"}
 

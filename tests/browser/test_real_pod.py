@@ -7,6 +7,7 @@ what was granted, then stop: container, cgroups and network namespace gone.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -95,7 +96,10 @@ def test_student_gets_exactly_the_choice_in_a_real_container(page, real_hub, kub
     assert installer.state.terminated.exit_code == 0
     assert notebook.image == images.NOTEBOOK_PYTORCH_CPU
 
-    seen = json.loads(run_cell(page, PROBE).strip().splitlines()[-1])
+    # one line, so the editor's auto-indent and bracket closing cannot change the code
+    one_line = f"import base64; exec(base64.b64decode('{base64.b64encode(PROBE.encode()).decode()}').decode())"
+    output = run_cell(page, one_line)
+    seen = json.loads(output.strip().splitlines()[-1])
     shot(page, "09-jupyterlab-in-a-real-container")
     assert seen["uid"] == 1000
     assert seen["dataset"] == "imagenet: sample data of the DCloud test cluster"
