@@ -361,7 +361,8 @@ def cluster_command(run_dir: Path, action: str, *args: str) -> str:
 
     A command, not an import: the benchmark depends on the harness's interface, not its code.
     """
-    env = {**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir)}
+    # KWOK nodes only: the benchmark's fleet is the whole cluster (no real node, no image imports)
+    env = {**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir), "DCLOUD_REAL_NODE": "0"}
     result = subprocess.run([sys.executable, "-m", "tests.cluster", action, *args], env=env,
                             stdout=subprocess.PIPE, text=True, check=True)
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
