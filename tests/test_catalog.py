@@ -221,3 +221,15 @@ def test_error_lines_are_bounded_and_escaped(catalog_data):
     data["gpu_classes"][0]["x\ny" * 10_000] = 1
     lines = refusal_lines(data)
     assert lines and all(line.isprintable() and len(line) <= 300 for line in lines)
+
+
+def test_lone_surrogates_are_refused_not_crashed_on(catalog_data):
+    # found by tests/test_fuzz.py: pydantic could not encode a message quoting one
+    data = copy.deepcopy(catalog_data)
+    data["policies"]["groups"]["medical"]["datasets"] = ["\ud800"]
+    data["policies"]["groups"]["x\udfff"] = {"gpu_classes": ["\ud801"]}
+    lines = refusal_lines(data)
+    assert any("unknown dataset '\\ud800'" in line for line in lines), lines
+    assert all(line.isprintable() for line in lines)
+    with pytest.raises(CatalogError, match="lone surrogate"):
+        Catalog.from_yaml('environments: ["\\ud800"]\n')

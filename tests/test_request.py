@@ -140,3 +140,16 @@ def test_control_characters_in_user_text_are_escaped_in_sentences():
     sentence = err.value.sentence
     assert sentence.startswith("Unknown field 'evil\\n[I 2025")
     assert sentence.isprintable() and len(sentence) < 200
+
+
+@pytest.mark.parametrize("body", [b'{"environment": "\\ud800"}', b'environment: "\\ud800"\n',
+                                  b'{"\\udfff": 1}', b'packages: ["\\ud800x"]\n'])
+def test_lone_surrogates_are_not_text(body):
+    with pytest.raises(RequestError, match="lone surrogate"):
+        load_options_file(body)
+
+
+def test_a_lone_surrogate_from_rest_is_named_as_such():
+    with pytest.raises(RequestError) as err:
+        ServerRequest.parse({"environment": "\ud800"})
+    assert err.value.sentence == "Environment must be valid Unicode text."

@@ -100,7 +100,7 @@ def _memory(value: object) -> int:
     try:
         return memory_bytes(value)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise ValueError(f"'{value}' is not a memory quantity such as 16Gi") from exc
+        raise ValueError(f"'{clip(str(value), 80)}' is not a memory quantity such as 16Gi") from exc
 
 
 # Memory in the catalog: written as a quantity, held as bytes, dumped as a quantity again.
@@ -151,7 +151,7 @@ class GpuClass(_Strict):
     @classmethod
     def _resource_name(cls, value: str) -> str:
         if not _RESOURCE_NAME.match(value):
-            raise ValueError(f"'{value}' is not an extended resource name such as nvidia.com/gpu")
+            raise ValueError(f"'{clip(value, 80)}' is not an extended resource name such as nvidia.com/gpu")
         return value
 
     @field_validator("node_selector")
@@ -159,7 +159,7 @@ class GpuClass(_Strict):
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         for key, label in value.items():
             if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(str(label)):
-                raise ValueError(f"'{key}={label}' is not a valid node label")
+                raise ValueError(f"'{clip(f'{key}={label}', 80)}' is not a valid node label")
         return value
 
 
@@ -331,7 +331,7 @@ class Catalog(_Strict):
             "datasets": {d.id for d in self.datasets},
         }
         named = [("policies.everyone", self.policies.everyone)] + [
-            (f"policies.groups.{name}", policy) for name, policy in self.policies.groups.items()
+            (f"policies.groups.{printable(name)}", policy) for name, policy in self.policies.groups.items()
         ]
         for where, policy in named:
             for field, ids in known.items():
@@ -342,16 +342,16 @@ class Catalog(_Strict):
                     if ref not in ids:
                         allowed = ", ".join(sorted(ids)) or "none defined"
                         problems.append(
-                            f"{where}.{field}[{index}]: unknown {_KIND[field]} '{ref}' "
+                            f"{where}.{field}[{index}]: unknown {_KIND[field]} '{clip(str(ref), 80)}' "
                             f"(defined: {allowed})"
                         )
         totals = [(f"{where}.totals", p.totals) for where, p in named if p.totals is not None]
-        totals += [(f"quotas.groups.{name}", t) for name, t in self.quotas.groups.items()]
+        totals += [(f"quotas.groups.{printable(name)}", t) for name, t in self.quotas.groups.items()]
         for where, total in totals:
             for gpu_id in total.max_gpus_per_class:
                 if gpu_id not in known["gpu_classes"]:
                     problems.append(
-                        f"{where}.max_gpus_per_class.{gpu_id}: unknown GPU class '{gpu_id}' "
+                        f"{where}.max_gpus_per_class.{printable(gpu_id)}: unknown GPU class '{clip(gpu_id, 80)}' "
                         f"(defined: {', '.join(sorted(known['gpu_classes'])) or 'none defined'})"
                     )
         problems += _mount_collisions(self.datasets)

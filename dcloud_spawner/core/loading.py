@@ -68,7 +68,21 @@ def _number_text(text: str) -> str:
     return text
 
 
+def _unicode(text: str) -> str:
+    """A lone surrogate (``"\\ud800"``) is no character: nothing downstream can encode it."""
+    if not text.isascii() and _SURROGATE.search(text):
+        raise LoadProblem("a value is not valid Unicode text (it has a lone surrogate escape)")
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Constructor(yaml.constructor.SafeConstructor):
+    def construct_scalar(self, node: Any) -> Any:
+        value = super().construct_scalar(node)
+        return _unicode(value) if isinstance(value, str) else value
+
     def construct_yaml_int(self, node: Any) -> int:
         text = _number_text(self.construct_scalar(node))
         if text.startswith(("0o", "0x")):
@@ -196,6 +210,7 @@ def _json_constant(name: str) -> Any:
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
+        _unicode(key)
         if key in result:
             raise LoadProblem(f"the key '{clip(key)}' appears twice")
         result[key] = value
@@ -213,8 +228,9 @@ def _check_json(value: Any, limits: Limits) -> None:
             raise LoadProblem(f"it has more than {limits.max_nodes} values")
         if depth > limits.max_depth:
             raise LoadProblem(f"it is nested deeper than {limits.max_depth} levels")
-        if limits.max_scalar_chars is not None and isinstance(item, str) \
-                and len(item) > limits.max_scalar_chars:
-            raise LoadProblem(f"a value is longer than {limits.max_scalar_chars} characters")
+        if isinstance(item, str):
+            if limits.max_scalar_chars is not None and len(item) > limits.max_scalar_chars:
+                raise LoadProblem(f"a value is longer than {limits.max_scalar_chars} characters")
+            _unicode(item)
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
         stack.extend((child, depth + 1) for child in children)

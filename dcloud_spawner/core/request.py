@@ -137,6 +137,8 @@ def _sentence(exc: ValidationError, data: dict[str, Any]) -> RequestError:
         return RequestError(field, f"{name} must be a list of strings.")
     if kind == "string_too_long":
         return RequestError(field, f"{name} is too long.")
+    if kind == "string_unicode":
+        return RequestError(field, f"{name} must be valid Unicode text.")
     return RequestError(field, f"{name} must be a string.")
 
 
