@@ -20,6 +20,7 @@ from yaml.resolver import BaseResolver
 from .errors import clip
 
 MAX_DIGITS = 100  # a number with more digits is junk (and int() refuses past 4,300)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class LoadProblem(ValueError):
@@ -74,8 +75,6 @@ def _unicode(text: str) -> str:
         raise LoadProblem("a value is not valid Unicode text (it has a lone surrogate escape)")
     return text
 
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Constructor(yaml.constructor.SafeConstructor):
