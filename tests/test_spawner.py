@@ -168,3 +168,19 @@ async def test_refused_named_server_form_is_kept_for_the_default_spawners_render
         named.run_options_from_form({"environment": ["scipy"], "memory": ["99Gi"]})
     html = await default.get_options_form()
     assert 'value="99Gi"' in html and re.search(r'value="scipy"[^>]*selected', html)
+
+
+async def test_asking_for_more_gpus_than_the_cluster_has_is_not_told_to_wait():
+    from dcloud_spawner.core.availability import GpuAvailability
+    from dcloud_spawner.core.errors import CapacityRefusal
+
+    class Live:
+        def availability(self, catalog):
+            return {"t4": GpuAvailability(free=2, total=2, largest_free_block=2)}
+
+    spawner = make_spawner(["researchers"])
+    spawner.live_data = Live
+    plan = spawner.validate_options({"gpu": {"type": "t4", "count": 3}})
+    with pytest.raises(CapacityRefusal) as refusal:
+        spawner.check_capacity(plan)
+    assert refusal.value.sentence == "The cluster has only 2 NVIDIA T4 16GB GPUs; ask for at most 2."

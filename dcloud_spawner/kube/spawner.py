@@ -114,6 +114,8 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         if not live or plan.gpu is None or plan.gpu.id not in live:
             return
         gpu = live[plan.gpu.id]
+        if gpu.total < plan.gpu_count:  # even an idle cluster could not: "try again" would mislead
+            raise CapacityRefusal.too_few_gpus(plan.gpu.display_name, plan.gpu_count, gpu.total, where="node")
         if gpu.largest_free_block < plan.gpu_count:
             raise CapacityRefusal.no_free_gpus(
                 plan.gpu.display_name, plan.gpu_count,
