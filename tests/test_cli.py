@@ -171,3 +171,21 @@ def test_dockerfile_lines_are_only_what_the_catalog_means(tmp_path):
     result = dcloud("dockerfile", "--catalog", str(bad), "--options", str(options))
     assert_error_lines(result, 1)
     assert result.stdout == "" and "is not an image reference" in result.stderr
+
+
+def test_the_wheel_carries_the_demo_catalog_and_the_templates(tmp_path):
+    """`pip install dcloud-spawner && dcloud demo` works outside a checkout: the package data is in."""
+    import zipfile
+
+    root = EXAMPLE_CATALOG.parents[1]
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("dcloud_spawner-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("dcloud_spawner/demo/catalog.yaml", "dcloud_spawner/hub/templates/form.html",
+                   "dcloud_spawner/hub/templates/allocations.html", "dcloud_spawner/core/catalog.py",
+                   "dcloud_spawner/kube/spawner.py", "dcloud_spawner/local/spawner.py"):
+        assert needed in names, needed
+    catalog = zipfile.ZipFile(wheel).read("dcloud_spawner/demo/catalog.yaml").decode()
+    assert catalog == EXAMPLE_CATALOG.read_text()  # the same file hub_config/catalog.yaml links to
