@@ -28,9 +28,10 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster import fleet, harness, host, node
-from tests.cluster.fixture import KubeCluster, unavailable
-from tests.cluster.layout import K8S_VERSION, RunDir, bin_dir, default_run_dir
+from tests.cluster.fixture import KubeCluster
+from tests.cluster.layout import K8S_VERSION, RunDir, bin_dir
 from tests.cluster.pki import Pki
+from tests.real_node import require_real_node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GREETING = "hello from a real container"
@@ -56,12 +57,9 @@ class RealNode:
 @pytest.fixture(scope="module")
 def real_node(kube_cluster: KubeCluster) -> Iterator[RealNode]:
     """real-0 of the harness's cluster; skipped (failed with CI=true) where it cannot run."""
-    if os.environ.get("DCLOUD_TEST_KUBECONFIG"):
-        unavailable("real-0 is the local harness's node; DCLOUD_TEST_KUBECONFIG names another cluster")
-    run = RunDir(default_run_dir())
+    run = require_real_node(kube_cluster).run
     state = node.running(run)
-    if state is None:
-        unavailable(f"no real node {node.NAME}: {node.unavailable_note(run) or 'not running'}")
+    assert state is not None
     with kube_config.new_client_from_config(config_file=kube_cluster.admin_kubeconfig) as api:
         yield RealNode(run, client.CoreV1Api(api), kube_cluster.namespace, state)
 
