@@ -175,6 +175,8 @@ async def test_asking_for_more_gpus_than_the_cluster_has_is_not_told_to_wait():
     from dcloud_spawner.core.errors import CapacityRefusal
 
     class Live:
+        stale_since = None
+
         def availability(self, catalog):
             return {"t4": GpuAvailability(free=2, total=2, largest_free_block=2)}
 

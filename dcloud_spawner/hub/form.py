@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class FormContext:
     notices: list[str] = field(default_factory=list)
     limits_enforced: bool = True
     gpu_help: str = ""
+    stale_since: float | None = None  # availability is a copy from before the cluster stopped answering
 
 
 def _num(value: float) -> str:
@@ -86,6 +88,8 @@ def render_form(
                 entry["note"] = f"{gpu.display_name}: there is none here, so it cannot be granted."
             elif live is not None:
                 entry["availability"] = f"{live.free} of {live.total} free"
+                if context.stale_since is not None:
+                    entry["availability"] += time.strftime(" (as of %H:%M UTC)", time.gmtime(context.stale_since))
                 if live.largest_free_block < 1:
                     entry["full"] = True
                     entry["note"] = (

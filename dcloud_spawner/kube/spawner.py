@@ -23,6 +23,7 @@ import re
 import time
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, List, Unicode, default
@@ -32,7 +33,7 @@ from ..core.plan import Plan
 from ..core.quantity import format_memory
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin, SpawnRefused
-from ..hub.state import LiveData, hub_state
+from ..hub.state import hub_state
 from .pod import PACKAGE_INSTALLER, PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
 from .watch import ClusterWatch
 
@@ -101,15 +102,21 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
     dcloud_last_stop: str | None = None  # why the last server ended unasked, for the next form
 
+    # Whether a pod may exist for this server. Assumed of a spawner built from the database (the
+    # hub restarted under a running server); not after JupyterHub's clear_state, which begins
+    # every start and ends every stop, until start() asks for a pod. A start refused before
+    # that (bad options) is then cleaned up without the API: its 400 stays a 400 while the
+    # API server is unreachable.
+    _dcloud_may_have_pod = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
 
-    def live_data(self) -> LiveData | None:
-        return hub_state().part("kube.watch", ClusterWatch) if self.show_availability else None
-
     def check_capacity(self, plan: Plan) -> None:
         live_data = self.live_data() if plan.gpu else None
+        if live_data is not None and live_data.stale_since is not None:
+            return  # numbers from before an outage must not refuse anyone; the scheduler decides
         live = live_data.availability(self.catalog) if live_data else None
         if not live or plan.gpu is None or plan.gpu.id not in live:
             return
@@ -128,8 +135,17 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self.dcloud_plan = plan
         apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
 
+    def live_data(self) -> ClusterWatch | None:
+        return hub_state().part("kube.watch", ClusterWatch) if self.show_availability else None
+
     def form_context(self) -> FormContext:
         context = super().form_context()
+        live = self.live_data()
+        if live is not None and live.stale_since is not None:
+            context.stale_since = live.stale_since
+            when = time.strftime("%H:%M:%S UTC", time.gmtime(live.stale_since))
+            context.notices.append(f"The cluster has not answered since {when}, so the free GPUs shown are "
+                                   "as of then and may be out of date; starting a server may fail until it does.")
         if self.dcloud_last_stop:
             context.notices.insert(0, self.dcloud_last_stop)
         return context
@@ -137,6 +153,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     async def start(self) -> str:  # type: ignore[override]
         plan = self.dcloud_plan
         self.dcloud_last_stop = None
+        self._dcloud_may_have_pod = True
         start = super().start()  # KubeSpawner keeps this future to end progress() with it
         watch = asyncio.ensure_future(self._doomed())
         try:
@@ -157,6 +174,13 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                 refusal = CapacityRefusal(reason, reason="resourcequota")
                 self.refused(refusal, self.user_options, pod=self.pod_name)
                 raise SpawnRefused.of(refusal) from None
+            except Exception as exc:
+                self.release_resources()
+                if not self._cluster_unreachable(exc):
+                    raise
+                refusal = Refusal(UNREACHABLE, reason="cluster_unreachable")
+                self.refused(refusal, self.user_options)
+                raise SpawnRefused.of(refusal) from None
             except BaseException:
                 self.release_resources()
                 raise
@@ -168,6 +192,17 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self.refused(refusal, self.user_options, pod=self.pod_name)
         await self.stop(now=True)  # releases the claim too
         raise SpawnRefused.of(refusal)
+
+    def _cluster_unreachable(self, exc: BaseException) -> bool:
+        """Whether a failed start is the API server not answering (not a fault of the request)."""
+        chain: list[BaseException] = []
+        while exc is not None and len(chain) < 10:
+            chain.append(exc)
+            exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        if any(isinstance(e, aiohttp.ClientConnectionError) for e in chain):
+            return True
+        live = self.live_data()
+        return isinstance(chain[0], TimeoutError) and live is not None and live.stale_since is not None
 
     async def _doomed(self) -> Refusal:
         """Wait until the pod cannot start: the scheduler has reported it unplaceable for the
@@ -207,6 +242,9 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                        "message": f"Installing extra packages: {', '.join(plan.packages)}"}
 
     async def poll(self) -> int | None:
+        if not self._dcloud_may_have_pod:
+            self.release_resources()  # claimed by apply_user_options, then the start failed early
+            return 0
         pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
         ended = out_of_memory(pod, self.dcloud_plan)
         if ended is not None:  # before KubeSpawner's poll, which stops (and audits) the server
@@ -217,6 +255,9 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         return status
 
     async def stop(self, now: bool = False) -> None:
+        if not self._dcloud_may_have_pod:  # no pod asked for: nothing to delete, nothing to audit
+            self.release_resources()
+            return
         await super().stop(now=now)
         self.release_resources()
         extra = {"reason": self.dcloud_last_stop} if self.dcloud_last_stop else {}
@@ -229,6 +270,10 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         if self.dcloud_last_stop:
             state["dcloud_last_stop"] = self.dcloud_last_stop
         return state
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._dcloud_may_have_pod = False
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
@@ -264,6 +309,8 @@ def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
             f"limit{limit}, so the kernel killed it. Choose more memory below, or use less.")
 
 
+UNREACHABLE = ("The cluster's API server does not answer right now, so nothing was started; "
+               "try again in a minute.")
 _INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")
 _QUOTA = re.compile(r"exceeded quota: ([\w.-]+), requested: (\S+), used: (\S+), limited: (\S+)")
 

@@ -33,6 +33,7 @@ class NodeReflector:
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task | None = None
+        self.failing_since: float | None = None  # wall clock of the first failure since the last good list
 
     async def start(self) -> None:
         api = shared_client("CoreV1Api")
@@ -64,11 +65,13 @@ class NodeReflector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # start over from a fresh list
+                self.failing_since = self.failing_since or time.time()
                 log.warning("DCloud: node watch interrupted (%s); listing again in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
                 try:
                     version = await self._list(api)
+                    self.failing_since = None
                 except Exception as list_error:
                     log.warning("DCloud: listing nodes failed: %s", list_error)
 
@@ -106,6 +109,20 @@ class ClusterPodReflector(MultiNamespaceResourceReflector):
     def _request_outlives_watch(self) -> int:
         return 330
 
+    failing_since: float | None = None  # wall clock of the first failure since the last good list
+
+    # KubeSpawner's reflector has no hook for "my data is current again": every (re)connect
+    # starts with this full list, so its outcome is exactly when the cache is, or stops being,
+    # a true copy of the cluster.
+    async def _list_and_update(self, resource_version: Any = None) -> Any:
+        try:
+            version = await super()._list_and_update(resource_version)
+        except Exception:
+            self.failing_since = self.failing_since or time.time()
+            raise
+        self.failing_since = None
+        return version
+
 
 class ClusterWatch:
     """The hub-wide Node and Pod caches (a part of the hub state); started once, on first use."""
@@ -119,6 +136,7 @@ class ClusterWatch:
         # pod uid -> (resourceVersion, what it holds): a pod is read again only when it changed
         self._holdings: dict[str, tuple[str, PodHolding | None]] = {}
         self._starting: asyncio.Lock | None = None
+        self._pods_given_up = False
 
     async def ensure_started(self) -> bool:
         """True when the caches are loaded; False (once logged) when they cannot be."""
@@ -126,13 +144,14 @@ class ClusterWatch:
             if time.monotonic() < self._retry_at:
                 return False
             self.unavailable = None  # a transient failure gets another chance
-        if self.nodes is not None and self.pods is not None:
+        if self.nodes is not None and self.pods is not None and not self._pods_given_up:
             return True
         self._starting = self._starting or asyncio.Lock()
         async with self._starting:
             if self.nodes is not None and self.pods is not None:
-                return True
+                return await self._restart_pods() if self._pods_given_up else True
             nodes, pods = NodeReflector(), ClusterPodReflector()
+            pods.on_failure = self._pods_gave_up
             try:
                 await asyncio.gather(nodes.start(), pods.start())
             except Exception as exc:
@@ -148,6 +167,32 @@ class ClusterWatch:
                 return False
             self.nodes, self.pods = nodes, pods
             return True
+
+    def _pods_gave_up(self) -> None:
+        """KubeSpawner's reflector stops retrying after a long outage: start a new one on next use."""
+        log.warning("DCloud: the pod watch gave up; it starts again on the next form or spawn")
+        self._pods_given_up = True
+
+    async def _restart_pods(self) -> bool:
+        """Replace a pod watch that gave up; until that works, the old (stale) copy stays."""
+        pods = ClusterPodReflector()
+        pods.on_failure = self._pods_gave_up
+        try:
+            await pods.start()
+        except Exception as exc:
+            await asyncio.gather(pods.stop(), return_exceptions=True)
+            log.warning("DCloud: restarting the pod watch failed: %s", exc)
+            return False
+        old, self.pods, self._pods_given_up = self.pods, pods, False
+        if old is not None:
+            await old.stop()
+        return True
+
+    @property
+    def stale_since(self) -> float | None:
+        """Since when (wall clock) the caches may differ from the cluster; None while current."""
+        times = [r.failing_since for r in (self.nodes, self.pods) if r is not None and r.failing_since]
+        return min(times) if times else None
 
     async def refresh(self) -> None:
         await self.ensure_started()

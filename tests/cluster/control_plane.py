@@ -15,7 +15,8 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,3 +319,23 @@ def stop(run: RunDir, grace: float = 10.0) -> list[str]:
             raise RuntimeError(f"still running after SIGKILL: {sorted(left)}")
         stopped += sorted(running)
     return stopped
+
+
+@contextmanager
+def api_server_stopped(run: RunDir) -> Iterator[None]:
+    """Kill kube-apiserver as a crash would, and start it again with the same flags and port
+    when the block ends (etcd keeps the state; clients must reconnect by themselves)."""
+    state = State.load(run)
+    if state is None or "kube-apiserver" not in state.processes:
+        raise RuntimeError(f"no API server recorded in {run.state}")
+    pid = int(state.processes["kube-apiserver"]["pid"])
+    argv = [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]
+    _signal(pid, signal.SIGKILL)
+    if _wait_gone(state, {"kube-apiserver"}, 10.0):
+        raise RuntimeError("kube-apiserver outlived SIGKILL")
+    try:
+        yield
+    finally:
+        state.processes["kube-apiserver"] = spawn(run, "kube-apiserver", argv)
+        state.save(run)
+        wait_ready(run, state, Pki(run.pki))
