@@ -66,3 +66,87 @@ async def test_read_only_bind_mounts_as_root(tmp_path, sources):
     assert dataset_views._mounts_under(folder) == []
     assert all((source / "README.txt").exists() for _, source in sources)  # nothing deleted
     assert not folder.exists()
+
+
+def swap_for_link_after(monkeypatch, call: str, folder, outside):
+    """Act as a hostile user: right after the hub's `call` on the folder, swap it for a link."""
+    real = getattr(os, call)
+    done = []
+
+    def then_swap(path, *args, **kwargs):
+        result = real(path, *args, **kwargs)
+        if not done and os.path.basename(os.fsdecode(path)) == folder.name:
+            done.append(True)
+            if os.path.lexists(folder) and not os.path.islink(folder):
+                os.rename(folder, folder.with_name("renamed-by-user"))
+            os.symlink(outside, folder)
+        return result
+
+    monkeypatch.setattr(dataset_views.os, call, then_swap)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory the server's user must not get the hub to touch (think /etc)."""
+    folder = tmp_path / "outside"
+    folder.mkdir(mode=0o755)
+    (folder / "precious.conf").write_text("keep")
+    return folder
+
+
+def untouched(outside) -> bool:
+    return (sorted(p.name for p in outside.iterdir()) == ["precious.conf"]
+            and stat.S_IMODE(outside.stat().st_mode) == 0o755
+            and (outside / "precious.conf").read_text() == "keep")
+
+
+@pytest.mark.parametrize("euid", [1000, 0], ids=["links", "mounts"])
+async def test_clearing_never_follows_a_folder_swapped_for_a_link(tmp_path, sources, outside, monkeypatch, euid):
+    if euid == 0 and os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    monkeypatch.setattr(dataset_views.os, "geteuid", lambda: euid)
+    folder = tmp_path / "server" / "datasets"
+    folder.parent.mkdir()
+    await dataset_views.build(folder, sources)
+    swap_for_link_after(monkeypatch, "lstat", folder, outside)
+    try:
+        await dataset_views.clear(folder)
+    except OSError:
+        pass  # refusing is fine; touching the link's target is not
+    assert untouched(outside)
+    assert all((source / "README.txt").exists() for _, source in sources)
+    monkeypatch.undo()
+    for leftover in (folder, folder.with_name("renamed-by-user")):
+        if os.path.lexists(leftover) and not os.path.islink(leftover):
+            await dataset_views.clear(leftover)  # detach any mount the test left
+    assert not dataset_views._mounts_under(tmp_path)
+
+
+@pytest.mark.parametrize("euid", [1000, 0], ids=["links", "mounts"])
+async def test_building_never_follows_a_folder_swapped_for_a_link(tmp_path, sources, outside, monkeypatch, euid):
+    if euid == 0 and os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    monkeypatch.setattr(dataset_views.os, "geteuid", lambda: euid)
+    folder = tmp_path / "server" / "datasets"
+    folder.parent.mkdir()
+    swap_for_link_after(monkeypatch, "mkdir", folder, outside)
+    try:
+        await dataset_views.build(folder, sources)
+    except OSError:
+        pass
+    monkeypatch.undo()
+    assert not dataset_views._mounts_under(outside)
+    assert untouched(outside)
+    await dataset_views.clear(folder)  # the link goes, its target stays
+    assert not os.path.lexists(folder) and untouched(outside)
+
+
+async def test_a_link_in_place_of_the_folder_is_removed_not_followed(tmp_path, sources, outside):
+    folder = tmp_path / "server" / "datasets"
+    folder.parent.mkdir()
+    folder.symlink_to(outside, target_is_directory=True)
+    how = await dataset_views.build(folder, sources)
+    assert set(how) == {"imagenet", "coco"} and not folder.is_symlink()
+    assert untouched(outside)
+    await dataset_views.clear(folder)
+    assert untouched(outside) and not os.path.lexists(folder)

@@ -15,21 +15,24 @@ For the one-command demo and for a single shared GPU workstation. A plan becomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
+import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Dict, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
 from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin, SpawnRefused
 from ..hub.state import hub_state
-from . import dataset_views, gpus, limits
+from . import dataset_views, gpus, limits, paths
 from .machine import LocalMachine
 
 
@@ -76,6 +79,32 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         config=True,
         help="""Extra pip arguments for installing users' packages, set by the admin (e.g.
         ["--trusted-host", "pypi.internal"]). Users can never add pip options.""",
+    )
+
+    package_install_timeout = Float(
+        300.0,
+        config=True,
+        help="""Seconds pip may take to install a server's extra packages. When it runs
+        longer, pip and everything it started are killed and the spawn is refused. Keep it
+        below `Spawner.start_timeout`, or the hub gives up on the spawn first.""",
+    )
+
+    package_overlay_max_bytes = Integer(
+        2 * 1024**3,
+        config=True,
+        help="""Largest size in bytes of a server's package overlay, pip's temporary files
+        included. An install that grows beyond it is stopped, its overlay removed and the
+        spawn refused. 0: no limit.""",
+    )
+
+    package_env_keep = List(
+        Unicode(),
+        ["PATH", "LANG", "LC_ALL", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+         "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "PIP_CERT"],
+        config=True,
+        help="""The hub's environment variables pip gets when it installs users' packages
+        (with HOME and USER of the server's user). Nothing else of the hub's environment
+        reaches pip, so its secrets never reach the build code of a user's package.""",
     )
 
     @default("default_url")
@@ -143,9 +172,12 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         return Path(self.server_root).expanduser() / self.user.name / server
 
     def make_preexec_fn(self, name: str) -> Any:
+        return self._preexec_as_user(self._join_limits)
+
+    def _preexec_as_user(self, join: Callable[[], None] | None) -> Callable[[], None]:
+        """A pre-exec step: join the limits' group, become the server's user, enter its workdir."""
         workdir = str(self.workdir)
-        setuid = super().make_preexec_fn(name) if self.run_as_system_users else None
-        join = self._join_limits
+        setuid = super().make_preexec_fn(self.user.name) if self.run_as_system_users else None
 
         def preexec() -> None:
             if join is not None:
@@ -247,7 +279,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
         try:
-            await dataset_views.clear(self.workdir / "datasets")
+            await dataset_views.clear(self.workdir / paths.DATASETS)
         except OSError as exc:
             self.log.warning("%s: %s", self._log_name, exc)
         self.machine.ledger.release(self.owner_key)
@@ -297,7 +329,14 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 self._say(f"Dataset {dataset.id} has no local copy on this machine; skipped")
                 continue
             sources.append((dataset.id, source))
-        how = await dataset_views.build(workdir / "datasets", sources)
+        try:
+            how = await dataset_views.build(workdir / paths.DATASETS, sources)
+        except OSError as exc:
+            self.log.warning("%s: datasets folder: %s", self._log_name, exc)
+            refusal = Refusal("The datasets folder in your working directory holds files of your own or "
+                              "changed while the server started; move it away and start again.",
+                              field="datasets", reason="datasets")
+            raise SpawnRefused.of(refusal) from None
         if how:
             self._say("Datasets: " + ", ".join(f"{k} ({v})" for k, v in how.items()))
         if "linked" in how.values():
@@ -305,19 +344,96 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                              "here); the source directories' permissions decide writes", self._log_name)
         return "1" if all(v == "read-only" for v in how.values()) else "0"
 
+    def _package_env(self) -> dict[str, str]:
+        """pip's environment: the server user's HOME and USER and an admin-chosen few of the
+        hub's variables; never the hub's secrets (API tokens, cookie secret, proxy token)."""
+        env = {key: os.environ[key] for key in self.package_env_keep if key in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.setdefault("LANG", "C.UTF-8")
+        env.update(HOME=str(self.workdir), USER=self.user.name, PYTHONDONTWRITEBYTECODE="1")
+        return env
+
     async def _install_packages(self, plan: Plan, python: str, workdir: Path) -> Path:
-        overlay = workdir / ".dcloud-packages"
-        shutil.rmtree(overlay, ignore_errors=True)
+        """pip-install the plan's packages into the workdir's overlay, as the server's user.
+
+        Every write in the workdir is made by pip's own process (the server's uid, its
+        limits, a minimal environment); the hub only measures the overlay without following
+        links, and removes it with fd-based calls that never leave it.
+        """
+        overlay = workdir / paths.OVERLAY
         self._say(f"Installing {len(plan.packages)} extra package(s) into this server's overlay")
-        # pip's cache is kept: the same machine installs the same packages again and again
-        argv = plan.pip_install_command(python, target=str(overlay), admin_args=self.package_install_args,
-                                        cache=True)
+        # pip's cache stays in the server's own HOME: never shared between users
+        pip = plan.pip_install_command(python, target=str(overlay), admin_args=self.package_install_args,
+                                       cache=True)
+        # the user's process replaces whatever is there (an rm of a link removes the link
+        # itself) and keeps pip's temporary files inside the overlay, where they are measured
+        script = 'rm -rf -- "$0" && mkdir -p -- "$0/.tmp" && TMPDIR="$0/.tmp" exec "$@"'
+        owner = f"{self.owner_key}/packages"
+        argv = self.limiter.wrap(["/bin/sh", "-c", script, str(overlay), *pip], owner,
+                                 plan.cpu_limit, plan.memory_limit)
+        join = self.limiter.prepare(owner, plan.cpu_limit, plan.memory_limit)
+        refusal: Refusal | None = None
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=self._package_env(),
+            preexec_fn=self._preexec_as_user(join), start_new_session=True,  # its own process group
         )
-        output, _ = await proc.communicate()
-        if proc.returncode != 0:
+        output = bytearray()
+
+        async def read() -> None:
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                output.extend(chunk)
+                del output[:-65536]  # pip's tail is enough for the sentence
+
+        reader = asyncio.ensure_future(read())
+        limit = self.package_overlay_max_bytes
+        deadline = time.monotonic() + self.package_install_timeout
+        try:
+            while proc.returncode is None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), 0.5)
+                if proc.returncode is not None:
+                    break
+                if time.monotonic() > deadline:
+                    refusal = Refusal(
+                        f"Installing the extra packages took longer than {self.package_install_timeout:g} "
+                        "seconds and was stopped; ask for fewer or smaller packages.",
+                        field="packages", reason="packages")
+                elif limit and paths.tree_size(workdir, paths.OVERLAY, stop_at=limit) > limit:
+                    refusal = self._overlay_too_big()
+                if refusal is not None:
+                    _kill_group(proc.pid)
+                    await proc.wait()
+            _kill_group(proc.pid)  # whatever pip left running in its group goes with it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(reader, 5)  # a process outside the group may hold the pipe
+        except BaseException:  # cancelled (the spawn was stopped) or the hub is going down
+            _kill_group(proc.pid)
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(proc.wait(), 5)  # reap it: no zombie, no open pipe
+            paths.remove_entry(workdir, paths.OVERLAY)
+            raise
+        finally:
+            self.limiter.cleanup(owner)
+        if refusal is None and proc.returncode != 0:
             refusal = Refusal(plan.install_failure(output.decode(errors="replace")), field="packages",
                               reason="packages")
+        if refusal is None and limit and paths.tree_size(workdir, paths.OVERLAY, stop_at=limit) > limit:
+            refusal = self._overlay_too_big()
+        if refusal is not None:
+            paths.remove_entry(workdir, paths.OVERLAY)
             raise SpawnRefused.of(refusal)
+        paths.remove_entry(workdir / paths.OVERLAY, ".tmp")
         return overlay
+
+    def _overlay_too_big(self) -> Refusal:
+        size = paths.format_bytes(self.package_overlay_max_bytes)
+        return Refusal(f"The extra packages need more than the {size} this server may use for them; "
+                       "ask for fewer or smaller packages.", field="packages", reason="packages")
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

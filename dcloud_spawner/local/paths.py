@@ -1,0 +1,136 @@
+"""Paths inside a server's working directory, handled by the hub without following links.
+
+The server's user may replace anything in its working directory with a symbolic link at any
+moment (in its home directory it owns the folder). So the hub, often root, never resolves a
+path there by name: it opens each level with ``O_NOFOLLOW`` relative to the level above
+and acts on the open directory, so a link is seen as a link, never as its target.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+OVERLAY = ".dcloud-packages"  # the server's package overlay, on its PYTHONPATH
+DATASETS = "datasets"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(base: Path, *names: str) -> int:
+    """An fd of ``base/names...``; raises OSError where any of ``names`` is a link or no folder.
+
+    ``base`` itself is trusted (a folder the user cannot replace: the hub's server root, or
+    the home directory, whose parent is root's).
+    """
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_at(dir_fd: int, name: str) -> None:
+    """Remove the entry ``name`` of an open folder: a file or link itself, or a whole tree.
+
+    Iterative and fd-based: a deep tree cannot exhaust the stack, and a folder swapped for a
+    link mid-way makes the removal fail (``O_NOFOLLOW``), never leave the tree.
+    """
+    try:
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    stack = [(dir_fd, name, os.open(name, _DIR_FLAGS, dir_fd=dir_fd))]
+    try:
+        while stack:
+            parent, current, fd = stack[-1]
+            deeper = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        deeper = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if deeper is not None:
+                stack.append((fd, deeper, os.open(deeper, _DIR_FLAGS, dir_fd=fd)))
+                continue
+            stack.pop()
+            os.close(fd)
+            os.rmdir(current, dir_fd=parent)
+    finally:
+        for _, _, fd in stack:
+            os.close(fd)
+
+
+def remove_entry(base: Path, *names: str) -> bool:
+    """Remove ``base/names...`` without following links below ``base``; False when it could not."""
+    try:
+        fd = open_dir(base, *names[:-1])
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        remove_at(fd, names[-1])
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def tree_size(base: Path, name: str, stop_at: int = 0) -> int:
+    """Bytes held by ``base/name`` (apparent sizes, each inode once, links not followed).
+
+    Stops counting once past ``stop_at`` (when set): a caller that only compares with a limit
+    need not walk a huge tree to the end.
+    """
+    try:
+        parent = open_dir(base)
+    except OSError:
+        return 0
+    seen: set[tuple[int, int]] = set()
+    stack: list[int] = []
+    total = 0
+    try:
+        info = os.lstat(name, dir_fd=parent)
+        total = info.st_size
+        if stat.S_ISDIR(info.st_mode):
+            stack.append(os.open(name, _DIR_FLAGS, dir_fd=parent))
+        while stack and not (stop_at and total > stop_at):
+            fd = stack.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        info = entry.stat(follow_symlinks=False)
+                        if (info.st_dev, info.st_ino) in seen:
+                            continue
+                        seen.add((info.st_dev, info.st_ino))
+                        total += info.st_size
+                        if stat.S_ISDIR(info.st_mode):
+                            stack.append(os.open(entry.name, _DIR_FLAGS, dir_fd=fd))
+            finally:
+                os.close(fd)
+    except OSError:
+        pass  # removed, or swapped for a link since listed (pip moves files about): not counted
+    finally:
+        for fd in stack:
+            os.close(fd)
+        os.close(parent)
+    return total
+
+
+def format_bytes(size: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"

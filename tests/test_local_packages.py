@@ -1,0 +1,234 @@
+"""Users' packages on the local backend: installed by a process of the server's own, bounded.
+
+A stand-in "python" records what pip would get (environment, working directory, user) and
+then behaves as the test needs: installs a file, hangs, or fills the overlay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from dcloud_spawner.hub.mixin import SpawnRefused
+from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+from dcloud_spawner.hub.state import reset_hub_state
+from dcloud_spawner.local import DCloudLocalSpawner
+from dcloud_spawner.local.paths import OVERLAY, remove_entry, tree_size
+from tests.conftest import EXAMPLE_CATALOG
+from tests.package_index import serve_index
+
+FAKE_PIP = """#!{python}
+import json, os, subprocess, sys, time
+argv = sys.argv[1:]
+target = argv[argv.index("--target") + 1]
+os.makedirs(target, exist_ok=True)
+record = {{"env": dict(os.environ), "cwd": os.getcwd(), "uid": os.getuid(), "argv": argv}}
+with open({report!r}, "w") as f:
+    json.dump(record, f)
+mode = {mode!r}
+if mode == "install":
+    os.makedirs(os.path.join(target, "probe"), exist_ok=True)
+    open(os.path.join(target, "probe", "__init__.py"), "w").write("VERSION = 1\\n")
+elif mode == "hang":
+    child = subprocess.Popen(["sleep", "300"])  # pip's own children must go too
+    with open({report!r} + ".pids", "w") as f:
+        f.write(f"{{os.getpid()}} {{child.pid}}")
+    time.sleep(300)
+elif mode == "big":
+    with open(os.path.join(target, "huge.bin"), "wb") as f:
+        f.write(b"x" * (3 * 1024 * 1024))
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes(tmp_path):
+    yield
+    for pids in tmp_path.glob("*.pids"):  # where a test failed, its processes still go
+        for pid in pids.read_text().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def spawner(tmp_path):
+    reset_hub_state()
+    cfg = Config()
+    cfg.DCloudLocalSpawner.catalog_path = str(EXAMPLE_CATALOG)
+    cfg.DCloudLocalSpawner.server_root = str(tmp_path / "servers")
+    made = DCloudLocalSpawner(user=OfflineUser("guest", []), hub=offline_hub(), config=cfg)
+    made.workdir.mkdir(parents=True)
+    yield made
+    reset_hub_state()
+
+
+def fake_python(tmp_path: Path, mode: str) -> tuple[str, Path]:
+    report = tmp_path / f"report-{mode}.json"
+    script = tmp_path / f"python-{mode}"
+    script.write_text(FAKE_PIP.format(python=os.path.realpath(sys.executable), report=str(report),
+                                      mode=mode))
+    script.chmod(0o755)
+    return str(script), report
+
+
+def install(spawner, python: str, timeout: float = 30):
+    plan = spawner.validate_options({"environment": "scipy", "packages": ["dcloud-probe"]})
+    return asyncio.run(asyncio.wait_for(spawner._install_packages(plan, python, spawner.workdir), timeout))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+    return " Z " not in stat  # a zombie is dead, waiting for its parent
+
+
+def test_pip_gets_a_minimal_environment_and_the_servers_workdir(spawner, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret-token")
+    monkeypatch.setenv("CONFIGPROXY_AUTH_TOKEN", "proxy-secret-token")
+    monkeypatch.setenv("JPY_COOKIE_SECRET", "cookie-secret")
+    python, report = fake_python(tmp_path, "install")
+    overlay = install(spawner, python)
+    assert overlay == spawner.workdir / OVERLAY
+    assert (overlay / "probe" / "__init__.py").exists()
+    assert not (overlay / ".tmp").exists()  # pip's temporary folder does not stay behind
+    seen = json.loads(report.read_text())
+    env = seen["env"]
+    assert not {"JUPYTERHUB_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "JPY_COOKIE_SECRET"} & set(env)
+    assert "secret" not in json.dumps(env)
+    assert set(env) <= set(spawner.package_env_keep) | {"HOME", "USER", "TMPDIR", "PYTHONDONTWRITEBYTECODE",
+                                                        "LANG", "PATH", "PWD", "SHLVL", "_"}
+    assert env["HOME"] == str(spawner.workdir) and env["USER"] == "guest"
+    assert env["TMPDIR"] == str(overlay / ".tmp")  # measured with the overlay
+    assert seen["cwd"] == str(spawner.workdir)
+    assert seen["uid"] == os.getuid()  # the server's uid (the hub's, when not run_as_system_users)
+
+
+def test_a_symlinked_overlay_is_replaced_never_followed(spawner, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    (spawner.workdir / OVERLAY).symlink_to(outside, target_is_directory=True)
+    python, _ = fake_python(tmp_path, "install")
+    overlay = install(spawner, python)
+    assert not overlay.is_symlink() and overlay.is_dir()
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+    assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_a_hanging_pip_is_killed_with_its_children_after_the_timeout(spawner, tmp_path):
+    spawner.package_install_timeout = 1.5
+    python, report = fake_python(tmp_path, "hang")
+    started = time.monotonic()
+    with pytest.raises(SpawnRefused) as err:
+        install(spawner, python)
+    assert time.monotonic() - started < 15
+    sentence = str(err.value.jupyterhub_message)
+    assert sentence == ("Installing the extra packages took longer than 1.5 seconds and was stopped; "
+                        "ask for fewer or smaller packages.")
+    pids = [int(p) for p in Path(str(report) + ".pids").read_text().split()]
+    time.sleep(0.3)
+    assert not any(alive(pid) for pid in pids)
+    assert not (spawner.workdir / OVERLAY).exists()
+
+
+def test_a_cancelled_spawn_kills_pip(spawner, tmp_path):
+    python, report = fake_python(tmp_path, "hang")
+    plan = spawner.validate_options({"environment": "scipy", "packages": ["dcloud-probe"]})
+    pids_file = Path(str(report) + ".pids")
+
+    async def cancel_midway() -> None:
+        task = asyncio.ensure_future(spawner._install_packages(plan, python, spawner.workdir))
+        for _ in range(100):
+            if pids_file.exists():
+                break
+            await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_midway())
+    pids = [int(p) for p in pids_file.read_text().split()]
+    time.sleep(0.3)
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_an_overlay_over_the_size_limit_is_refused_and_removed(spawner, tmp_path):
+    spawner.package_overlay_max_bytes = 1024 * 1024
+    python, _ = fake_python(tmp_path, "big")
+    with pytest.raises(SpawnRefused) as err:
+        install(spawner, python)
+    assert str(err.value.jupyterhub_message) == (
+        "The extra packages need more than the 1 MiB this server may use for them; "
+        "ask for fewer or smaller packages.")
+    assert not os.path.lexists(spawner.workdir / OVERLAY)
+
+
+def test_removal_and_measurement_never_follow_links(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "file").write_bytes(b"x" * 50000)
+    base = tmp_path / "work"
+    (base / OVERLAY / "sub").mkdir(parents=True)
+    (base / OVERLAY / "sub" / "escape").symlink_to(outside, target_is_directory=True)
+    (base / OVERLAY / "own").write_bytes(b"y" * 100)
+    assert tree_size(base, OVERLAY) < 50000  # the link's own size, not its target's
+    assert remove_entry(base, OVERLAY)
+    assert not os.path.lexists(base / OVERLAY)
+    assert (outside / "deep" / "file").exists()
+    (base / OVERLAY).symlink_to(outside, target_is_directory=True)
+    assert tree_size(base, OVERLAY) < 50000
+    assert remove_entry(base, OVERLAY) and not os.path.lexists(base / OVERLAY)
+    assert (outside / "deep" / "file").exists()
+
+
+def spawner_with_index(tmp_path, index_url: str) -> DCloudLocalSpawner:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
+        "packages:\n  enabled: true\n", f"packages:\n  enabled: true\n  index_url: {index_url}\n"))
+    cfg = Config()
+    cfg.DCloudLocalSpawner.catalog_path = str(catalog)
+    cfg.DCloudLocalSpawner.server_root = str(tmp_path / "servers")
+    made = DCloudLocalSpawner(user=OfflineUser("guest", []), hub=offline_hub(), config=cfg)
+    made.workdir.mkdir(parents=True)
+    return made
+
+
+def test_real_pip_installs_from_the_catalogs_index(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret-token")
+    reset_hub_state()
+    with serve_index(tmp_path / "index", "127.0.0.1") as index:
+        spawner = spawner_with_index(tmp_path, index.url)
+        overlay = install(spawner, sys.executable, timeout=120)
+    assert (overlay / "dcloud_probe" / "__init__.py").exists()
+    assert not (overlay / ".tmp").exists()
+    reset_hub_state()
+
+
+def test_real_pip_against_an_index_that_never_answers_is_stopped(tmp_path):
+    """A package index that accepts connections and never answers: pip hangs until killed."""
+    reset_hub_state()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        spawner = spawner_with_index(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}/simple/")
+        spawner.package_install_timeout = 2
+        started = time.monotonic()
+        with pytest.raises(SpawnRefused) as err:
+            install(spawner, sys.executable, timeout=60)
+    assert time.monotonic() - started < 20
+    assert "took longer than 2 seconds and was stopped" in str(err.value.jupyterhub_message)
+    assert not os.path.lexists(spawner.workdir / OVERLAY)
+    reset_hub_state()
