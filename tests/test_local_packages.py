@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -232,3 +235,34 @@ def test_real_pip_against_an_index_that_never_answers_is_stopped(tmp_path):
     assert "took longer than 2 seconds and was stopped" in str(err.value.jupyterhub_message)
     assert not os.path.lexists(spawner.workdir / OVERLAY)
     reset_hub_state()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                    reason="running as another account needs root")
+def test_as_system_users_pip_runs_as_the_users_account(tmp_path, monkeypatch):
+    """With run_as_system_users, pip has the server user's uid and gid, never the hub's root."""
+    account = pwd.getpwnam("nobody")
+    place = Path(tempfile.mkdtemp(prefix="dcloud-home-"))  # pytest's tmp_path is root's alone
+    try:
+        place.chmod(0o755)
+        home = place / "home"
+        home.mkdir()
+        os.chown(home, account.pw_uid, account.pw_gid)
+        report = home / "report.json"
+        script = place / "python-as-user"
+        script.write_text(FAKE_PIP.format(python="/usr/bin/python3", report=str(report), mode="install"))
+        script.chmod(0o755)
+        reset_hub_state()
+        cfg = Config()
+        cfg.DCloudLocalSpawner.catalog_path = str(EXAMPLE_CATALOG)
+        cfg.DCloudLocalSpawner.run_as_system_users = True
+        spawner = DCloudLocalSpawner(user=OfflineUser("nobody", []), hub=offline_hub(), config=cfg)
+        monkeypatch.setattr(DCloudLocalSpawner, "workdir", property(lambda self: home))
+        overlay = install(spawner, str(script))
+        seen = json.loads(report.read_text())
+        assert seen["uid"] == account.pw_uid and seen["cwd"] == str(home)
+        assert os.stat(overlay).st_uid == account.pw_uid  # the user's own files, not root's
+        assert seen["env"]["HOME"] == str(home) and seen["env"]["USER"] == "nobody"
+    finally:
+        shutil.rmtree(place)
+        reset_hub_state()
