@@ -39,7 +39,7 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.services = [{{"name": "tests", "api_token": settings["token"]}}]
 c.JupyterHub.load_roles = [{{"name": "tests", "services": ["tests"],
                              "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "tokens",
-                                        "servers", "read:metrics"]}}]
+                                        "servers", "access:servers", "read:metrics"]}}]
 from dcloud_spawner.hub.admin import handlers
 c.JupyterHub.extra_handlers = handlers()
 c.JupyterHub.spawner_class = "dcloud"
