@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
@@ -34,9 +35,17 @@ class AllocationsHandler(BaseHandler):
     # read-only page and JSON: an API token with the scope works as well as the login cookie
     _accept_token_auth = True
 
-    @web.authenticated  # a browser without a login goes to the login page first
-    @needs_scope("read:servers")
     async def get(self, fmt: str = "") -> None:
+        # an API client asking for JSON gets a JSON 403 rather than the login page
+        if fmt == ".json" or self._logged_in():
+            await self._show(fmt)
+
+    @web.authenticated  # a browser without a login goes to the login page first (None)
+    def _logged_in(self) -> bool:
+        return True
+
+    @needs_scope("read:servers")
+    async def _show(self, fmt: str) -> None:
         state = hub_state()
         if state.live is not None:
             await state.live.refresh()
@@ -45,16 +54,20 @@ class AllocationsHandler(BaseHandler):
             raise web.HTTPError(503, "No DCloud spawner has started in this hub yet.")
         current = allocations(catalog, state.ledger.claims,
                               state.live.availability(catalog) if state.live else None)
+        catalog_error = state.catalogs.error(state.catalog_path) if state.catalog_path else None
         if fmt == ".json":
-            payload = asdict(current)
-            if current.availability is not None:
-                payload["availability"] = {k: asdict(v) for k, v in current.availability.items()}
             self.set_header("Content-Type", "application/json")
-            self.write(json.dumps(payload, sort_keys=True))
+            self.write(json.dumps(json_payload(current, catalog_error), sort_keys=True))
             return
-        self.write(await self._page(catalog, current))
+        self.write(await self._page(catalog, current, catalog_error))
 
-    async def _page(self, catalog: Any, current: Allocations) -> str:
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if self.request.path.endswith(".json"):  # errors as JupyterHub's REST API words them
+            APIHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
+        else:
+            super().write_error(status_code, **kwargs)
+
+    async def _page(self, catalog: Any, current: Allocations, catalog_error: str | None) -> str:
         live = current.availability or {}
         scale = max([live[g.id].total for g in catalog.gpu_classes if g.id in live] +
                     [current.by_class.get(g.id, 0) for g in catalog.gpu_classes] + [1])
@@ -83,9 +96,22 @@ class AllocationsHandler(BaseHandler):
         ns = {**self.template_namespace, "xsrf_token": self.xsrf_token.decode("ascii")}
         return await template.render_async(
             **ns, classes=rows, users=readable(current.by_user), groups=readable(current.by_group),
+            catalog_error=catalog_error and CATALOG_WARNING.format(path=hub_state().catalog_path, error=catalog_error),
             unavailable=None if current.availability is not None
             else "Cluster-wide GPU availability is not known to the hub; only DCloud's own servers are counted.",
         )
+
+
+CATALOG_WARNING = "The catalog file {path} is invalid, so the hub still serves its last valid version: {error}"
+
+
+def json_payload(current: Allocations, catalog_error: str | None) -> dict[str, Any]:
+    """The JSON answer: the allocations, and what is wrong with the catalog file if anything."""
+    payload = asdict(current)
+    if current.availability is not None:
+        payload["availability"] = {k: asdict(v) for k, v in current.availability.items()}
+    payload["catalog_error"] = catalog_error
+    return payload
 
 
 def handlers() -> list[tuple[str, type]]:

@@ -13,6 +13,7 @@ A backend reads ``self.dcloud_plan`` in ``start`` and nothing else of the reques
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from jupyterhub.spawner import SpawnException
@@ -56,6 +57,14 @@ class DCloudMixin(LoggingConfigurable):
 
     dcloud_plan: Plan | None = None
     _dcloud_last_valid: dict[str, Any] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # JupyterHub builds a spawner from the options stored in its database: those of the last
+        # accepted start (a refused one puts them back). It overwrites them with a new request's
+        # before apply_user_options, so keep them now: a refusal must not wipe them, even when
+        # this object is new (after a stop, or a hub restart).
+        self._dcloud_last_valid = copy.deepcopy(getattr(self, "user_options", None) or {})
 
     @default("options_form")
     def _dcloud_options_form_default(self) -> Any:
@@ -154,7 +163,7 @@ class DCloudMixin(LoggingConfigurable):
         except Refusal as exc:
             # JupyterHub stored these options before asking us; put back the last good ones
             # so a bad REST call cannot poison the next form or restart.
-            previous = self._dcloud_last_valid or {}
+            previous = copy.deepcopy(self._dcloud_last_valid or {})
             self.user_options = previous
             orm = getattr(self, "orm_spawner", None)
             if orm is not None:
@@ -165,7 +174,7 @@ class DCloudMixin(LoggingConfigurable):
             raise error from None
         self.dcloud_plan = plan
         self.user_options = plan.user_options()
-        self._dcloud_last_valid = self.user_options
+        self._dcloud_last_valid = copy.deepcopy(self.user_options)
 
     # -- quotas -----------------------------------------------------------------------
 
@@ -183,6 +192,12 @@ class DCloudMixin(LoggingConfigurable):
     def dcloud_state(self) -> dict[str, Any]:
         """State to persist while a server runs, so a restarted hub re-counts it."""
         return {"dcloud_options": self.dcloud_plan.user_options()} if self.dcloud_plan else {}
+
+    def clear_state(self) -> None:
+        """JupyterHub's reset after a stop and before a new start: the plan ended with the server
+        (else the state stored after a stop would hold its claim, adopted again when reloaded)."""
+        super().clear_state()  # type: ignore[misc]
+        self.dcloud_plan = None
 
     def load_dcloud_state(self, state: dict[str, Any]) -> None:
         options = state.get("dcloud_options")

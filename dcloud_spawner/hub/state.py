@@ -10,13 +10,16 @@ and dropped with :func:`close_hub_state` (waits for background work to stop) or
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from traitlets.log import get_logger
+
 from ..core.availability import GpuAvailability
-from ..core.catalog import Catalog
+from ..core.catalog import Catalog, CatalogError
 from ..core.quotas import Ledger
 from . import audit
 from .metrics import Metrics
@@ -35,19 +38,51 @@ class LiveData(Protocol):
 
 
 class CatalogCache:
-    """Loads a catalog file once and again only when the file changes (admins edit it live)."""
+    """Loads a catalog file once and again only when the file changes (admins edit it live).
 
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, Catalog]] = {}
+    A file edited into an invalid catalog while the hub runs does not take the hub down:
+    the last valid catalog stays in use, one warning per change of the file says what is
+    wrong, and :meth:`error` tells the admin page. A catalog that was never valid raises.
+    """
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
+        self.log = log or get_logger()  # JupyterHub's own log once the hub runs
+        self._cache: dict[str, tuple[float | None, Catalog]] = {}  # the last valid one per path
+        self._errors: dict[str, tuple[float | None, CatalogError]] = {}  # a broken file, by mtime
 
     def get(self, path: str) -> Catalog:
-        mtime = os.stat(path).st_mtime
+        try:
+            mtime: float | None = os.stat(path).st_mtime
+        except OSError:
+            mtime = None  # gone or unreadable, e.g. mid-way through an editor's save
         cached = self._cache.get(path)
         if cached and cached[0] == mtime:
+            self._fixed(path)  # e.g. the good file copied back with its old time
             return cached[1]
-        catalog = Catalog.from_path(path)
+        broken = self._errors.get(path)
+        if cached and broken and broken[0] == mtime:
+            return cached[1]  # already said so for this version of the file
+        try:
+            catalog = Catalog.from_path(path)
+        except CatalogError as exc:
+            if cached is None:
+                raise  # never valid: nothing good to fall back on
+            self._errors[path] = (mtime, exc)
+            self.log.warning("DCloud catalog %s is invalid; still using the last valid one until it is "
+                             "fixed: %s", path, "; ".join(exc.errors))
+            return cached[1]
         self._cache[path] = (mtime, catalog)
+        self._fixed(path)
         return catalog
+
+    def _fixed(self, path: str) -> None:
+        if self._errors.pop(path, None) is not None:
+            self.log.info("DCloud catalog %s is valid again and in use.", path)
+
+    def error(self, path: str) -> str | None:
+        """What is wrong with the file at ``path`` while an older valid catalog is served."""
+        broken = self._errors.get(path)
+        return "; ".join(broken[1].errors) if broken else None
 
 
 class FormAttempts:

@@ -1,0 +1,307 @@
+"""Faults the hub must survive without a restart (issue 11): a refused request after a stop,
+an unreachable Kubernetes API during a refused start, a catalog edited into invalid YAML,
+and errors of the allocations JSON. JupyterHub's calls are replayed in its own order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+from jinja2 import DictLoader, Environment
+from jupyterhub.scopes import parse_scopes
+from kubespawner import KubeSpawner
+from tornado import web
+from tornado.concurrent import Future
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+from traitlets.config import Config
+
+from dcloud_spawner.core.catalog import CatalogError
+from dcloud_spawner.hub.admin import AllocationsHandler
+from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+from dcloud_spawner.hub.state import hub_state
+from dcloud_spawner.kube import DCloudSpawner
+from tests.conftest import EXAMPLE_CATALOG
+
+pytestmark = pytest.mark.usefixtures("offline_kubeconfig")  # KubeSpawner's API: https://127.0.0.1:9
+
+GOOD = {"environment": "tensorflow", "gpu": {"type": "a100", "count": 2}}
+BAD = {"environment": "pytorch", "image": "evil"}
+TENSORFLOW_SELECTED = 'value="tensorflow" data-gpu="yes"\n              selected'
+
+
+@pytest.fixture(autouse=True)
+def _own_reflectors(monkeypatch):
+    """KubeSpawner keeps its pod reflectors on the class; a failed one left by another test
+    would answer polls without asking the API."""
+    monkeypatch.setattr(DCloudSpawner, "reflectors", {})
+
+
+class OrmSpawner:
+    """The columns of JupyterHub's orm.Spawner that outlive the Spawner objects."""
+
+    def __init__(self) -> None:
+        self.user_options: dict | None = None
+        self.state: dict | None = None
+        self.server = None
+        self.name = ""
+
+
+def spawner_from_db(orm: OrmSpawner, groups=("researchers",), catalog=EXAMPLE_CATALOG) -> DCloudSpawner:
+    """A new Spawner object, built the way JupyterHub's User._new_spawner builds one."""
+    cfg = Config()
+    cfg.DCloudSpawner.catalog_path = str(catalog)
+    cfg.DCloudSpawner.show_availability = False
+    spawner = DCloudSpawner(user=OfflineUser("alice", groups), hub=offline_hub(), config=cfg,
+                            orm_spawner=orm, user_options=orm.user_options or {})
+    spawner.load_state(orm.state or {})
+    return spawner
+
+
+async def rest_start(spawner: DCloudSpawner, orm: OrmSpawner, options: dict) -> None:
+    """User.spawn up to apply_user_options: store the request's options, clear the state, apply."""
+    orm.user_options = options
+    spawner.user_options = options
+    spawner.clear_state()
+    await spawner._run_apply_user_options(options)
+
+
+async def hub_stop(spawner: DCloudSpawner, orm: OrmSpawner) -> None:
+    """User.stop: poll, stop if running, then clear the state and store what is left of it."""
+    if await spawner.poll() is None:
+        await spawner.stop()
+    spawner.clear_state()
+    orm.state = spawner.get_state()
+
+
+# -- item 6: the last valid options outlive the Spawner object -------------------------------
+
+
+async def test_a_refused_request_after_a_stop_keeps_the_last_valid_options():
+    orm = OrmSpawner()
+    first = spawner_from_db(orm)
+    await rest_start(first, orm, GOOD)
+    await hub_stop(first, orm)
+
+    second = spawner_from_db(orm)  # JupyterHub dropped the stopped server's object
+    with pytest.raises(web.HTTPError) as err:
+        await rest_start(second, orm, BAD)
+    assert err.value.status_code == 400
+    assert orm.user_options == second.user_options
+    assert orm.user_options["environment"] == "tensorflow"
+    assert TENSORFLOW_SELECTED in await second.get_options_form()
+    assert TENSORFLOW_SELECTED in await spawner_from_db(orm).get_options_form()  # after a hub restart
+
+
+async def test_a_stopped_server_leaves_no_claim_in_its_stored_state():
+    orm = OrmSpawner()
+    running = spawner_from_db(orm)
+    await rest_start(running, orm, GOOD)
+    running.pod_id = "uid-1"  # as KubeSpawner's start sets it
+    assert running.get_state()["dcloud_options"]["environment"] == "tensorflow"
+    running.clear_state()  # the end of User.stop
+    orm.state = running.get_state()
+    assert "dcloud_options" not in orm.state
+    hub_state().ledger.release("alice", "")
+    spawner_from_db(orm)  # a stopped server's spawner built again (home page, hub restart)
+    assert hub_state().ledger.claims == []
+
+
+# -- item 9: a 400 stays a 400 while the Kubernetes API is unreachable ----------------------
+
+
+async def test_invalid_options_are_cleaned_up_without_the_kubernetes_api():
+    orm = OrmSpawner()
+    spawner = spawner_from_db(orm)
+    with pytest.raises(web.HTTPError) as err:
+        await rest_start(spawner, orm, BAD)
+    assert err.value.status_code == 400
+    # JupyterHub's cleanup after the failed start (User.stop): nothing may raise or wait
+    assert await asyncio.wait_for(spawner.poll(), 2) == 0
+    await asyncio.wait_for(spawner.stop(), 2)
+
+
+async def test_a_claim_made_before_a_failed_start_is_released_without_the_api():
+    orm = OrmSpawner()
+    spawner = spawner_from_db(orm)
+    await rest_start(spawner, orm, GOOD)  # claimed; then e.g. the pre-spawn hook fails
+    assert len(hub_state().ledger.claims) == 1
+    assert await asyncio.wait_for(spawner.poll(), 2) == 0
+    assert hub_state().ledger.claims == []
+
+
+async def test_a_spawner_that_may_have_a_pod_still_asks_the_api(monkeypatch):
+    asked = []
+
+    async def kubespawner_poll(self):
+        asked.append(self.pod_name)
+        return None
+
+    monkeypatch.setattr(KubeSpawner, "poll", kubespawner_poll)
+    restarted = spawner_from_db(OrmSpawner())  # built from the database: its pod may be running
+    assert await restarted.poll() is None and asked == ["jupyter-alice"]
+    orm = OrmSpawner()
+    starting = spawner_from_db(orm)
+    await rest_start(starting, orm, GOOD)
+    starting._dcloud_may_have_pod = True  # what start() sets before asking for the pod
+    assert await starting.poll() is None and len(asked) == 2
+
+
+# -- the catalog edited into invalid YAML while the hub runs ---------------------------------
+
+
+def edit(path, text: str) -> None:
+    """Write the catalog as an admin's editor would, with a newer modification time."""
+    stamp = os.stat(path).st_mtime if path.exists() else 0
+    path.write_text(text)
+    os.utime(path, (stamp + 10, stamp + 10))
+
+
+JULIA = """environments:
+  - id: julia
+    display_name: Julia
+    description: Julia 1.11 and JupyterLab.
+    image:
+      cpu: quay.io/jupyter/julia-notebook:2025-07-07
+"""
+
+
+async def test_a_catalog_broken_while_the_hub_runs_keeps_the_last_valid_one(tmp_path, caplog):
+    path = tmp_path / "catalog.yaml"
+    good = EXAMPLE_CATALOG.read_text()
+    edit(path, good)
+    spawner = spawner_from_db(OrmSpawner(), catalog=path)
+    assert 'value="tensorflow"' in await spawner.get_options_form()
+
+    edit(path, good.replace("environments:\n", "environments:\n  - id: [unclosed\n", 1))
+    with caplog.at_level(logging.WARNING):
+        html = await spawner.get_options_form()
+        assert 'value="tensorflow"' in html  # users are unaffected
+        assert spawner.validate_options(GOOD).gpu.id == "a100"
+        await spawner.get_options_form()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # once per change of the file, not per request
+    assert str(path) in warnings[0] and "not valid YAML (line 6)" in warnings[0]  # where the parser stopped
+    problem = hub_state().catalogs.error(str(path))
+    assert problem is not None and "not valid YAML (line 6)" in problem
+
+    edit(path, good.replace("environments:\n", JULIA, 1))  # fixed, with a new choice
+    assert 'value="julia"' in await spawner.get_options_form()
+    assert hub_state().catalogs.error(str(path)) is None
+
+
+async def test_a_catalog_never_valid_stays_an_error(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    edit(path, "environments: [unclosed\n")
+    spawner = spawner_from_db(OrmSpawner(), catalog=path)
+    with pytest.raises(CatalogError):
+        await spawner.get_options_form()
+
+
+async def test_a_catalog_removed_mid_save_keeps_the_last_valid_one(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    edit(path, EXAMPLE_CATALOG.read_text())
+    spawner = spawner_from_db(OrmSpawner(), catalog=path)
+    spawner.catalog  # noqa: B018 - loaded once
+    path.unlink()
+    assert spawner.catalog.environment("scipy") is not None
+    assert "cannot read the catalog" in hub_state().catalogs.error(str(path))
+
+
+# -- the allocations page and its JSON -------------------------------------------------------
+
+
+class Connection:
+    """Collects what a tornado handler sends."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: HTTPHeaders | None = None
+        self.body = b""
+
+    def set_close_callback(self, callback) -> None:
+        pass
+
+    def _done(self) -> Future:
+        future: Future = Future()
+        future.set_result(None)
+        return future
+
+    def write_headers(self, start_line, headers, chunk=None) -> Future:
+        self.status, self.headers = start_line.code, headers
+        self.body += chunk or b""
+        return self._done()
+
+    def write(self, chunk) -> Future:
+        self.body += chunk
+        return self._done()
+
+    def finish(self) -> None:
+        pass
+
+
+class PageHandler(AllocationsHandler):
+    template_namespace: dict = {}  # JupyterHub's page variables; its page.html is a stub here
+
+
+async def allocations(path: str, scopes: set[str] | None) -> Connection:
+    """GET ``path`` from the allocations handler as a user holding ``scopes`` (None: no login)."""
+    connection = Connection()
+    request = HTTPServerRequest(start_line=RequestStartLine("GET", path, "HTTP/1.1"),
+                                headers=HTTPHeaders({"Host": "hub"}), connection=connection)
+    jinja = Environment(loader=DictLoader({"page.html": "{% block main %}{% endblock %}"}), enable_async=True)
+    app = web.Application(hub=offline_hub(), login_url="/hub/login", db=SimpleNamespace(dirty=False),
+                          jinja2_env=jinja, cookie_secret="test")
+    handler = PageHandler(app, request)
+    handler._transforms = []
+    handler._jupyterhub_user = None if scopes is None else SimpleNamespace(name="admin")
+    handler.expanded_scopes = scopes or set()
+    handler.parsed_scopes = parse_scopes(scopes or set())
+    try:
+        await handler.get(".json" if path.endswith(".json") else "")
+    except web.HTTPError as exc:
+        handler.send_error(exc.status_code, exc_info=sys.exc_info())
+    else:
+        if not handler._finished:
+            handler.finish()
+    return connection
+
+
+async def test_allocations_json_answers_errors_as_json():
+    answer = await allocations("/hub/dcloud/allocations.json", None)
+    assert answer.status == 403 and answer.headers["Content-Type"] == "application/json"
+    assert json.loads(answer.body) == {"status": 403, "message": "Missing or invalid credentials."}
+
+    answer = await allocations("/hub/dcloud/allocations.json", {"read:users"})
+    assert answer.status == 403
+    assert "read:servers" in json.loads(answer.body)["message"]
+
+    answer = await allocations("/hub/dcloud/allocations.json", {"read:servers"})
+    assert answer.status == 503
+    assert json.loads(answer.body) == {"status": 503, "message": "No DCloud spawner has started in this hub yet."}
+
+    answer = await allocations("/hub/dcloud/allocations", None)  # a browser: the login page first
+    assert answer.status == 302 and answer.headers["Location"].startswith("/hub/login")
+
+
+async def test_allocations_say_what_is_wrong_with_the_catalog(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    edit(path, EXAMPLE_CATALOG.read_text())
+    spawner_from_db(OrmSpawner(), catalog=path).catalog  # noqa: B018 - a spawner has started
+    answer = await allocations("/hub/dcloud/allocations.json", {"read:servers"})
+    assert answer.status == 200 and json.loads(answer.body)["catalog_error"] is None
+
+    edit(path, "environments: [unclosed\n")
+    answer = await allocations("/hub/dcloud/allocations.json", {"read:servers"})
+    assert answer.status == 200
+    payload = json.loads(answer.body)
+    assert "not valid YAML (line 2)" in payload["catalog_error"]
+    assert set(payload["by_class"]) == {"a100", "t4", "a100-mig-1g"}  # the last valid catalog's
+    answer = await allocations("/hub/dcloud/allocations", {"read:servers"})
+    assert answer.status == 200
+    assert b'id="dcloud-catalog-error"' in answer.body and b"last valid version" in answer.body
+    assert str(path).encode() in answer.body
