@@ -208,6 +208,7 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
 
     page = json.loads(body)
     assert page["by_class"]["t4"] == 4 and page["by_group"]["students"]["gpus"] == 4
+    assert page["catalog_error"] is None
     assert sorted(s["user"] for s in page["servers"]) == sorted(
         f"stu{i:02d}" for i, r in enumerate(results) if r[0] in (201, 202))
     status, html = get(quota_hub, "/hub/dcloud/allocations", admin)
@@ -223,5 +224,6 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
     # for all servers may read it, an admin's token without that scope may not
     status, body = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:servers"]))
     assert status == 200 and json.loads(body)["by_class"]["t4"] == 4
-    status, _ = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:users"]))
-    assert status == 403
+    status, body = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:users"]))
+    assert status == 403  # as JSON, like JupyterHub's REST API (issue 11 item 9)
+    assert json.loads(body)["status"] == 403 and "read:servers" in json.loads(body)["message"]
