@@ -29,6 +29,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the hub binds: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _proxy_still_running(state: Path) -> bool:
+    """The previous hub's proxy outlived it; the new hub stops it before taking its port."""
+    try:
+        os.kill(int((state / "proxy.pid").read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def internal_ports(state: Path) -> dict[str, int]:
+    """The hub API and proxy API ports, the same at every start on the same state directory.
+
+    Servers that outlive a hub (a crash, a restart) keep calling the hub API at the address
+    they were started with, so a new hub must listen there again. Ports are chosen once,
+    kept in ``ports.json``, and chosen anew only when another program took them meanwhile.
+    """
+    record = state / "ports.json"
+    try:
+        kept = {k: int(v) for k, v in json.loads(record.read_text()).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        kept = {}
+    proxy_alive = _proxy_still_running(state)
+    ports = {}
+    for name in ("hub", "proxy_api"):
+        port = kept.get(name, 0)
+        reusable = 0 < port < 65536 and (_port_is_free(port) or (name == "proxy_api" and proxy_alive))
+        ports[name] = port if reusable else _free_port()
+    if ports != kept:
+        record.write_text(json.dumps(ports) + "\n")
+    return ports
+
+
 def _proxy_command() -> list[str]:
     """Node's configurable-http-proxy where installed, else the pip-installed Python one
     (through demo_proxy, which makes it stream the spawn-progress events)."""
@@ -64,6 +106,7 @@ def demo_settings(port: int, password: str, catalog_path: Path, state: Path,
                   simulated_gpus: list[str] | None = None) -> dict[str, Any]:
     """Everything the demo's jupyterhub_config.py applies, as plain data."""
     catalog = Catalog.from_path(catalog_path)
+    ports = internal_ports(state)
     return {
         "local_gpus": [
             {"index": i, "uuid": f"GPU-simulated-{i}", "name": name}
@@ -75,8 +118,8 @@ def demo_settings(port: int, password: str, catalog_path: Path, state: Path,
         "password": password,
         "catalog": str(catalog_path),
         "state": str(state),
-        "hub_port": _free_port(),
-        "proxy_api_port": _free_port(),
+        "hub_port": ports["hub"],
+        "proxy_api_port": ports["proxy_api"],
         "proxy_command": _proxy_command(),
         "dataset_paths": sample_datasets(state, catalog),
         "users": USERS,
@@ -123,6 +166,7 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
                        "read:users", "servers", "access:servers"],
             "services": ["dcloud-automation"],
         }]
+    c.DCloudLocalSpawner.package_install_timeout = 100  # below start_timeout: pip's refusal comes first
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 90
 
