@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import sys
@@ -26,6 +27,7 @@ from dcloud_spawner.hub.state import reset_hub_state
 from dcloud_spawner.local import DCloudLocalSpawner
 from dcloud_spawner.local.paths import OVERLAY, remove_entry, tree_size
 from tests.conftest import EXAMPLE_CATALOG
+from tests.hub import free_port, launch_hub, stop_demo_hub
 from tests.package_index import serve_index
 
 FAKE_PIP = """#!{python}
@@ -266,3 +268,53 @@ def test_as_system_users_pip_runs_as_the_users_account(tmp_path, monkeypatch):
     finally:
         shutil.rmtree(place)
         reset_hub_state()
+
+
+def pip_processes(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
+    """Through a real hub: DELETE while pip waits on an index that never answers."""
+    state = tmp_path / "demo"
+    pids: list[int] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
+            "packages:\n  enabled: true\n",
+            f"packages:\n  enabled: true\n  index_url: http://127.0.0.1:{silent.getsockname()[1]}/simple/\n"))
+        token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
+        env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
+        argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port),
+                f"--password={password}", "--catalog", str(catalog)]
+        hub = launch_hub(argv, state, env, token, password, port)
+        try:
+            status, _ = hub.api("POST", "/users/guest/servers/p",
+                                {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}})
+            assert status in (201, 202)
+            overlay = str(state / "servers" / "guest" / "p" / OVERLAY)
+            deadline = time.monotonic() + 30
+            while not (pids := pip_processes(overlay)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert pids, hub.log_tail()
+            hub.stop_server("guest", "p")
+            deadline = time.monotonic() + 10
+            while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not any(alive(pid) for pid in pids)
+            assert not os.path.lexists(overlay)
+        finally:
+            stop_demo_hub(hub)
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, 9)
