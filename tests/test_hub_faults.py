@@ -151,6 +151,40 @@ async def test_a_spawner_that_may_have_a_pod_still_asks_the_api(monkeypatch):
     assert await starting.poll() is None and len(asked) == 2
 
 
+def test_a_real_hub_answers_400_while_the_api_server_hangs(tmp_path):
+    """JupyterHub's cleanup after the refused start used to wait on the API (a pod list that
+    never answers), so the client got the proxy's 503 after 20 s, then "pending stop"."""
+    import socket
+    import time
+
+    import yaml
+
+    from tests.hub import stop_demo_hub
+    from tests.kube_hub import start_kube_hub
+
+    with socket.socket() as sink:  # accepts connections, never answers: an API server that hangs
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(64)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "hanging",
+            "clusters": [{"name": "hanging", "cluster": {"server": f"https://127.0.0.1:{sink.getsockname()[1]}"}}],
+            "users": [{"name": "hanging", "user": {"token": "none"}}],
+            "contexts": [{"name": "hanging", "context": {"cluster": "hanging", "user": "hanging"}}],
+        }))
+        cluster = SimpleNamespace(namespace="default", hub_kubeconfig=str(kubeconfig))
+        hub = start_kube_hub(tmp_path / "hub", cluster)
+        try:
+            for _ in range(2):
+                began = time.monotonic()
+                status, body = hub.api("POST", "/users/student/server", {"user_options": BAD})
+                assert status == 400, (status, str(body)[-300:])
+                assert body["message"].startswith("Unknown field 'image'")
+                assert time.monotonic() - began < 5
+        finally:
+            stop_demo_hub(hub)
+
+
 # -- the catalog edited into invalid YAML while the hub runs ---------------------------------
 
 
