@@ -24,7 +24,7 @@ from traitlets.config import Config
 from dcloud_spawner.hub.mixin import SpawnRefused
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import reset_hub_state
-from dcloud_spawner.local import DCloudLocalSpawner
+from dcloud_spawner.local import DCloudLocalSpawner, limits
 from dcloud_spawner.local.paths import OVERLAY, remove_entry, tree_size
 from tests.conftest import EXAMPLE_CATALOG
 from tests.hub import free_port, launch_hub, stop_demo_hub
@@ -318,3 +318,19 @@ def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
             for pid in pids:
                 if alive(pid):
                     os.kill(pid, 9)
+
+
+def test_pip_runs_under_the_servers_cpu_and_memory_limits(spawner, tmp_path):
+    """Where the limiter enforces limits (here a stand-in cgroup v2 tree), pip joins a group
+    with the server's own CPU and memory limits before it starts."""
+    groups = tmp_path / "cgroup"
+    groups.mkdir()
+    spawner.machine._limiter = limits.Limiter("cgroup2", "stand-in", groups)
+    python, _ = fake_python(tmp_path, "install")
+    plan = spawner.validate_options({"environment": "scipy", "cpu": 2, "memory": "3Gi",
+                                     "packages": ["dcloud-probe"]})
+    asyncio.run(spawner._install_packages(plan, python, spawner.workdir))
+    group = groups / spawner.limiter.unit_name(f"{spawner.owner_key}/packages")
+    assert (group / "cpu.max").read_text() == "200000 100000\n"
+    assert (group / "memory.max").read_text() == f"{3 * 1024**3}\n"
+    assert (group / "cgroup.procs").read_text() == "0\n"  # pip's process joined it before exec

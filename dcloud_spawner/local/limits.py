@@ -62,6 +62,17 @@ class Limiter:
 
         return join
 
+    def kill(self, owner: str) -> None:
+        """With cgroup v2: kill every process of the owner's group, even one that left its
+        process group (``setsid``). Elsewhere the process group is all there is to kill."""
+        if self.mode == "cgroup2" and self.base is not None:
+            kill = self.base / self.unit_name(owner) / "cgroup.kill"  # Linux 5.14+
+            if kill.exists():
+                try:
+                    kill.write_text("1\n")
+                except OSError:
+                    pass
+
     def cleanup(self, owner: str) -> None:
         if self.mode == "cgroup2" and self.base is not None:
             try:

@@ -416,6 +416,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             paths.remove_entry(workdir, paths.OVERLAY)
             raise
         finally:
+            self.limiter.kill(owner)
             self.limiter.cleanup(owner)
         if refusal is None and proc.returncode != 0:
             refusal = Refusal(plan.install_failure(output.decode(errors="replace")), field="packages",
