@@ -334,3 +334,19 @@ def test_pip_runs_under_the_servers_cpu_and_memory_limits(spawner, tmp_path):
     assert (group / "cpu.max").read_text() == "200000 100000\n"
     assert (group / "memory.max").read_text() == f"{3 * 1024**3}\n"
     assert (group / "cgroup.procs").read_text() == "0\n"  # pip's process joined it before exec
+
+
+def test_a_datasets_folder_of_the_users_own_is_refused_not_deleted(spawner, tmp_path):
+    store = tmp_path / "store" / "coco"
+    store.mkdir(parents=True)
+    spawner.dataset_paths = {"coco": str(store)}
+    mine = spawner.workdir / "datasets" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "thesis.txt").write_text("mine")
+    plan = spawner.validate_options({"environment": "scipy", "datasets": ["coco"]})
+    with pytest.raises(SpawnRefused) as err:
+        asyncio.run(spawner._link_datasets(plan, spawner.workdir))
+    assert str(err.value.jupyterhub_message) == (
+        "The datasets folder in your working directory holds files of your own or changed while the "
+        "server started; move it away and start again.")
+    assert (mine / "thesis.txt").read_text() == "mine"
