@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from types import SimpleNamespace
 
@@ -95,6 +96,30 @@ async def test_a_refused_request_after_a_stop_keeps_the_last_valid_options():
     assert orm.user_options["environment"] == "tensorflow"
     assert TENSORFLOW_SELECTED in await second.get_options_form()
     assert TENSORFLOW_SELECTED in await spawner_from_db(orm).get_options_form()  # after a hub restart
+
+
+async def test_the_local_backend_keeps_them_too():
+    from dcloud_spawner.local import DCloudLocalSpawner
+
+    def local_from_db(orm: OrmSpawner) -> DCloudLocalSpawner:
+        cfg = Config()
+        cfg.DCloudLocalSpawner.catalog_path = str(EXAMPLE_CATALOG)
+        cfg.DCloudLocalSpawner.local_gpus = []
+        spawner = DCloudLocalSpawner(user=OfflineUser("alice", ["students"]), hub=offline_hub(), config=cfg,
+                                     orm_spawner=orm, user_options=orm.user_options or {})
+        spawner.load_state(orm.state or {})
+        return spawner
+
+    orm = OrmSpawner()
+    first = local_from_db(orm)
+    await rest_start(first, orm, {"environment": "scipy", "cpu": 3})
+    first.clear_state()
+    orm.state = first.get_state()
+    second = local_from_db(orm)
+    with pytest.raises(web.HTTPError):
+        await rest_start(second, orm, BAD)
+    assert orm.user_options == {"environment": "scipy", "cpu": 3}  # as stored before the refused request
+    assert re.search(r'value="scipy"[^>]*selected', await local_from_db(orm).get_options_form())
 
 
 async def test_a_stopped_server_leaves_no_claim_in_its_stored_state():
