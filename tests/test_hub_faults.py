@@ -253,6 +253,55 @@ async def test_a_catalog_broken_while_the_hub_runs_keeps_the_last_valid_one(tmp_
     assert hub_state().catalogs.error(str(path)) is None
 
 
+def test_a_real_hub_keeps_serving_the_last_valid_catalog(tmp_path):
+    import urllib.request
+
+    from tests.hub import stop_demo_hub
+    from tests.kube_hub import start_kube_hub
+
+    path = tmp_path / "catalog.yaml"
+    edit(path, EXAMPLE_CATALOG.read_text())
+    cluster = SimpleNamespace(namespace="default", hub_kubeconfig=offline_kubeconfig_file(tmp_path))
+    hub = start_kube_hub(tmp_path / "hub", cluster, catalog=path)
+
+    def admin_json() -> dict:
+        request = urllib.request.Request(f"{hub.url}/hub/dcloud/allocations.json",
+                                         headers={"Authorization": f"token {hub.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    try:
+        status, body = hub.api("POST", "/users/student/server", {"user_options": {"environment": "nope"}})
+        assert status == 400 and "you can use: pytorch, tensorflow, scipy" in body["message"]
+        edit(path, "environments: [unclosed\n")
+        for _ in range(2):
+            status, body = hub.api("POST", "/users/student/server", {"user_options": {"environment": "nope"}})
+            assert status == 400 and "you can use: pytorch, tensorflow, scipy" in body["message"], body
+        assert "not valid YAML (line 2)" in admin_json()["catalog_error"]
+        log = (tmp_path / "hub" / "hub.log").read_text()
+        assert log.count("is invalid; still using the last valid one") == 1, log[-3000:]
+        edit(path, EXAMPLE_CATALOG.read_text().replace("environments:\n", JULIA, 1))
+        status, body = hub.api("POST", "/users/student/server", {"user_options": {"environment": "nope"}})
+        assert status == 400 and "julia" in body["message"], body
+        assert admin_json()["catalog_error"] is None
+    finally:
+        stop_demo_hub(hub)
+
+
+def offline_kubeconfig_file(folder) -> str:
+    """A kubeconfig whose API server refuses connections (the tests here never need one)."""
+    import yaml
+
+    path = folder / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "offline",
+        "clusters": [{"name": "offline", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "offline", "user": {"token": "none"}}],
+        "contexts": [{"name": "offline", "context": {"cluster": "offline", "user": "offline"}}],
+    }))
+    return str(path)
+
+
 async def test_a_catalog_never_valid_stays_an_error(tmp_path):
     path = tmp_path / "catalog.yaml"
     edit(path, "environments: [unclosed\n")
