@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -98,6 +99,30 @@ async def test_a_refused_request_after_a_stop_keeps_the_last_valid_options():
     assert TENSORFLOW_SELECTED in await spawner_from_db(orm).get_options_form()  # after a hub restart
 
 
+def test_a_real_hub_keeps_the_options_through_a_refused_request(tmp_path):
+    from tests.hub import stop_demo_hub
+    from tests.kube_hub import start_kube_hub
+
+    cluster = SimpleNamespace(namespace="default", hub_kubeconfig=offline_kubeconfig_file(tmp_path))
+    hub = start_kube_hub(tmp_path / "hub", cluster)
+
+    def stored() -> dict:
+        _, model = hub.api("GET", "/users/student?include_stopped_servers=1")
+        return model["servers"][""]["user_options"]
+
+    try:
+        hub.api("POST", "/users/student/server", {"user_options": {"environment": "scipy", "cpu": 3}})
+        deadline = time.monotonic() + 30  # the start fails (no cluster); the server is stopped
+        while hub.api("GET", "/users/student")[1]["pending"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stored()["environment"] == "scipy"
+        status, _ = hub.api("POST", "/users/student/server", {"user_options": BAD})  # a new Spawner object
+        assert status == 400
+        assert stored() == {"environment": "scipy", "cpu": 3}
+    finally:
+        stop_demo_hub(hub)
+
+
 async def test_the_local_backend_keeps_them_too():
     from dcloud_spawner.local import DCloudLocalSpawner
 
@@ -180,7 +205,6 @@ def test_a_real_hub_answers_400_while_the_api_server_hangs(tmp_path):
     """JupyterHub's cleanup after the refused start used to wait on the API (a pod list that
     never answers), so the client got the proxy's 503 after 20 s, then "pending stop"."""
     import socket
-    import time
 
     import yaml
 
