@@ -12,6 +12,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -350,3 +351,49 @@ def test_a_datasets_folder_of_the_users_own_is_refused_not_deleted(spawner, tmp_
         "The datasets folder in your working directory holds files of your own or changed while the "
         "server started; move it away and start again.")
     assert (mine / "thesis.txt").read_text() == "mine"
+
+
+def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started_server(tmp_path):
+    """SIGKILL of the hub while pip waits on an index that never answers: the kernel ends pip
+    with the hub (nobody else would), and the restarted hub shows the server as not started."""
+    state = tmp_path / "demo"
+    pids: list[int] = []
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
+            "packages:\n  enabled: true\n",
+            f"packages:\n  enabled: true\n  index_url: http://127.0.0.1:{silent.getsockname()[1]}/simple/\n"))
+        token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
+        env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
+        argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port),
+                f"--password={password}", "--catalog", str(catalog)]
+        hub = launch_hub(argv, state, env, token, password, port)
+        try:
+            status, _ = hub.api("POST", "/users/guest/servers/p",
+                                {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}})
+            assert status in (201, 202)
+            overlay = str(state / "servers" / "guest" / "p" / OVERLAY)
+            deadline = time.monotonic() + 30
+            while not (pids := pip_processes(overlay)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert pids, hub.log_tail()
+            os.kill(hub.process.pid, signal.SIGKILL)  # a crash: the hub's own process only
+            hub.process.wait()
+            deadline = time.monotonic() + 10
+            while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not any(alive(pid) for pid in pids), "pip outlived the hub"
+            hub = launch_hub(argv, state, env, token, password, port)
+            _, model = hub.api("GET", "/users/guest")
+            assert "p" not in model["servers"]  # not left half-way: it may simply be started again
+            status, _ = hub.api("POST", "/users/guest/servers/p", {"user_options": {"environment": "scipy"}})
+            assert status in (201, 202)
+            hub.wait_ready("guest", "p")
+            hub.stop_server("guest", "p")
+        finally:
+            stop_demo_hub(hub)
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, 9)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import sys
@@ -174,16 +176,26 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     def make_preexec_fn(self, name: str) -> Any:
         return self._preexec_as_user(self._join_limits)
 
-    def _preexec_as_user(self, join: Callable[[], None] | None) -> Callable[[], None]:
-        """A pre-exec step: join the limits' group, become the server's user, enter its workdir."""
+    def _preexec_as_user(self, join: Callable[[], None] | None, *,
+                         die_with_hub: bool = False) -> Callable[[], None]:
+        """A pre-exec step: join the limits' group, become the server's user, enter its workdir.
+
+        ``die_with_hub``: the kernel kills the process when the hub dies, for work that only
+        the hub can finish or clean up (a package install); servers outlive a hub restart.
+        """
         workdir = str(self.workdir)
         setuid = super().make_preexec_fn(self.user.name) if self.run_as_system_users else None
+        hub_pid = os.getpid()
 
         def preexec() -> None:
             if join is not None:
                 join()  # before setuid: joining a cgroup needs the hub's rights
             if setuid is not None:
                 setuid()
+            if die_with_hub:  # after setuid, which resets the parent-death signal
+                _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != hub_pid:  # the hub died before the signal was armed
+                    os._exit(1)
             os.chdir(workdir)
 
         return preexec
@@ -376,7 +388,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=self._package_env(),
-            preexec_fn=self._preexec_as_user(join), start_new_session=True,  # its own process group
+            preexec_fn=self._preexec_as_user(join, die_with_hub=True),
+            start_new_session=True,  # its own process group
         )
         output = bytearray()
 
@@ -433,6 +446,14 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         size = paths.format_bytes(self.package_overlay_max_bytes)
         return Refusal(f"The extra packages need more than the {size} this server may use for them; "
                        "ask for fewer or smaller packages.", field="packages", reason="packages")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _kill_group(pid: int) -> None:
