@@ -17,6 +17,9 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,7 @@ from dcloud_spawner.hub.state import reset_hub_state
 from dcloud_spawner.local import DCloudLocalSpawner, limits
 from dcloud_spawner.local.paths import OVERLAY, remove_entry, tree_size
 from tests.conftest import EXAMPLE_CATALOG
-from tests.hub import free_port, launch_hub, stop_demo_hub
+from tests.hub import DemoHub, free_port, launch_hub, stop_demo_hub
 from tests.package_index import serve_index
 
 FAKE_PIP = """#!{python}
@@ -283,10 +286,19 @@ def pip_processes(marker: str) -> list[int]:
     return found
 
 
-def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
-    """Through a real hub: DELETE while pip waits on an index that never answers."""
+@dataclass
+class HangingInstall:
+    """A demo hub whose guest server ``p`` is waiting in pip on an index that never answers."""
+
+    hub: DemoHub
+    relaunch: Callable[[], DemoHub]
+    overlay: str
+    pids: list[int]
+
+
+@contextmanager
+def hanging_install(tmp_path: Path) -> Iterator[HangingInstall]:
     state = tmp_path / "demo"
-    pids: list[int] = []
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -298,27 +310,55 @@ def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
         env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
         argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port),
                 f"--password={password}", "--catalog", str(catalog)]
-        hub = launch_hub(argv, state, env, token, password, port)
+        install = HangingInstall(launch_hub(argv, state, env, token, password, port),
+                                 lambda: launch_hub(argv, state, env, token, password, port),
+                                 str(state / "servers" / "guest" / "p" / OVERLAY), [])
         try:
-            status, _ = hub.api("POST", "/users/guest/servers/p",
-                                {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}})
+            status, _ = install.hub.api("POST", "/users/guest/servers/p",
+                                        {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}})
             assert status in (201, 202)
-            overlay = str(state / "servers" / "guest" / "p" / OVERLAY)
             deadline = time.monotonic() + 30
-            while not (pids := pip_processes(overlay)) and time.monotonic() < deadline:
+            while not (found := pip_processes(install.overlay)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert pids, hub.log_tail()
-            hub.stop_server("guest", "p")
-            deadline = time.monotonic() + 10
-            while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not any(alive(pid) for pid in pids)
-            assert not os.path.lexists(overlay)
+            assert found, install.hub.log_tail()
+            install.pids.extend(found)
+            yield install
         finally:
-            stop_demo_hub(hub)
-            for pid in pids:
+            stop_demo_hub(install.hub)
+            for pid in install.pids:
                 if alive(pid):
                     os.kill(pid, 9)
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not any(alive(pid) for pid in pids)
+
+
+def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
+    """Through a real hub: DELETE while pip waits on an index that never answers."""
+    with hanging_install(tmp_path) as install:
+        install.hub.stop_server("guest", "p")
+        assert wait_gone(install.pids)
+        assert not os.path.lexists(install.overlay)
+
+
+def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started_server(tmp_path):
+    """SIGKILL of the hub while pip waits on an index that never answers: the kernel ends pip
+    with the hub (nobody else would), and the restarted hub shows the server as not started."""
+    with hanging_install(tmp_path) as install:
+        os.kill(install.hub.process.pid, signal.SIGKILL)  # a crash: the hub's own process only
+        install.hub.process.wait()
+        assert wait_gone(install.pids), "pip outlived the hub"
+        install.hub = hub = install.relaunch()
+        _, model = hub.api("GET", "/users/guest")
+        assert "p" not in model["servers"]  # not left half-way: it may simply be started again
+        status, _ = hub.api("POST", "/users/guest/servers/p", {"user_options": {"environment": "scipy"}})
+        assert status in (201, 202)
+        hub.wait_ready("guest", "p")
+        hub.stop_server("guest", "p")
 
 
 def test_pip_runs_under_the_servers_cpu_and_memory_limits(spawner, tmp_path):
@@ -351,49 +391,3 @@ def test_a_datasets_folder_of_the_users_own_is_refused_not_deleted(spawner, tmp_
         "The datasets folder in your working directory holds files of your own or changed while the "
         "server started; move it away and start again.")
     assert (mine / "thesis.txt").read_text() == "mine"
-
-
-def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started_server(tmp_path):
-    """SIGKILL of the hub while pip waits on an index that never answers: the kernel ends pip
-    with the hub (nobody else would), and the restarted hub shows the server as not started."""
-    state = tmp_path / "demo"
-    pids: list[int] = []
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        catalog = tmp_path / "catalog.yaml"
-        catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
-            "packages:\n  enabled: true\n",
-            f"packages:\n  enabled: true\n  index_url: http://127.0.0.1:{silent.getsockname()[1]}/simple/\n"))
-        token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
-        env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
-        argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port),
-                f"--password={password}", "--catalog", str(catalog)]
-        hub = launch_hub(argv, state, env, token, password, port)
-        try:
-            status, _ = hub.api("POST", "/users/guest/servers/p",
-                                {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}})
-            assert status in (201, 202)
-            overlay = str(state / "servers" / "guest" / "p" / OVERLAY)
-            deadline = time.monotonic() + 30
-            while not (pids := pip_processes(overlay)) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert pids, hub.log_tail()
-            os.kill(hub.process.pid, signal.SIGKILL)  # a crash: the hub's own process only
-            hub.process.wait()
-            deadline = time.monotonic() + 10
-            while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not any(alive(pid) for pid in pids), "pip outlived the hub"
-            hub = launch_hub(argv, state, env, token, password, port)
-            _, model = hub.api("GET", "/users/guest")
-            assert "p" not in model["servers"]  # not left half-way: it may simply be started again
-            status, _ = hub.api("POST", "/users/guest/servers/p", {"user_options": {"environment": "scipy"}})
-            assert status in (201, 202)
-            hub.wait_ready("guest", "p")
-            hub.stop_server("guest", "p")
-        finally:
-            stop_demo_hub(hub)
-            for pid in pids:
-                if alive(pid):
-                    os.kill(pid, 9)
