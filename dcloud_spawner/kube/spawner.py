@@ -8,7 +8,8 @@ Contract, in JupyterHub's order of calls:
    traits from the plan; meanwhile scheduler events are watched, and a pod the scheduler
    cannot place ends the spawn with the reason in the user's terms (``start`` is
    KubeSpawner's public entry; its private ``_start`` is left alone); so does a failed
-   package init container, with the package named;
+   package init container, with the package named, and an API server that does not
+   answer, in one sentence;
 4. ``poll``: a notebook container the kernel killed for memory is remembered, and the
    next form says so;
 5. ``stop``: KubeSpawner deletes the pod and what it owns.
