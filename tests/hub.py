@@ -47,6 +47,16 @@ class DemoHub:
             except ValueError:
                 return exc.code, raw.decode(errors="replace")
 
+    def get(self, path: str, token: str | None = None) -> tuple[int, bytes]:
+        """GET a page through the proxy (``/hub/...`` or ``/user/...``) with a token (default: the hub's)."""
+        request = urllib.request.Request(f"{self.url}{path}",
+                                         headers={"Authorization": f"token {token or self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
     def wait_ready(self, user: str, server: str, timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

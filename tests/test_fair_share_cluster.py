@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -170,13 +169,6 @@ def user_token(hub, user: str, scopes: list[str] | None = None) -> str:
     return body["token"]
 
 
-def get(hub, path: str, token: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{hub.url}{path}", headers={"Authorization": f"token {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_cluster, core):
@@ -202,7 +194,7 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
 
     # the admin page and the metrics show the same numbers; non-admins are refused
     admin = user_token(quota_hub, "admin")
-    status, body = get(quota_hub, "/hub/dcloud/allocations.json", admin)
+    status, body = quota_hub.get("/hub/dcloud/allocations.json", admin)
     assert status == 200
     import json
 
@@ -211,19 +203,19 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
     assert page["catalog_error"] is None
     assert sorted(s["user"] for s in page["servers"]) == sorted(
         f"stu{i:02d}" for i, r in enumerate(results) if r[0] in (201, 202))
-    status, html = get(quota_hub, "/hub/dcloud/allocations", admin)
+    status, html = quota_hub.get("/hub/dcloud/allocations", admin)
     assert status == 200 and b"GPU allocations" in html and b"<svg" in html
     assert re.search(rb'data-class="t4"><td>NVIDIA T4 16GB</td><td>4</td>', html)
-    status, metrics = get(quota_hub, "/hub/metrics", admin)
+    status, metrics = quota_hub.get("/hub/metrics", admin)
     assert status == 200
     assert re.search(rb'^dcloud_gpus_allocated\{gpu_class="t4"\} 4\.0$', metrics, re.M), metrics[-2000:]
     assert re.search(rb'^dcloud_spawns_refused_total\{reason="quota"\} 16\.0$', metrics, re.M)
-    status, _ = get(quota_hub, "/hub/dcloud/allocations", user_token(quota_hub, "stu00"))
+    status, _ = quota_hub.get("/hub/dcloud/allocations", user_token(quota_hub, "stu00"))
     assert status == 403
     # the page is guarded by a scope, not by the admin flag: a token holding read:servers
     # for all servers may read it, an admin's token without that scope may not
-    status, body = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:servers"]))
+    status, body = quota_hub.get("/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:servers"]))
     assert status == 200 and json.loads(body)["by_class"]["t4"] == 4
-    status, body = get(quota_hub, "/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:users"]))
+    status, body = quota_hub.get("/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:users"]))
     assert status == 403  # as JSON, like JupyterHub's REST API (issue 11 item 9)
     assert json.loads(body)["status"] == 403 and "read:servers" in json.loads(body)["message"]

@@ -13,8 +13,6 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from dcloud_spawner.demo import internal_ports
@@ -23,13 +21,6 @@ from tests.hub import DemoHub, start_demo_hub, stop_demo_hub
 GPU = {"user_options": {"environment": "pytorch", "gpu": {"type": "t4", "count": 1}, "cpu": 1, "memory": "2Gi"}}
 
 
-def get(hub: DemoHub, path: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{hub.url}{path}", headers={"Authorization": f"token {hub.token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def alive(pid: int) -> bool:
@@ -42,7 +33,7 @@ def alive(pid: int) -> bool:
 
 
 def allocations(hub: DemoHub) -> dict:
-    status, body = get(hub, "/hub/dcloud/allocations.json")
+    status, body = hub.get("/hub/dcloud/allocations.json")
     assert status == 200, body
     return json.loads(body)
 
@@ -59,7 +50,7 @@ def test_servers_survive_a_killed_hub_and_are_counted_once(tmp_path):
         server_pid = model["servers"]["g"]["state"]["pid"]
         started += [server_pid, int((state / "proxy.pid").read_text())]
         pinned = first.server_env("student", "g")["CUDA_VISIBLE_DEVICES"]
-        assert get(first, "/user/student/g/api/status")[0] == 200
+        assert first.get("/user/student/g/api/status")[0] == 200
         assert allocations(first)["by_class"]["t4"] == 1
 
         os.kill(first.process.pid, signal.SIGKILL)  # the hub alone, as a crash would
@@ -70,7 +61,7 @@ def test_servers_survive_a_killed_hub_and_are_counted_once(tmp_path):
         second.wait_ready("student", "g")
         # the server checks the new token with the hub: it must reach the hub where it did
         deadline = time.monotonic() + 30
-        while (status := get(second, "/user/student/g/api/status")[0]) != 200 and time.monotonic() < deadline:
+        while (status := second.get("/user/student/g/api/status")[0]) != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert status == 200, second.log_tail(60)
 
