@@ -69,15 +69,28 @@ def no_stray_processes(tmp_path):
                 pass
 
 
-@pytest.fixture
-def spawner(tmp_path):
-    reset_hub_state()
+def local_spawner(tmp_path: Path, catalog: Path = EXAMPLE_CATALOG) -> DCloudLocalSpawner:
+    """guest's local spawner with its working directory made, under ``tmp_path``."""
     cfg = Config()
-    cfg.DCloudLocalSpawner.catalog_path = str(EXAMPLE_CATALOG)
+    cfg.DCloudLocalSpawner.catalog_path = str(catalog)
     cfg.DCloudLocalSpawner.server_root = str(tmp_path / "servers")
     made = DCloudLocalSpawner(user=OfflineUser("guest", []), hub=offline_hub(), config=cfg)
     made.workdir.mkdir(parents=True)
-    yield made
+    return made
+
+
+def catalog_with_index(tmp_path: Path, index_url: str) -> Path:
+    """The example catalog with ``packages.index_url`` set."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
+        "packages:\n  enabled: true\n", f"packages:\n  enabled: true\n  index_url: {index_url}\n"))
+    return catalog
+
+
+@pytest.fixture
+def spawner(tmp_path):
+    reset_hub_state()
+    yield local_spawner(tmp_path)
     reset_hub_state()
 
 
@@ -204,15 +217,7 @@ def test_removal_and_measurement_never_follow_links(tmp_path):
 
 
 def spawner_with_index(tmp_path, index_url: str) -> DCloudLocalSpawner:
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
-        "packages:\n  enabled: true\n", f"packages:\n  enabled: true\n  index_url: {index_url}\n"))
-    cfg = Config()
-    cfg.DCloudLocalSpawner.catalog_path = str(catalog)
-    cfg.DCloudLocalSpawner.server_root = str(tmp_path / "servers")
-    made = DCloudLocalSpawner(user=OfflineUser("guest", []), hub=offline_hub(), config=cfg)
-    made.workdir.mkdir(parents=True)
-    return made
+    return local_spawner(tmp_path, catalog_with_index(tmp_path, index_url))
 
 
 def test_real_pip_installs_from_the_catalogs_index(tmp_path, monkeypatch):
@@ -302,10 +307,7 @@ def hanging_install(tmp_path: Path) -> Iterator[HangingInstall]:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        catalog = tmp_path / "catalog.yaml"
-        catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
-            "packages:\n  enabled: true\n",
-            f"packages:\n  enabled: true\n  index_url: http://127.0.0.1:{silent.getsockname()[1]}/simple/\n"))
+        catalog = catalog_with_index(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}/simple/")
         token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
         env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
         argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port),
