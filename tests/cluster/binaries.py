@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .layout import BINARIES, BUILD_SCRIPT, NODE_BINARIES, bin_dir, stages_dir
+from .layout import BINARIES, BUILD_SCRIPT, NODE_BINARIES, TOOL_BINARIES, bin_dir, kueue_manifests_dir, stages_dir
 
 
 class BuildFailed(RuntimeError):
@@ -27,6 +27,14 @@ def node_missing() -> list[str]:
     return [name for name in NODE_BINARIES if not os.access(bin_dir() / name, os.X_OK)]
 
 
+def tools_missing() -> list[str]:
+    """Helm, Kueue's manager and Kueue's manifests that are not there yet."""
+    gone = [name for name in TOOL_BINARIES if not os.access(bin_dir() / name, os.X_OK)]
+    if not (kueue_manifests_dir() / "webhook" / "manifests.yaml").is_file():
+        gone.append("kueue/webhook")
+    return gone
+
+
 def ensure(build: bool = True) -> Path:
     """Return the binary directory, running build.sh first when something is missing.
 
@@ -37,10 +45,10 @@ def ensure(build: bool = True) -> Path:
     gone = missing()
     if gone and not build:
         raise FileNotFoundError(f"not built in {bin_dir()}: {', '.join(gone)}")
-    if build and (gone or node_missing()):
+    if build and (gone or node_missing() or tools_missing()):
         # The build writes a lot; keep stdout free for the kubeconfig path `up` prints.
         result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=2, check=False)
-        if result.returncode != 0 or missing() or node_missing():
-            left = missing() + node_missing()
+        if result.returncode != 0 or missing() or node_missing() or tools_missing():
+            left = missing() + node_missing() + tools_missing()
             raise BuildFailed(f"{BUILD_SCRIPT} failed (exit {result.returncode}): {left}")
     return bin_dir()

@@ -2,13 +2,17 @@
 # Builds the binaries the cluster tests run, from Go modules, once.
 # Output: $DCLOUD_K8S_CACHE/<k8s version>/bin/{kube-apiserver,kube-controller-manager,
 #         kube-scheduler,kubectl,etcd,kwok} (control plane and simulated fleet) and
-#         {kubelet,containerd,containerd-shim-runc-v2,ctr} (the real node real-0).
+#         {kubelet,containerd,containerd-shim-runc-v2,ctr} (the real node real-0), helm (the
+#         Zero to JupyterHub chart) and kueue (queueing), with Kueue's CRDs and webhook
+#         manifests in $DCLOUD_K8S_CACHE/<k8s version>/kueue/.
 # Each step is skipped when its binaries exist. Nothing is written inside the repository.
 set -euo pipefail
 
 K8S_VERSION="${DCLOUD_K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${DCLOUD_ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${DCLOUD_KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${DCLOUD_HELM_VERSION:-v3.22.0}"
+KUEUE_VERSION="${DCLOUD_KUEUE_VERSION:-v0.17.0}"
 CONTAINERD_VERSION="${DCLOUD_CONTAINERD_VERSION:-v2.4.2}"
 CACHE="${DCLOUD_K8S_CACHE:-$HOME/.cache/dcloud-k8s}"
 OUT="$CACHE/$K8S_VERSION/bin"
@@ -22,7 +26,8 @@ need() {
 CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 NODE=(kubelet containerd containerd-shim-runc-v2 ctr)
 STAGES_DONE="$OUT/../stages/fast/kustomization.yaml"  # KWOK's stages, copied after kwok
-if ! need "${CONTROL_PLANE[@]}" etcd kwok "${NODE[@]}" && [ -f "$STAGES_DONE" ]; then
+KUEUE_DONE="$OUT/../kueue/webhook/manifests.yaml"  # Kueue's manifests, copied after kueue
+if ! need "${CONTROL_PLANE[@]}" etcd kwok "${NODE[@]}" helm kueue && [ -f "$STAGES_DONE" ] && [ -f "$KUEUE_DONE" ]; then
   echo "cluster binaries already built in $OUT"
   exit 0
 fi
@@ -113,5 +118,25 @@ if need containerd containerd-shim-runc-v2 ctr; then
     -ldflags "-s -w -X $CTRD/version.Version=$CONTAINERD_VERSION" \
     "$CTRD/cmd/containerd@$CONTAINERD_VERSION" "$CTRD/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
     "$CTRD/cmd/ctr@$CONTAINERD_VERSION"
+fi
+# Helm: without the version stamps of Helm's Makefile the binary believes the cluster is
+# Kubernetes v1.20 and refuses charts that need more (Zero to JupyterHub 4.4 needs >=1.28).
+if need helm; then
+  HELM=helm.sh/helm/v3
+  time_it "helm" env GOBIN="$OUT" go install -ldflags "-s -w -X $HELM/internal/version.version=$HELM_VERSION \
+    -X $HELM/pkg/chartutil.k8sVersionMajor=1 -X $HELM/pkg/chartutil.k8sVersionMinor=$MINOR \
+    -X $HELM/pkg/lint/rules.k8sVersionMajor=1 -X $HELM/pkg/lint/rules.k8sVersionMinor=$MINOR" \
+    "$HELM/cmd/helm@$HELM_VERSION"
+fi
+
+# Kueue's manager, and from its module the CRDs and the webhook configurations it serves
+if need kueue || [ ! -f "$KUEUE_DONE" ]; then
+  need kueue && time_it "kueue" env GOBIN="$OUT" go install -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  go mod download "sigs.k8s.io/kueue@$KUEUE_VERSION"
+  KUEUE_SRC=$(go env GOMODCACHE)/sigs.k8s.io/kueue@$KUEUE_VERSION/config/components
+  rm -rf "$OUT/../kueue" && mkdir -p "$OUT/../kueue"
+  cp -r "$KUEUE_SRC/crd/bases" "$OUT/../kueue/crd" && cp -r "$KUEUE_SRC/webhook" "$OUT/../kueue/webhook"
+  [ -d "$KUEUE_SRC/visibility" ] && cp -r "$KUEUE_SRC/visibility" "$OUT/../kueue/visibility"
+  chmod -R u+w "$OUT/../kueue"
 fi
 echo "built into $OUT"

@@ -17,6 +17,9 @@ BINARIES = (
 )
 # The real node's kubelet and container runtime (runc and the CNI plugins come from the OS).
 NODE_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr")
+# Tools the tests drive beside the cluster: Helm (the Zero to JupyterHub chart) and Kueue's
+# manager (queueing); build.sh builds them with the rest.
+TOOL_BINARIES = ("helm", "kueue")
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 
 
@@ -32,6 +35,12 @@ def bin_dir() -> Path:
 def stages_dir() -> Path:
     """KWOK's stage definitions (``kustomize/stage`` of the KWOK module), copied by build.sh."""
     return cache_dir() / K8S_VERSION / "stages"
+
+
+def kueue_manifests_dir() -> Path:
+    """Kueue's CRDs (``crd/``) and webhook configurations (``webhook/``), copied by build.sh
+    from the Kueue module."""
+    return cache_dir() / K8S_VERSION / "kueue"
 
 
 def default_run_dir() -> Path:
