@@ -202,6 +202,88 @@ def test_there_are_dockerfiles():
     assert len(DOCKERFILES) >= 5, [rel(d) for d in DOCKERFILES]
 
 
+# --- The hub image's pinned packages (images/hub/constraints.txt) ----------------------------
+
+HUB_CONSTRAINTS = IMAGES / "hub" / "constraints.txt"
+
+
+def hub_pins() -> dict[str, str]:
+    """Canonical name -> version of every line of the constraints file (each must be name==version)."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in HUB_CONSTRAINTS.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        requirement = Requirement(line)
+        (spec,) = requirement.specifier
+        assert spec.operator == "==" and "*" not in spec.version, f"{line}: not an exact pin"
+        assert canonicalize_name(requirement.name) not in pins, f"{line}: pinned twice"
+        pins[canonicalize_name(requirement.name)] = spec.version
+    return pins
+
+
+def test_hub_image_installs_with_the_constraints():
+    run = [args for name, args in instructions(IMAGES / "hub" / "Dockerfile") if name == "RUN"]
+    assert any("pip install" in args and "--constraint /tmp/dcloud-src/images/hub/constraints.txt" in args
+               for args in run)  # fmt: skip
+    kept = (IMAGES / "hub" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!images/hub/constraints.txt" in kept, "the build context must carry the constraints"
+
+
+def test_hub_constraints_pin_every_package_dcloud_installs():
+    sys.path.insert(0, str(IMAGES / "hub"))
+    try:
+        from lock import closure
+    finally:
+        sys.path.pop(0)
+    needed = closure()
+    pins = hub_pins()
+    assert sorted(set(needed) - set(pins)) == [], "not pinned: run images/hub/lock.py"
+
+
+def test_hub_constraints_are_one_consistent_resolution():
+    """Each pinned package's own requirements are met by the other pins (checked with the
+    metadata of the version installed here, where it is the pinned one)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.markers import default_environment
+    from packaging.utils import canonicalize_name
+
+    pins = hub_pins()
+    problems, checked = [], 0
+    for name, version in pins.items():
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        if dist.version != version:
+            continue
+        checked += 1
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker and not req.marker.evaluate({**default_environment(), "extra": ""}):
+                continue
+            pinned = pins.get(canonicalize_name(req.name))
+            if pinned is not None and not req.specifier.contains(pinned, prereleases=True):
+                problems.append(f"{name}=={version} needs {req}, pinned {pinned}")
+    assert checked >= len(pins) // 2, "the pins are far from the test environment: run images/hub/lock.py"
+    assert problems == []
+
+
+def test_dcloud_s_own_requirements_accept_the_pins():
+    from packaging.utils import canonicalize_name
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = hub_pins()
+    problems = [
+        f"{line}: pinned {pins[canonicalize_name(Requirement(line).name)]}"
+        for line in pyproject["project"]["dependencies"]
+        if not Requirement(line).specifier.contains(pins[canonicalize_name(Requirement(line).name)])
+    ]
+    assert problems == []
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=rel)
 def test_hadolint_passes(dockerfile):
     result = hadolint(dockerfile)
@@ -302,8 +384,8 @@ def test_a_jupyterhub_upgrade_in_the_hub_image_migrates_the_database(built):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     requirements = [Requirement(r) for r in pyproject["project"]["dependencies"]]
     (jupyterhub,) = [r for r in requirements if r.name == "jupyterhub"]
-    dockerfile = (IMAGES / "hub" / "Dockerfile").read_text()
-    assert "--constraint" not in dockerfile, "a constraint would keep the base's JupyterHub"
+    # The image's JupyterHub is the constraints file's pin, which must meet DCloud's requirement.
+    assert jupyterhub.specifier.contains(hub_pins()["jupyterhub"])
     if not jupyterhub.specifier.contains(hub["base_jupyterhub"]):
         values = yaml.safe_load((ROOT / "helm-values" / "values.yaml").read_text())
         assert values["hub"]["db"]["upgrade"] is True

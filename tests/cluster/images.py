@@ -86,6 +86,7 @@ WHEEL_PLATFORM = [
 # wheels and nothing else. The mount must cover a directory the base already has, because
 # buildah leaves the mount points it creates in the image (an empty /etc/pip.conf, say).
 HUB_WHEELS_MOUNT = "/root"
+HUB_CONSTRAINTS = "images/hub/constraints.txt"  # the hub image's pinned packages
 OFFLINE_PIP_CONF = f"[global]\nno-index = true\nfind-links = {HUB_WHEELS_MOUNT}\n"
 
 
@@ -140,7 +141,8 @@ def _specs() -> list[_Spec]:
         (NOTEBOOK_TENSORFLOW_CUDA, "tensorflow-cuda"),
         (NOTEBOOK_TENSORFLOW_CPU, "tensorflow-cpu"),
     ]
-    hub_files = ("images/hub/Dockerfile", "images/hub/Dockerfile.dockerignore", *_package_files())
+    hub_files = ("images/hub/Dockerfile", "images/hub/Dockerfile.dockerignore", HUB_CONSTRAINTS,
+                 *_package_files())  # fmt: skip
     return [
         _Spec(PAUSE, "pause", ("images/local/pause/main.go", "images/local/pause/go.mod")),
         _Spec(DEBIAN, "debian", ("images/local/debian-rootfs.sh",), export=False),
@@ -234,6 +236,9 @@ class _Builder:
             pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
             # The package's requirements, and its build backend: pip builds it from source.
             lines = [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+            # The versions the Dockerfile's `--constraint` pins, so its offline install finds them.
+            constraints = (ROOT / HUB_CONSTRAINTS).read_text()
+            lines += [line for line in constraints.splitlines() if line.strip() and not line.startswith("#")]
         else:
             text = (LOCAL / f"{which}-standin" / "requirements.txt").read_text()
             lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
