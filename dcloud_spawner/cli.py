@@ -1,4 +1,4 @@
-"""``dcloud``: check a catalog, render a user's pod, write a Dockerfile, run the demo.
+"""``dcloud``: check a catalog, render a user's pod, print Kueue's queues, write a Dockerfile, run the demo.
 
 Exit status: 0 success; 1 invalid catalog; 2 invalid options (one ``error:`` line).
 """
@@ -19,6 +19,7 @@ import yaml
 
 from .core.catalog import Catalog, CatalogError
 from .core.errors import RequestError, printable
+from .core.queueing import capacity, describe, kueue_objects
 from .core.request import MAX_FILE_BYTES, json_schema, load_options_file
 from .core.validation import validate
 
@@ -155,6 +156,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 "Security 'restricted' refuses; use a PVC or the NFS CSI driver on Kubernetes.",
                 file=sys.stderr,
             )
+    try:
+        shares = capacity(catalog)
+    except ValueError:
+        shares = None  # the cluster's size is not in the catalog: no check of the shares against it
+    for line in describe(catalog, shares):
+        print(line if line.startswith(("warning:", "note:")) else f"queues: {line}")
     return 0
 
 
@@ -193,6 +200,42 @@ def _cmd_dockerfile(args: argparse.Namespace) -> str:
     catalog = _load_catalog(args.catalog)
     groups = _groups(args.groups) if args.groups is not None else list(catalog.policies.groups)
     return dockerfile(catalog, _read_options(args.options), groups)
+
+
+def _capacity_option(text: str) -> tuple[str, int]:
+    gpu_id, _, count = text.partition("=")
+    if not gpu_id or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not CLASS=N, e.g. a100=16")
+    return gpu_id, int(count)
+
+
+async def _cluster_capacity(catalog: Catalog) -> dict[str, int]:
+    """GPUs of each class on the Ready nodes of the cluster the kubeconfig points at."""
+    from kubernetes_asyncio import client, config
+
+    from .core.availability import compute
+
+    await config.load_kube_config()
+    async with client.ApiClient() as api:
+        nodes = await client.CoreV1Api(api).list_node(_preload_content=False)
+        items = json.loads(await nodes.read())["items"]
+    return {gpu_id: live.total for gpu_id, live in compute(catalog, items, []).items()}
+
+
+@_reporting
+def _cmd_kueue(args: argparse.Namespace) -> str:
+    catalog = _load_catalog(args.catalog)
+    measured = dict(asyncio.run(_cluster_capacity(catalog))) if args.from_cluster else {}
+    measured.update(dict(args.capacity or []))
+    unknown = sorted(set(measured) - {g.id for g in catalog.gpu_classes})
+    if unknown:
+        raise RequestError("capacity", f"--capacity names unknown GPU class '{printable(unknown[0])}'.")
+    try:
+        shares = capacity(catalog, measured)
+    except ValueError as exc:
+        raise RequestError("capacity", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+    header = "".join(f"# {line}\n" for line in describe(catalog, shares))
+    return header + yaml.safe_dump_all(kueue_objects(catalog, args.namespace, shares), sort_keys=False)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -240,6 +283,16 @@ def parser() -> argparse.ArgumentParser:
     docker.add_argument("--options", required=True)
     docker.add_argument("--groups", help="validate as these groups (default: all groups)")
     docker.set_defaults(run=_cmd_dockerfile)
+
+    kueue = sub.add_parser("kueue", help="print the Kueue objects that make the catalog's group quotas real")
+    kueue.add_argument("catalog")
+    kueue.add_argument("--namespace", default="jupyterhub",
+                       help="the notebook namespace, where the LocalQueues go (default: jupyterhub)")
+    kueue.add_argument("--capacity", action="append", type=_capacity_option, metavar="CLASS=N",
+                       help="GPUs of a class in the cluster (overrides the catalog's queueing.capacity)")
+    kueue.add_argument("--from-cluster", action="store_true",
+                       help="count each class's GPUs on the Ready nodes of the current kubeconfig's cluster")
+    kueue.set_defaults(run=_cmd_kueue)
 
     schema = sub.add_parser("schema", help="print the request JSON Schema")
     schema.set_defaults(run=_cmd_schema)

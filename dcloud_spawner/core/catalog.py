@@ -273,6 +273,57 @@ class Quotas(_Strict):
     )
 
 
+_DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,5})m)?(?:(\d{1,6})s)?$")
+
+
+def _seconds(value: Any) -> Any:
+    """A duration as the admin writes it (``30m``, ``1h30m``, ``90s``, or seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30m, 1h or 90s")
+    if isinstance(value, int):
+        return value
+    match = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"'{clip(str(value), 40)}' is not a duration such as 30m, 1h or 90s")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+Duration = Annotated[int, BeforeValidator(_seconds), Field(ge=1, le=7 * 24 * 3600)]
+
+
+class Queueing(_Strict):
+    """Waiting in line for GPUs, on Kueue (docs/queueing.md)."""
+
+    enabled: bool = Field(False, description="Queue notebook pods with Kueue; group quotas become ClusterQueues.")
+    max_wait: Duration = Field(1800, description="How long a user may wait in line, e.g. 30m.")
+    max_queued_per_user: int = Field(1, ge=1, le=20, description="Servers one user may have waiting at once.")
+    refuse_after: Duration = Field(
+        10, description="Without 'wait', how long Kueue may hold a pod back before the spawn is refused.")
+    preemption: bool = Field(
+        False, description="Let a queue reclaim its own quota by preempting notebooks that borrowed it.")
+    strategy: Literal["BestEffortFIFO", "StrictFIFO"] = Field(
+        "BestEffortFIFO", description="Kueue's order: StrictFIFO never lets a smaller request pass a larger one.")
+    cohort: str = Field("dcloud", pattern=r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+    capacity: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
+        default_factory=dict, description="GPUs of each class in the cluster (dcloud kueue can read them).")
+    cpu_capacity: float | None = Field(None, gt=0, description="CPU cores the cohort may hand out.")
+    memory_capacity: Memory | None = None
+
+    def wait_words(self) -> str:
+        """``max_wait`` as the form says it: "30 minutes", "1 hour 30 minutes", "90 seconds"."""
+        return duration_words(self.max_wait)
+
+
+def duration_words(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in
+             ((hours, "hour"), (minutes, "minute"), (secs, "second")) if n]
+    return " ".join(parts) or "0 seconds"
+
+
 class Policy(_Strict):
     environments: Choices = "*"
     gpu_classes: Choices = Field(default_factory=list)
@@ -311,6 +362,7 @@ class Catalog(_Strict):
     packages: Packages = Packages()
     policies: Policies = Policies()
     quotas: Quotas = Quotas()
+    queueing: Queueing = Queueing()
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
@@ -354,6 +406,12 @@ class Catalog(_Strict):
                         f"{where}.max_gpus_per_class.{printable(gpu_id)}: unknown GPU class '{clip(gpu_id, 80)}' "
                         f"(defined: {', '.join(sorted(known['gpu_classes'])) or 'none defined'})"
                     )
+        for gpu_id in self.queueing.capacity:
+            if gpu_id not in known["gpu_classes"]:
+                problems.append(
+                    f"queueing.capacity.{printable(gpu_id)}: unknown GPU class '{clip(gpu_id, 80)}' "
+                    f"(defined: {', '.join(sorted(known['gpu_classes'])) or 'none defined'})"
+                )
         problems += _mount_collisions(self.datasets)
         if problems:
             raise ValueError("; ".join(problems))

@@ -39,6 +39,7 @@ class Plan:
     datasets: tuple[Dataset, ...]
     packages: tuple[str, ...]
     package_index_url: str | None
+    wait: bool = False  # may wait in line (Kueue) when the GPUs are not free now
 
     @property
     def gpu_id(self) -> str | None:
@@ -55,6 +56,8 @@ class Plan:
         }
         if self.gpu:
             options["gpu"] = {"type": self.gpu.id, "count": self.gpu_count}
+        if self.wait:
+            options["wait"] = True
         return options
 
     def environment_variables(self) -> dict[str, str]:

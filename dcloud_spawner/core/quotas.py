@@ -148,6 +148,8 @@ def check(catalog: Catalog, claims: Iterable[Claim], claim: Claim) -> None:
             f"Quota: you already run {mine.describe()}; with this server you would exceed "
             f"{' and '.join(over)}, so you may still ask for {_room(limits, mine)}."
         )
+    if catalog.queueing.enabled:
+        return  # group quotas are Kueue's (its ClusterQueues), cluster-wide; the user's stay here
     for group in claim.groups:
         glimits = group_limits(catalog, group)
         if glimits is None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from .errors import RequestError, clip, input_path
 from .loading import Limits, LoadProblem, SyntaxProblem, load_json, load_yaml
 
-FIELDS = ("environment", "gpu", "cpu", "memory", "datasets", "packages")
+FIELDS = ("environment", "gpu", "cpu", "memory", "datasets", "packages", "wait")
 
 # Limits on uploaded configuration files: small, shallow, no anchors.
 MAX_FILE_BYTES = 16 * 1024
@@ -73,6 +73,11 @@ class ServerRequest(BaseModel):
     packages: list[str] = Field(
         default_factory=list, max_length=100, description="pip requirement specifiers (PEP 508)."
     )
+    wait: StrictBool = Field(
+        False,
+        description="Wait in line when the chosen GPUs are not free now (hubs with queueing "
+        "enabled), up to the catalog's queueing.max_wait.",
+    )
 
     @classmethod
     def parse(cls, data: Any) -> ServerRequest:
@@ -103,6 +108,7 @@ _READABLE = {
     "memory": "Memory",
     "datasets": "Datasets",
     "packages": "Extra packages",
+    "wait": "Wait in line",
 }
 
 
@@ -135,6 +141,8 @@ def _sentence(exc: ValidationError, data: dict[str, Any]) -> RequestError:
         if kind == "too_long":
             return RequestError(field, f"{name} has too many entries.")
         return RequestError(field, f"{name} must be a list of strings.")
+    if field == "wait":
+        return RequestError(field, "Wait in line must be true or false.")
     if kind == "string_too_long":
         return RequestError(field, f"{name} is too long.")
     if kind == "string_unicode":

@@ -125,6 +125,10 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
     # packages
     packages = _packages(request.packages, catalog)
 
+    if request.wait and not catalog.queueing.enabled:
+        raise RequestError("wait", "Wait in line is not available on this hub (queueing is off); "
+                                   "leave it out, and start when GPUs are free.")
+
     fraction_cpu = catalog.resources.cpu.request_fraction
     fraction_mem = catalog.resources.memory.request_fraction
     return Plan(
@@ -140,6 +144,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         datasets=datasets,
         packages=packages,
         package_index_url=catalog.packages.index_url,
+        wait=request.wait,
     )
 
 

@@ -30,6 +30,7 @@ class FormContext:
     limits_enforced: bool = True
     gpu_help: str = ""
     stale_since: float | None = None  # availability is a copy from before the cluster stopped answering
+    waiting: Mapping[str, int] | None = None  # GPU class id -> requests waiting in line (Kueue)
 
 
 def _num(value: float) -> str:
@@ -51,6 +52,7 @@ def form_values(catalog: Catalog, allowance: Allowance, options: Mapping[str, An
         "memory": str(options.get("memory") or format_memory(allowance.default_memory)),
         "datasets": [str(d) for d in datasets] if isinstance(datasets, list) else [],
         "packages": "\n".join(str(p) for p in packages) if isinstance(packages, list) else "",
+        "wait": options.get("wait") is True or options.get("wait") == "on",
     }
 
 
@@ -67,6 +69,7 @@ def render_form(
     """
     context = context or FormContext()
     values = form_values(catalog, allowance, options)
+    queueing = catalog.queueing
     gpu_classes = []
     if allowance.max_gpus > 0:
         for gpu_id in allowance.gpu_classes:
@@ -90,9 +93,14 @@ def render_form(
                 entry["availability"] = f"{live.free} of {live.total} free"
                 if context.stale_since is not None:
                     entry["availability"] += time.strftime(" (as of %H:%M UTC)", time.gmtime(context.stale_since))
+                waiting = (context.waiting or {}).get(gpu.id)
+                if waiting:
+                    entry["availability"] += f", {waiting} waiting"
                 if live.largest_free_block < 1:
                     entry["full"] = True
                     entry["note"] = (
+                        f"{gpu.display_name}: none free right now; tick 'Wait in line' to queue for one, "
+                        "or a request is refused until one is released." if queueing.enabled else
                         f"{gpu.display_name}: none free right now; a request would be refused "
                         "until one is released."
                     )
@@ -119,6 +127,8 @@ def render_form(
         notices=context.notices,
         limits_enforced=context.limits_enforced,
         max_file_kib=MAX_FILE_BYTES // 1024,
+        queueing={"enabled": queueing.enabled and bool(gpu_classes), "wait": queueing.wait_words(),
+                  "preemption": queueing.preemption},
     )
 
 
@@ -146,6 +156,8 @@ def request_from_form(formdata: Mapping[str, list[Any]]) -> dict[str, Any]:
     request["datasets"] = [str(d) for d in formdata.get("datasets", []) if str(d).strip()]
     lines = "\n".join(str(p) for p in formdata.get("packages", []))
     request["packages"] = [line.strip() for line in lines.splitlines() if line.strip()]
+    if _first(formdata, "wait"):
+        request["wait"] = _first(formdata, "wait") in ("on", "true", "1")
     return request
 
 

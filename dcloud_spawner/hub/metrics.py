@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,6 +20,9 @@ from ..core.catalog import Catalog
 from ..core.quotas import Claim
 
 Numbers = Callable[[], "tuple[Catalog, dict[str, GpuAvailability] | None] | None"]
+Queued = Callable[[], "dict[str, int] | None"]
+# A wait in line lasts seconds to hours.
+WAIT_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf"))
 
 
 @dataclass
@@ -59,6 +62,7 @@ class GpuCollector(Collector):
     def __init__(self, numbers: Numbers, claims: Callable[[], Iterable[Claim]]) -> None:
         self.numbers = numbers
         self.claims = claims
+        self.queued: Queued | None = None  # set by a backend that queues (Kueue)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         found = self.numbers()
@@ -81,6 +85,13 @@ class GpuCollector(Collector):
                 total.add_metric([gpu_class], live.total)
             yield free
             yield total
+        queued = self.queued() if self.queued else None
+        if queued is not None:
+            waiting = GaugeMetricFamily("dcloud_gpus_queued", "GPUs asked for by workloads waiting in Kueue's "
+                                        "line in the notebook namespace, by class.", labels=["gpu_class"])
+            for gpu_class, count in sorted(queued.items()):
+                waiting.add_metric([gpu_class], count)
+            yield waiting
 
 
 class Metrics:
@@ -95,12 +106,20 @@ class Metrics:
             "gpu_unavailable).",
             ["reason"], registry=registry,
         )
+        self.queue_wait = Histogram(
+            "dcloud_queue_wait_seconds",
+            "How long servers waited in Kueue's line, by how the wait ended (admitted, expired, refused, left).",
+            ["outcome"], buckets=WAIT_BUCKETS, registry=registry,
+        )
         self.gpus = GpuCollector(numbers, claims)
         registry.register(self.gpus)  # type: ignore[attr-defined]
 
     def refused(self, reason: str) -> None:
         self.spawns_refused.labels(reason=reason).inc()
 
+    def queue_waited(self, outcome: str, seconds: float) -> None:
+        self.queue_wait.labels(outcome=outcome).observe(seconds)
+
     def unregister(self) -> None:
-        for collector in (self.spawns_refused, self.gpus):
+        for collector in (self.spawns_refused, self.queue_wait, self.gpus):
             self.registry.unregister(collector)  # type: ignore[attr-defined]

@@ -29,13 +29,16 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, List, Unicode, default
 
+from ..core.catalog import duration_words
 from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..core.quantity import format_memory
+from ..core.queueing import ADMISSION_GATE, QUEUE_LABEL, Queue, ordinal, queue_for
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin, SpawnRefused
 from ..hub.state import hub_state
 from .pod import PACKAGE_INSTALLER, PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
+from .queue import KueueView, hold_reason, position
 from .watch import ClusterWatch
 
 
@@ -72,6 +75,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         help="""Watch Nodes and Pods cluster-wide to show free GPUs per class in the form and to
         refuse, before any pod is created, a request that fits no node right now. Needs the
         ClusterRole in helm-values/rbac.yaml; without it the form works and shows no numbers.""",
+    )
+
+    queue_poll_seconds = Float(
+        2.0,
+        config=True,
+        help="""With queueing on (the catalog's `queueing.enabled`), how often a waiting spawn asks
+        Kueue's visibility API for its place in line, and how often the hub reads the
+        queues for the form, the admin page and the metrics.""",
     )
 
     @default("uid")
@@ -113,8 +124,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
+        self._base_start_timeout = self.start_timeout
+        self._dcloud_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     def check_capacity(self, plan: Plan) -> None:
+        queueing = self.catalog.queueing
+        # The spawn's timeout covers the wait in line, per request (JupyterHub reads it after this).
+        extra = (queueing.max_wait if plan.wait else queueing.refuse_after) if queueing.enabled else 0
+        self.start_timeout = self._base_start_timeout + extra
         live_data = self.live_data() if plan.gpu else None
         if live_data is not None and live_data.stale_since is not None:
             return  # numbers from before an outage must not refuse anyone; the scheduler decides
@@ -124,23 +141,56 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         gpu = live[plan.gpu.id]
         if gpu.total < plan.gpu_count:  # even an idle cluster could not: "try again" would mislead
             raise CapacityRefusal.too_few_gpus(plan.gpu.display_name, plan.gpu_count, gpu.total, where="node")
-        if gpu.largest_free_block < plan.gpu_count:
+        if gpu.largest_free_block >= plan.gpu_count:
+            return
+        if not (queueing.enabled and plan.wait):
             raise CapacityRefusal.no_free_gpus(
                 plan.gpu.display_name, plan.gpu_count,
                 f"{gpu.free} of {gpu.total} free, at most {gpu.largest_free_block} on one node",
             )
+        waiting = [key for key in self.queued_servers() if key[0] == self.user.name and key != self.claim_key]
+        if len(waiting) >= queueing.max_queued_per_user:
+            limit = queueing.max_queued_per_user
+            raise CapacityRefusal(
+                f"You already have {len(waiting)} server{'s' if len(waiting) != 1 else ''} waiting in line, "
+                f"and at most {limit} may wait at once; stop {'it' if len(waiting) == 1 else 'one'} or let "
+                "it start before queueing another.", field="wait", reason="queue_limit")
+
+    @staticmethod
+    def queued_servers() -> dict[tuple[str, str], float]:
+        """(user, server) -> when it began to wait, for every server of this hub waiting in line."""
+        return hub_state().part("kube.queued", dict)
+
+    def kueue_view(self) -> KueueView | None:
+        if not self.catalog.queueing.enabled:
+            return None
+        view = hub_state().part("kube.queue", lambda: KueueView(self.queue_poll_seconds))
+        view.ensure_started(self.namespace)
+        return view
+
+    def dcloud_queue(self, plan: Plan) -> Queue | None:
+        """The Kueue queue this server joins; None with queueing off."""
+        if not self.catalog.queueing.enabled:
+            return None
+        return queue_for(self.catalog, self.user_groups(), plan.gpu)
 
     async def load_user_options(self) -> None:
         """Set the pod traits from the validated plan (called by KubeSpawner's start)."""
         plan = self.dcloud_plan or self.validate_options(self.user_options)
         self.dcloud_plan = plan
         apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
+        queue = self.dcloud_queue(plan)
+        if queue is not None:
+            self.extra_labels = {**self.extra_labels, QUEUE_LABEL: queue.name}
 
     def live_data(self) -> ClusterWatch | None:
         return hub_state().part("kube.watch", ClusterWatch) if self.show_availability else None
 
     def form_context(self) -> FormContext:
         context = super().form_context()
+        view = self.kueue_view()
+        if view is not None and view.read_at is not None:
+            context.waiting = view.waiting(self.catalog)
         live = self.live_data()
         if live is not None and live.stale_since is not None:
             context.stale_since = live.stale_since
@@ -170,6 +220,10 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
             except ApiException as exc:
                 self.release_resources()
                 reason = explain_api_refusal(exc)
+                if reason is None and self.dcloud_queue(plan) is not None and webhook_failed(exc):
+                    refusal = Refusal(QUEUE_DOWN, reason="queue_unavailable")
+                    self.refused(refusal, self.user_options)
+                    raise SpawnRefused.of(refusal) from None
                 if reason is None:
                     raise
                 refusal = CapacityRefusal(reason, reason="resourcequota")
@@ -207,40 +261,81 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
     async def _doomed(self) -> Refusal:
         """Wait until the pod cannot start: the scheduler has reported it unplaceable for the
-        grace time, or the package init container failed."""
+        grace time, the package init container failed, or it waited in Kueue's line too long."""
         first_seen: float | None = None
-        while True:
-            await asyncio.sleep(0.25)
-            pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
-            failure = package_failure(pod, self.dcloud_plan)
-            if failure is not None:
-                return Refusal(failure, field="packages", reason="packages")
-            if not self.events_enabled or self.event_reflector is None:
-                continue
-            if pod and (pod.get("spec") or {}).get("nodeName"):
-                first_seen = None
-                continue  # placed after all
-            failed = [e for e in self.events if e.get("reason") == "FailedScheduling"]
-            if not failed:
-                continue
-            first_seen = first_seen or time.monotonic()
-            if time.monotonic() - first_seen >= self.unschedulable_grace_seconds:
-                sentence = explain_unschedulable(failed[-1].get("message") or "", self.dcloud_plan)
-                return CapacityRefusal(sentence, reason="unschedulable")
+        line = InLine(self, self.dcloud_plan) if self.dcloud_plan and self.dcloud_queue(self.dcloud_plan) else None
+        try:
+            while True:
+                await asyncio.sleep(0.25)
+                pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
+                failure = package_failure(pod, self.dcloud_plan)
+                if failure is not None:
+                    return Refusal(failure, field="packages", reason="packages")
+                if line is not None:
+                    refusal = await line.check(pod)
+                    if refusal is not None:
+                        return refusal
+                    if line.gated:
+                        continue
+                first_seen = self._unschedulable(pod, first_seen)
+                if isinstance(first_seen, Refusal):
+                    return first_seen
+        finally:
+            if line is not None:
+                line.leave()
+
+    def _unschedulable(self, pod: dict | None, first_seen: float | None) -> float | Refusal | None:
+        """The scheduler's verdict: when it first said the pod fits nowhere, or the refusal once
+        it has said so for the grace time."""
+        if not self.events_enabled or self.event_reflector is None:
+            return first_seen
+        if pod and (pod.get("spec") or {}).get("nodeName"):
+            return None  # placed after all
+        failed = [e for e in self.events if e.get("reason") == "FailedScheduling"]
+        if not failed:
+            return first_seen
+        first_seen = first_seen or time.monotonic()
+        if time.monotonic() - first_seen >= self.unschedulable_grace_seconds:
+            sentence = explain_unschedulable(failed[-1].get("message") or "", self.dcloud_plan)
+            return CapacityRefusal(sentence, reason="unschedulable")
+        return first_seen
+
+    def say(self, message: str, progress: int = 5) -> None:
+        """A line for the progress page, besides KubeSpawner's events (e.g. the place in line)."""
+        self._dcloud_messages.put_nowait({"progress": progress, "message": message})
 
     async def progress(self):  # type: ignore[override]
-        """KubeSpawner's events, plus DCloud's words for what the pod is doing."""
+        """KubeSpawner's events, plus DCloud's words for what the pod is doing and where it is
+        in line."""
         plan = self.dcloud_plan
         if plan is not None:
             yield {"progress": 1, "message": f"Requested {plan.summary()}"}
-        async for event in super().progress():
-            yield event
-            raw = event.get("raw_event") or {}
-            about = (raw.get("involvedObject") or raw.get("involved_object") or {}).get("fieldPath") or ""
-            if plan is not None and plan.packages and raw.get("reason") == "Started" \
-                    and about == f"spec.initContainers{{{PACKAGE_INSTALLER}}}":
-                yield {"progress": event.get("progress", 50),
-                       "message": f"Installing extra packages: {', '.join(plan.packages)}"}
+        upstream = super().progress().__aiter__()
+        next_event = asyncio.ensure_future(upstream.__anext__())
+        next_message = asyncio.ensure_future(self._dcloud_messages.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({next_event, next_message}, return_when=asyncio.FIRST_COMPLETED)
+                if next_message in done:
+                    yield next_message.result()
+                    next_message = asyncio.ensure_future(self._dcloud_messages.get())
+                if next_event not in done:
+                    continue
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    break
+                next_event = asyncio.ensure_future(upstream.__anext__())
+                yield event
+                raw = event.get("raw_event") or {}
+                about = (raw.get("involvedObject") or raw.get("involved_object") or {}).get("fieldPath") or ""
+                if plan is not None and plan.packages and raw.get("reason") == "Started" \
+                        and about == f"spec.initContainers{{{PACKAGE_INSTALLER}}}":
+                    yield {"progress": event.get("progress", 50),
+                           "message": f"Installing extra packages: {', '.join(plan.packages)}"}
+        finally:
+            next_message.cancel()
+            next_event.cancel()
 
     async def poll(self) -> int | None:
         if not self._dcloud_may_have_pod:
@@ -308,6 +403,102 @@ def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
     limit = f" of {format_memory(plan.memory_limit)}" if plan else ""
     return (f"Your last server was stopped because it ran out of memory: it used more than its "
             f"limit{limit}, so the kernel killed it. Choose more memory below, or use less.")
+
+
+QUEUE_DOWN = ("The queue for GPUs (Kueue) is unavailable right now, so nothing was started; try again in a "
+              "few minutes, and tell the administrators if it lasts.")
+
+
+def webhook_failed(exc: ApiException) -> bool:
+    """Whether the API server refused the pod because an admission webhook did not answer."""
+    return exc.status is not None and exc.status >= 500 and "failed calling webhook" in str(exc.body or "")
+
+
+def waiting_for(plan: Plan) -> str:
+    if plan.gpu is None:
+        return f"{plan.cpu_limit:g} CPU and {format_memory(plan.memory_limit)}"
+    return f"{plan.gpu_count} × {plan.gpu.display_name}"
+
+
+class InLine:
+    """One spawn's wait in Kueue's line: its place, told on the progress page as it moves;
+    the refusal when the catalog's ``max_wait`` passes (or, without 'wait', ``refuse_after``)."""
+
+    def __init__(self, spawner: DCloudSpawner, plan: Plan) -> None:
+        self.spawner = spawner
+        self.plan = plan
+        self.queue = spawner.dcloud_queue(plan)
+        self.queueing = spawner.catalog.queueing
+        self.since: float | None = None  # monotonic time the pod began to wait
+        self.gated = False
+        self.place: tuple[int, int] | None = None
+        self.said: str | None = None
+        self.next_ask = 0.0
+        self.admitted = False
+
+    async def check(self, pod: dict | None) -> Refusal | None:
+        gates = [g.get("name") for g in ((pod or {}).get("spec") or {}).get("schedulingGates") or []]
+        self.gated = pod is not None and ADMISSION_GATE in gates
+        now = time.monotonic()
+        if not self.gated:
+            if self.since is not None and not self.admitted and pod is not None:
+                self.admitted = True
+                waited = now - self.since
+                self.leave("admitted")
+                self.spawner.say(f"Admitted by the queue after {duration_words(max(1, waited))}; starting", 10)
+            return None
+        if self.since is None:
+            self.since = now
+            self.spawner.queued_servers()[self.spawner.claim_key] = time.time()
+            self.spawner.say(f"Joined the line of {self.queue.who} for {waiting_for(self.plan)}")
+        if now >= self.next_ask:
+            self.next_ask = now + self.spawner.queue_poll_seconds
+            found = await position(self.spawner.api.api_client, self.spawner.namespace, self.queue.name,
+                                   self.spawner.pod_name)
+            if found is not None:
+                self.place = found
+                sentence = self.sentence()
+                if sentence != self.said:
+                    self.said = sentence
+                    self.spawner.say(sentence)
+        limit = self.queueing.max_wait if self.plan.wait else self.queueing.refuse_after
+        if now - self.since < limit:
+            return None
+        self.leave("expired" if self.plan.wait else "refused")
+        return self.refusal()
+
+    def sentence(self) -> str:
+        place = f"{ordinal(self.place[0])} in line" if self.place else "in line"
+        use = ""
+        live = self.spawner.live_data()
+        numbers = live.availability(self.spawner.catalog) if live and self.plan.gpu else None
+        if numbers and self.plan.gpu and self.plan.gpu.id in numbers:
+            gpu = numbers[self.plan.gpu.id]
+            use = f" ({gpu.total - gpu.free} of {gpu.total} in use)"
+        return f"Waiting for {waiting_for(self.plan)}: {place} for {self.queue.who}{use}"
+
+    def refusal(self) -> Refusal:
+        what = self.plan.gpu.display_name if self.plan.gpu else f"{self.plan.cpu_limit:g} CPU"
+        count = self.plan.gpu_count if self.plan.gpu else 1
+        place = f"; you were {ordinal(self.place[0])} in line" if self.place else ""
+        if self.plan.wait:
+            within = duration_words(self.queueing.max_wait)
+            sentence = (f"No {what} became free within {within}{place}." if count == 1 else
+                        f"{count} × {what} did not become free within {within}{place}.")
+            return CapacityRefusal(sentence, field="wait", reason="queue_timeout")
+        view = self.spawner.kueue_view()
+        why = hold_reason(view.workload_of(self.spawner.pod_name)) if view else ""
+        why = f" (the queue says: {why})" if why else ""
+        return CapacityRefusal(
+            f"{count} × {what} cannot start for {self.queue.who} right now{why}; tick 'Wait in line' to wait up "
+            f"to {duration_words(self.queueing.max_wait)} for {'it' if count == 1 else 'them'}.",
+            field="wait", reason="queue_full")
+
+    def leave(self, outcome: str = "left") -> None:
+        """Out of the line (admitted, refused, or the user stopped): forget it, time the wait."""
+        began = self.spawner.queued_servers().pop(self.spawner.claim_key, None)
+        if began is not None and self.since is not None:
+            hub_state().metrics.queue_waited(outcome, time.monotonic() - self.since)
 
 
 UNREACHABLE = ("The cluster's API server does not answer right now, so nothing was started; "

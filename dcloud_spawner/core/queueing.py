@@ -1,0 +1,332 @@
+"""Waiting in line for GPUs: the catalog's quotas as Kueue objects, and which queue a server joins.
+
+Pure. Kueue (sigs.k8s.io/kueue) does the queueing and the fair sharing; DCloud only says
+what the queues are and puts each notebook pod in one:
+
+- one ResourceFlavor per GPU class (its node labels and tolerations), and one for CPU and
+  memory, which any node serves;
+- one ClusterQueue per group with a quota in ``quotas.groups``, whose nominal quota is the
+  group's share (``max_gpus_per_class``, else ``max_gpus``, per class; ``max_cpu``,
+  ``max_memory``) and which may not borrow beyond it; and one, ``<cohort>-everyone``, for
+  everyone else, with no quota of its own and no borrowing limit;
+- a Cohort holding what the groups' shares leave of the cluster's capacity; every queue is in
+  it, so an idle group's GPUs are lent to the others;
+- one LocalQueue per ClusterQueue in the notebook namespace, named like it.
+
+A group's quota is therefore enforced cluster-wide by Kueue, for batch jobs in its queue too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import Catalog, GpuClass, Totals
+from .quantity import format_memory
+
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+ADMISSION_GATE = "kueue.x-k8s.io/admission"
+EVERYONE = "everyone"
+# Not a limit DCloud sets: the scheduler places CPU and memory by node capacity. Kueue needs
+# some quota for every resource a pod asks for, so the cohort's pool is this when unset.
+UNLIMITED_CPU = 100_000
+UNLIMITED_MEMORY = 1024**5  # 1 PiB
+
+
+def _slug(name: str) -> str:
+    """A group name as part of a Kubernetes object name; a hash keeps altered names distinct."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].strip("-")
+    if slug != name:
+        slug = f"{slug or 'group'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return slug
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One ClusterQueue (and the LocalQueue of the same name): a group's, or everyone's."""
+
+    name: str
+    group: str | None  # None: the queue of users whose groups have no quota
+    quota: Totals | None
+    classes: frozenset[str] = frozenset()  # GPU classes the group's policy allows (its share of others is 0)
+
+    @property
+    def who(self) -> str:
+        return f"group {self.group}" if self.group else "everyone"
+
+    @property
+    def whose(self) -> str:
+        return f"the share of group {self.group}" if self.group else "everyone's share"
+
+    def gpu_share(self, gpu: GpuClass) -> int | None:
+        """The group's GPUs of ``gpu``'s class; None when not limited."""
+        if self.quota is None:
+            return None
+        if gpu.id not in self.classes:
+            return 0
+        per_class = self.quota.max_gpus_per_class.get(gpu.id)
+        caps = [c for c in (per_class, self.quota.max_gpus) if c is not None]
+        return min(caps) if caps else None
+
+
+def queues(catalog: Catalog) -> list[Queue]:
+    cohort = catalog.queueing.cohort
+    every = [g.id for g in catalog.gpu_classes]
+
+    def allowed(group: str) -> frozenset[str]:
+        policy = catalog.policies.groups.get(group)
+        choice = policy.gpu_classes if policy is not None else []
+        return frozenset(every if choice == "*" else choice)
+
+    named = [Queue(f"{cohort}-{_slug(group)}", group, totals, allowed(group))
+             for group, totals in catalog.quotas.groups.items()]
+    return [*named, Queue(f"{cohort}-{EVERYONE}", None, None, frozenset(every))]
+
+
+def queue_for(catalog: Catalog, groups: Iterable[str], gpu: GpuClass | None) -> Queue:
+    """The queue a server joins: of the user's groups that may use ``gpu`` (any, for a CPU
+    server), the one with the largest share of it; everyone's when one of them has no quota."""
+    groups = set(groups)
+    allowed = {EVERYONE} if gpu is None or _allows(catalog.policies.everyone.gpu_classes, gpu) else set()
+    allowed |= {name for name, policy in catalog.policies.groups.items()
+                if name in groups and (gpu is None or _allows(policy.gpu_classes, gpu))}
+    if not allowed:  # validation refuses such a request; a CPU server of someone in no group
+        allowed = {EVERYONE}
+    by_group = {q.group: q for q in queues(catalog)}
+    everyone = by_group[None]
+    candidates = [by_group[g] for g in sorted(allowed) if g in by_group]
+    if any(g not in by_group for g in allowed):
+        return everyone  # a group (or everyone's policy) with no quota: no limit beats any
+    if gpu is None:
+        return max(candidates, key=lambda q: (q.quota.max_cpu or float("inf"), q.name)) \
+            if candidates else everyone
+    return max(candidates, key=lambda q: (q.gpu_share(gpu) if q.gpu_share(gpu) is not None
+                                          else float("inf"), q.name))
+
+
+def _allows(choice: Any, gpu: GpuClass) -> bool:
+    return choice == "*" or gpu.id in choice
+
+
+def flavor_name(catalog: Catalog, gpu: GpuClass | None) -> str:
+    return f"{catalog.queueing.cohort}-{gpu.id if gpu else 'cpu'}"
+
+
+@dataclass(frozen=True)
+class Shares:
+    """What the ``kueue`` command needs beyond the catalog: the cluster's size."""
+
+    gpus: Mapping[str, int]  # GPU class id -> GPUs in the cluster
+    cpu: float
+    memory: int
+
+
+def capacity(catalog: Catalog, measured: Mapping[str, int] | None = None) -> Shares:
+    """The cluster's capacity: the catalog's ``queueing.capacity``, else ``measured`` (counted
+    on the cluster's nodes). Raises ValueError naming a class whose size is unknown."""
+    gpus: dict[str, int] = {}
+    for gpu in catalog.gpu_classes:
+        known = catalog.queueing.capacity.get(gpu.id, (measured or {}).get(gpu.id))
+        if known is None:
+            raise ValueError(f"the number of {gpu.id} GPUs in the cluster is unknown: set "
+                             f"queueing.capacity.{gpu.id} in the catalog, or pass --capacity {gpu.id}=N "
+                             "or --from-cluster")
+        gpus[gpu.id] = known
+    q = catalog.queueing
+    return Shares(gpus, q.cpu_capacity or UNLIMITED_CPU, q.memory_capacity or UNLIMITED_MEMORY)
+
+
+def _resource_groups(catalog: Catalog, amount: Any) -> list[dict[str, Any]]:
+    """Kueue resource groups: CPU and memory in one, each GPU resource name in its own, every
+    class of that resource a flavor. ``amount(gpu_or_None, resource)`` gives each quota."""
+    groups = [{
+        "coveredResources": ["cpu", "memory"],
+        "flavors": [{"name": flavor_name(catalog, None), "resources": [
+            {"name": r, **amount(None, r)} for r in ("cpu", "memory")]}],
+    }]
+    by_resource: dict[str, list[GpuClass]] = {}
+    for gpu in catalog.gpu_classes:
+        by_resource.setdefault(gpu.resource, []).append(gpu)
+    for resource, classes in by_resource.items():
+        groups.append({
+            "coveredResources": [resource],
+            "flavors": [{"name": flavor_name(catalog, g), "resources": [{"name": resource, **amount(g, resource)}]}
+                        for g in classes],
+        })
+    return groups
+
+
+def _quantity(resource: str, value: float) -> str | int:
+    if resource == "memory":
+        return format_memory(int(value))
+    if resource == "cpu":
+        return f"{value:g}"
+    return int(value)
+
+
+def kueue_objects(catalog: Catalog, namespace: str, shares: Shares) -> list[dict[str, Any]]:
+    """The Kueue objects that make the catalog's group quotas real (see the module's doc)."""
+    q = catalog.queueing
+    labels = {"app.kubernetes.io/managed-by": "dcloud"}
+    flavors: list[dict[str, Any]] = [{
+        "apiVersion": KUEUE_API, "kind": "ResourceFlavor",
+        "metadata": {"name": flavor_name(catalog, None), "labels": labels}, "spec": {},
+    }]
+    for gpu in catalog.gpu_classes:
+        spec: dict[str, Any] = {}
+        if gpu.node_selector:
+            spec["nodeLabels"] = dict(gpu.node_selector)
+        if gpu.tolerations:
+            spec["tolerations"] = [t.model_dump(exclude_none=True) for t in gpu.tolerations]
+        flavors.append({"apiVersion": KUEUE_API, "kind": "ResourceFlavor",
+                        "metadata": {"name": flavor_name(catalog, gpu), "labels": labels}, "spec": spec})
+
+    all_queues = queues(catalog)
+
+    def share(queue: Queue, gpu: GpuClass | None, resource: str) -> float | None:
+        if queue.quota is None:
+            return None
+        if gpu is not None:
+            return queue.gpu_share(gpu)
+        return queue.quota.max_cpu if resource == "cpu" else queue.quota.max_memory
+
+    def whole(gpu: GpuClass | None, resource: str) -> float:
+        if gpu is not None:
+            return shares.gpus[gpu.id]
+        return shares.cpu if resource == "cpu" else shares.memory
+
+    def pool(gpu: GpuClass | None, resource: str) -> dict[str, Any]:
+        given = sum(s for queue in all_queues if (s := share(queue, gpu, resource)) is not None)
+        return {"nominalQuota": _quantity(resource, max(0, whole(gpu, resource) - given))}
+
+    cohort = {"apiVersion": KUEUE_API, "kind": "Cohort", "metadata": {"name": q.cohort, "labels": labels},
+              "spec": {"resourceGroups": _resource_groups(catalog, pool)}}
+    objects: list[dict[str, Any]] = [*flavors, cohort]
+    for queue in all_queues:
+        def amount(gpu: GpuClass | None, resource: str, queue: Queue = queue) -> dict[str, Any]:
+            own = share(queue, gpu, resource)
+            if own is None:  # no quota: borrow freely from the cohort
+                return {"nominalQuota": _quantity(resource, 0)}
+            return {"nominalQuota": _quantity(resource, own), "borrowingLimit": _quantity(resource, 0)}
+
+        spec = {
+            "cohortName": q.cohort,
+            "namespaceSelector": {},  # batch jobs of the group's other namespaces share the quota
+            "queueingStrategy": q.strategy,
+            "resourceGroups": _resource_groups(catalog, amount),
+            "preemption": ({"reclaimWithinCohort": "Any", "withinClusterQueue": "Never",
+                            "borrowWithinCohort": {"policy": "Never"}} if q.preemption else
+                           {"reclaimWithinCohort": "Never", "withinClusterQueue": "Never",
+                            "borrowWithinCohort": {"policy": "Never"}}),
+        }
+        group_label = {"dcloud.io/group": _slug(queue.group or EVERYONE)}
+        objects.append({"apiVersion": KUEUE_API, "kind": "ClusterQueue",
+                        "metadata": {"name": queue.name, "labels": {**labels, **group_label}}, "spec": spec})
+        objects.append({"apiVersion": KUEUE_API, "kind": "LocalQueue",
+                        "metadata": {"name": queue.name, "namespace": namespace, "labels": labels},
+                        "spec": {"clusterQueue": queue.name}})
+    return objects
+
+
+def describe(catalog: Catalog, shares: Shares | None = None) -> list[str]:
+    """What ``dcloud check`` says the quotas become, one line each."""
+    q = catalog.queueing
+    if not q.enabled:
+        return ["queueing is off: full GPU classes refuse a spawn; quotas.groups are enforced by the hub"]
+    lines = [f"queueing on Kueue: users may wait up to {q.wait_words()} in line "
+             f"(at most {q.max_queued_per_user} waiting server(s) each); cohort '{q.cohort}'; "
+             + ("groups reclaim their share by preempting borrowers" if q.preemption
+                else "no notebook is ever preempted")]
+    for queue in queues(catalog):
+        if queue.quota is None:
+            lines.append(f"ClusterQueue {queue.name}: users whose groups have no quota; borrows from the cohort")
+            continue
+        parts = []
+        for gpu in catalog.gpu_classes:
+            own = queue.gpu_share(gpu)
+            if own is not None and gpu.id in queue.classes:
+                parts.append(f"{own} {gpu.id}")
+        if queue.quota.max_cpu is not None:
+            parts.append(f"{queue.quota.max_cpu:g} CPU")
+        if queue.quota.max_memory is not None:
+            parts.append(format_memory(queue.quota.max_memory))
+        lines.append(f"ClusterQueue {queue.name}: {queue.whose} is {', '.join(parts) or 'nothing'}, "
+                     "lent to others while idle, never exceeded")
+        if queue.quota.max_gpus is not None and len(queue.classes) > 1:
+            lines.append(f"  note: max_gpus {queue.quota.max_gpus} of {queue.who} applies to each GPU class "
+                         "separately in Kueue, not to their sum")
+    if shares is not None:
+        for gpu in catalog.gpu_classes:
+            given = sum(s for queue in queues(catalog) if (s := queue.gpu_share(gpu)) is not None)
+            if given > shares.gpus[gpu.id]:
+                lines.append(f"warning: the groups' shares of {gpu.id} add up to {given}, more than the "
+                             f"{shares.gpus[gpu.id]} in the cluster; Kueue may admit servers no node can hold")
+    return lines
+
+
+# -- reading Kueue's objects -------------------------------------------------------------
+
+def workload_class(catalog: Catalog, workload: Mapping[str, Any]) -> tuple[str | None, int]:
+    """The GPU class and GPU count a Workload asks for (None, 0 for a CPU workload).
+
+    An admitted workload names its flavor; a pending one is matched by resource name and
+    node selector (a batch job that only asks for the resource matches the one class of it).
+    """
+    spec = workload.get("spec") or {}
+    assigned: dict[str, str] = {}
+    for assignment in ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []:
+        assigned.update(assignment.get("flavors") or {})
+    by_flavor = {flavor_name(catalog, g): g for g in catalog.gpu_classes}
+    count_total = 0
+    found: str | None = None
+    for pod_set in spec.get("podSets") or []:
+        pod_spec = ((pod_set.get("template") or {}).get("spec")) or {}
+        count = int(pod_set.get("count") or 1)
+        for gpu_resource in {g.resource for g in catalog.gpu_classes}:
+            per_pod = _gpu_request(pod_spec, gpu_resource)
+            if not per_pod:
+                continue
+            gpu = by_flavor.get(assigned.get(gpu_resource, "")) or _match(catalog, gpu_resource, pod_spec)
+            if gpu is not None:
+                found = found or gpu.id
+                count_total += per_pod * count
+    return found, count_total
+
+
+def _gpu_request(pod_spec: Mapping[str, Any], resource: str) -> int:
+    total = 0
+    for container in pod_spec.get("containers") or []:
+        res = container.get("resources") or {}
+        value = (res.get("requests") or {}).get(resource) or (res.get("limits") or {}).get(resource)
+        if value is not None and str(value).isdigit():
+            total += int(value)
+    return total
+
+
+def _match(catalog: Catalog, resource: str, pod_spec: Mapping[str, Any]) -> GpuClass | None:
+    selector = pod_spec.get("nodeSelector") or {}
+    classes = [g for g in catalog.gpu_classes if g.resource == resource]
+    matching = [g for g in classes if g.node_selector and
+                all(selector.get(k) == v for k, v in g.node_selector.items())]
+    if len(matching) == 1:
+        return matching[0]
+    return classes[0] if len(classes) == 1 else None
+
+
+def admitted(workload: Mapping[str, Any]) -> bool:
+    return bool((workload.get("status") or {}).get("admission"))
+
+
+def finished(workload: Mapping[str, Any]) -> bool:
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Finished" and c.get("status") == "True" for c in conditions)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ... 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
