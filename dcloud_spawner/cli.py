@@ -225,13 +225,13 @@ async def _cluster_capacity(catalog: Catalog) -> dict[str, int]:
 @_reporting
 def _cmd_kueue(args: argparse.Namespace) -> str:
     catalog = _load_catalog(args.catalog)
-    measured = dict(asyncio.run(_cluster_capacity(catalog))) if args.from_cluster else {}
-    measured.update(dict(args.capacity or []))
-    unknown = sorted(set(measured) - {g.id for g in catalog.gpu_classes})
+    given = dict(args.capacity or [])
+    unknown = sorted(set(given) - {g.id for g in catalog.gpu_classes})
     if unknown:
         raise RequestError("capacity", f"--capacity names unknown GPU class '{printable(unknown[0])}'.")
+    measured = asyncio.run(_cluster_capacity(catalog)) if args.from_cluster else {}
     try:
-        shares = capacity(catalog, measured)
+        shares = capacity(catalog, measured, given)
     except ValueError as exc:
         raise RequestError("capacity", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
     header = "".join(f"# {line}\n" for line in describe(catalog, shares))

@@ -125,12 +125,14 @@ class Shares:
     memory: int
 
 
-def capacity(catalog: Catalog, measured: Mapping[str, int] | None = None) -> Shares:
-    """The cluster's capacity: the catalog's ``queueing.capacity``, else ``measured`` (counted
-    on the cluster's nodes). Raises ValueError naming a class whose size is unknown."""
+def capacity(catalog: Catalog, measured: Mapping[str, int] | None = None,
+             given: Mapping[str, int] | None = None) -> Shares:
+    """The cluster's capacity per GPU class: ``given`` (the admin's command line), else the
+    catalog's ``queueing.capacity``, else ``measured`` (counted on the cluster's nodes).
+    Raises ValueError naming a class whose size is unknown."""
     gpus: dict[str, int] = {}
     for gpu in catalog.gpu_classes:
-        known = catalog.queueing.capacity.get(gpu.id, (measured or {}).get(gpu.id))
+        known = (given or {}).get(gpu.id, catalog.queueing.capacity.get(gpu.id, (measured or {}).get(gpu.id)))
         if known is None:
             raise ValueError(f"the number of {gpu.id} GPUs in the cluster is unknown: set "
                              f"queueing.capacity.{gpu.id} in the catalog, or pass --capacity {gpu.id}=N "

@@ -54,12 +54,14 @@ class AllocationsHandler(BaseHandler):
             raise web.HTTPError(503, "No DCloud spawner has started in this hub yet.")
         current = allocations(catalog, state.ledger.claims,
                               state.live.availability(catalog) if state.live else None)
+        queues = [asdict(row) for row in state.queues.rows(catalog)] \
+            if state.queues is not None and catalog.queueing.enabled else None
         catalog_error = state.catalogs.error(state.catalog_path) if state.catalog_path else None
         if fmt == ".json":
             self.set_header("Content-Type", "application/json")
-            self.write(json.dumps(json_payload(current, catalog_error), sort_keys=True))
+            self.write(json.dumps({**json_payload(current, catalog_error), "queues": queues}, sort_keys=True))
             return
-        self.write(await self._page(catalog, current, catalog_error))
+        self.write(await self._page(catalog, current, catalog_error, queues))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if self.request.path.endswith(".json"):  # errors as JupyterHub's REST API words them
@@ -67,7 +69,8 @@ class AllocationsHandler(BaseHandler):
         else:
             super().write_error(status_code, **kwargs)
 
-    async def _page(self, catalog: Any, current: Allocations, catalog_error: str | None) -> str:
+    async def _page(self, catalog: Any, current: Allocations, catalog_error: str | None,
+                    queues: list[dict[str, Any]] | None) -> str:
         live = current.availability or {}
         scale = max([live[g.id].total for g in catalog.gpu_classes if g.id in live] +
                     [current.by_class.get(g.id, 0) for g in catalog.gpu_classes] + [1])
@@ -96,6 +99,7 @@ class AllocationsHandler(BaseHandler):
         ns = {**self.template_namespace, "xsrf_token": self.xsrf_token.decode("ascii")}
         return await template.render_async(
             **ns, classes=rows, users=readable(current.by_user), groups=readable(current.by_group),
+            queues=queues, gpu_ids=[g.id for g in catalog.gpu_classes],
             catalog_error=catalog_error and CATALOG_WARNING.format(path=hub_state().catalog_path, error=catalog_error),
             unavailable=None if current.availability is not None
             else "Cluster-wide GPU availability is not known to the hub; only DCloud's own servers are counted.",

@@ -37,6 +37,16 @@ class LiveData(Protocol):
         """GPU class id -> free and total now; None when not known."""
 
 
+class QueueData(Protocol):
+    """A backend's view of its queues (Kueue): for the admin page and the metrics."""
+
+    def rows(self, catalog: Catalog) -> list[Any]:
+        """One row per queue: name, pending, admitted, gpus_admitted by class."""
+
+    def queued_gpus(self, catalog: Catalog) -> dict[str, int]:
+        """GPU class id -> GPUs asked for by waiting workloads."""
+
+
 class CatalogCache:
     """Loads a catalog file once and again only when the file changes (admins edit it live).
 
@@ -116,9 +126,11 @@ class HubState:
         self.ledger = Ledger()
         self.catalog_path: str | None = None  # the spawners' configured catalog
         self.live: LiveData | None = None  # the running backend's live data
+        self.queues: QueueData | None = None  # the running backend's queues, when it queues
         self._parts: dict[str, Any] = {}
         audit.install_handler()
         self.metrics = Metrics(self.current_numbers, lambda: self.ledger.claims)
+        self.metrics.gpus.queued = self.queued_numbers
 
     def part(self, name: str, factory: Callable[[], T]) -> T:
         """The hub-wide object ``name`` of a backend, made by ``factory`` on first use."""
@@ -135,6 +147,13 @@ class HubState:
         if catalog is None:
             return None
         return catalog, self.live.availability(catalog) if self.live is not None else None
+
+    def queued_numbers(self) -> dict[str, int] | None:
+        """GPUs waiting in line by class; None where nothing queues."""
+        catalog = self.catalog()
+        if catalog is None or self.queues is None or not catalog.queueing.enabled:
+            return None
+        return self.queues.queued_gpus(catalog)
 
     async def close(self) -> None:
         """Stop what the parts run in the background and unregister the metrics."""

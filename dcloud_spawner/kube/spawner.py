@@ -164,8 +164,10 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     def kueue_view(self) -> KueueView | None:
         if not self.catalog.queueing.enabled:
             return None
-        view = hub_state().part("kube.queue", lambda: KueueView(self.queue_poll_seconds))
+        state = hub_state()
+        view = state.part("kube.queue", lambda: KueueView(self.queue_poll_seconds))
         view.ensure_started(self.namespace)
+        state.queues = view
         return view
 
     def dcloud_queue(self, plan: Plan) -> Queue | None:
