@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from .layout import RunDir
-from .pki import Pki
+from .pki import FRONT_PROXY_CLIENT_USER, Pki
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Virtual ranges only: nothing routes to them. Pod IPs are loopback addresses handed out by KWOK.
@@ -31,9 +31,12 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 POD_CIDR = "127.1.0.0/16"
 NODE_SELECTOR = "type=kwok"
 NODE_LEASE_SECONDS = 40
+# Recorded and stopped with the others, but not part of the control plane: a dead add-on is
+# restarted on its own by `up`, not a reason to restart the cluster (kueue.py).
+ADDONS = ("kueue",)
 # Clients first, etcd last: an API server whose etcd is gone hangs in its shutdown.
-STOP_ORDER = (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
-COMPONENTS = tuple(name for group in STOP_ORDER for name in group)
+STOP_ORDER = ((*ADDONS, "kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
+COMPONENTS = tuple(name for group in STOP_ORDER for name in group if name not in ADDONS)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class State:
     api_port: int
     processes: dict[str, dict[str, int | str]] = field(default_factory=dict)
     hub_token_expires: float = 0.0
+    kueue_ports: dict[str, int] = field(default_factory=dict)  # kueue.py: webhook, visibility, ...
 
     @property
     def server(self) -> str:
@@ -142,6 +146,18 @@ def apiserver_argv(bins: Path, pki: Pki, etcd_port: int, api_port: int) -> list[
         f"--kubelet-certificate-authority={pki.ca_cert}",
         f"--kubelet-client-certificate={pki.kubelet_client_cert}",
         f"--kubelet-client-key={pki.kubelet_client_key}",
+        # The aggregation layer (Kueue's visibility API): the API server proxies to an aggregated
+        # API server as `front-proxy-client`, passing the user in X-Remote-* headers that the
+        # aggregated server trusts from that certificate only. No kube-proxy here, so Service
+        # IPs route nowhere: dial the Service's endpoints instead.
+        f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_USER}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+        f"--proxy-client-key-file={pki.front_proxy_client_key}",
+        "--enable-aggregator-routing=true",
         "--profiling=false",
     ]
 
@@ -237,7 +253,7 @@ def wait_ready(run: RunDir, state: State, pki: Pki, timeout: float = 120.0) -> N
     """Wait for /readyz, failing early with the log tail of a component that died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        gone = dead(state)
+        gone = dead(state, [name for name in state.processes if name not in ADDONS])
         if gone:
             _reap_all(state)
             tails = "\n\n".join(f"--- {name}:\n{_log_tail(run, name)}" for name in gone)

@@ -9,6 +9,9 @@ Resolution, first match wins:
    one and stop it at the end of the session. Outside CI a missing build skips; with ``CI=true``
    the binaries are built first.
 3. Otherwise skip, except with ``CI=true``: there a cluster test that cannot run fails.
+
+``kueue_cluster`` is the same cluster, required to run Kueue's manager (see kueue.py): with the
+local harness, ``run`` is set, so a test can stop Kueue with ``kueue.stopped(run)``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import pytest
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from . import binaries, fleet, harness
-from .layout import BUILD_SCRIPT
+from . import binaries, fleet, harness, kueue
+from .layout import BUILD_SCRIPT, RunDir
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class KubeCluster:
     admin_kubeconfig: str  # cluster-admin (system:masters)
     hub_kubeconfig: str  # ServiceAccount `hub` with Zero to JupyterHub's RBAC
     namespace: str  # restricted Pod Security; the hub's Role lives here
+    run: RunDir | None = None  # the local harness's run directory; None with DCLOUD_TEST_KUBECONFIG
 
 
 def in_ci() -> bool:
@@ -84,4 +88,22 @@ def kube_cluster(request: pytest.FixtureRequest) -> KubeCluster:
         admin_kubeconfig=str(cluster.admin_kubeconfig),
         hub_kubeconfig=str(cluster.hub_kubeconfig),
         namespace=cluster.namespace,
+        run=cluster.run,
     )
+
+
+@pytest.fixture(scope="session")
+def kueue_cluster(kube_cluster: KubeCluster) -> KubeCluster:
+    """``kube_cluster``, with Kueue's manager running and ready (webhooks and visibility API).
+    Skips (fails with ``CI=true``) when Kueue cannot run here."""
+    if kube_cluster.run is None:
+        with kube_config.new_client_from_config(config_file=kube_cluster.admin_kubeconfig) as api:
+            try:
+                kueue.wait_ready_external(api, timeout=10)
+            except TimeoutError as error:
+                unavailable(f"Kueue is not running in the DCLOUD_TEST_KUBECONFIG cluster: {error}")
+        return kube_cluster
+    note = kueue.unavailable_note(kube_cluster.run)
+    if note is not None:
+        unavailable(f"no Kueue in the local cluster: {note}")
+    return kube_cluster

@@ -201,14 +201,14 @@ def _objects(node: object) -> Iterator[Manifest]:
 RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
-def extra_rbac(path: Path, namespace: str) -> list[Manifest]:
+def extra_rbac(path: Path, namespace: str, source: str = FROM_HELM_VALUES) -> list[Manifest]:
     """The RBAC objects of ``path``, bound to ServiceAccounts in ``namespace``."""
     objects = [obj for doc in yaml.safe_load_all(path.read_text()) for obj in _objects(doc)]
     for obj in objects:
         if obj["kind"] not in RBAC_KINDS:
             raise ValueError(f"{path}: only {', '.join(RBAC_KINDS)} are applied, not {obj['kind']}")
         meta = obj.setdefault("metadata", {})
-        meta.setdefault("labels", {})[SOURCE_LABEL] = FROM_HELM_VALUES
+        meta.setdefault("labels", {})[SOURCE_LABEL] = source
         if obj["kind"] in ("Role", "RoleBinding"):
             meta["namespace"] = namespace
         for subject in obj.get("subjects") or []:
@@ -229,7 +229,9 @@ def _rbac_calls(rbac: client.RbacAuthorizationV1Api, kind: str) -> list[Callable
     return [getattr(rbac, f"{verb}_{suffix}") for verb in ("create", "replace", "delete", "list")]
 
 
-def _apply_kind(rbac: client.RbacAuthorizationV1Api, kind: str, wanted: list[Manifest], namespace: str) -> None:
+def _apply_kind(
+    rbac: client.RbacAuthorizationV1Api, kind: str, wanted: list[Manifest], namespace: str, source: str
+) -> None:
     create, replace, delete, list_ = _rbac_calls(rbac, kind)
     scope = (namespace,) if kind in ("Role", "RoleBinding") else ()
     for obj in wanted:
@@ -240,16 +242,19 @@ def _apply_kind(rbac: client.RbacAuthorizationV1Api, kind: str, wanted: list[Man
                 raise
             replace(obj["metadata"]["name"], *scope, obj)
     names = {obj["metadata"]["name"] for obj in wanted}
-    for applied in list_(*scope, label_selector=f"{SOURCE_LABEL}={FROM_HELM_VALUES}").items:
+    for applied in list_(*scope, label_selector=f"{SOURCE_LABEL}={source}").items:
         if applied.metadata.name not in names:
             delete(applied.metadata.name, *scope)
 
 
-def apply_extra_rbac(rbac: client.RbacAuthorizationV1Api, path: Path, namespace: str) -> None:
-    """Apply ``path`` (when it exists) and prune what an earlier version of it applied."""
-    objects = extra_rbac(path, namespace) if path.is_file() else []
+def apply_extra_rbac(
+    rbac: client.RbacAuthorizationV1Api, path: Path, namespace: str, source: str = FROM_HELM_VALUES
+) -> None:
+    """Apply ``path`` (when it exists) and prune what an earlier version of it applied. Each
+    file needs its own ``source`` (the label value pruning goes by)."""
+    objects = extra_rbac(path, namespace, source) if path.is_file() else []
     for kind in RBAC_KINDS:
-        _apply_kind(rbac, kind, [obj for obj in objects if obj["kind"] == kind], namespace)
+        _apply_kind(rbac, kind, [obj for obj in objects if obj["kind"] == kind], namespace, source)
 
 
 def _volume_name(namespace: str, dataset: str) -> str:

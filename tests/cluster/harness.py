@@ -14,7 +14,7 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from . import binaries, control_plane, fleet, kubeconfig, node
+from . import binaries, control_plane, fleet, kubeconfig, kueue, node
 from .control_plane import COMPONENTS, State
 from .layout import RunDir, default_run_dir, stages_dir
 from .pki import Pki, generate
@@ -22,6 +22,9 @@ from .pki import Pki, generate
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Written by whoever ships the chart's extra RBAC (a ClusterRole to read Nodes, ...).
 RBAC_FILE = REPO_ROOT / "helm-values" / "rbac.yaml"
+# The hub's access to Kueue's queues, workloads and visibility API (applied the same way).
+KUEUE_RBAC_FILE = REPO_ROOT / "helm-values" / "rbac-kueue.yaml"
+KUEUE_RBAC_SOURCE = "helm-values-rbac-kueue"
 HUB_TOKEN_SECONDS = 7 * 24 * 3600
 HUB_TOKEN_RENEW_BELOW = 24 * 3600
 
@@ -70,6 +73,8 @@ def healthy(run: RunDir) -> State | None:
     pki = Pki(run.pki)
     if not pki.kubelet_client_cert.is_file():
         return None  # started by an older harness: no way to reach a real kubelet; restart it
+    if not pki.front_proxy_client_cert.is_file():
+        return None  # started by an older harness: no aggregation layer for Kueue; restart it
     return state if control_plane.readyz(state.server, pki) else None
 
 
@@ -123,7 +128,10 @@ def _start(run: RunDir, build: bool, log: Log) -> State:
 def _set_up_objects(run: RunDir, state: State, log: Log) -> None:
     with _admin_api(run) as api:
         fleet.apply(api, fleet.NAMESPACE, RBAC_FILE, dataset_root=run.datasets)
+        rbac = client.RbacAuthorizationV1Api(api)
+        fleet.apply_extra_rbac(rbac, KUEUE_RBAC_FILE, fleet.NAMESPACE, source=KUEUE_RBAC_SOURCE)
         node.ensure(run, state.server, api, log)
+        kueue.ensure(run, state, api, log)
         expires_in = state.hub_token_expires - time.time()
         if run.hub_kubeconfig.is_file() and expires_in > HUB_TOKEN_RENEW_BELOW:
             return

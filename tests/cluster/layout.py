@@ -94,6 +94,12 @@ class RunDir:
         return self.root / "node"
 
     @property
+    def kueue(self) -> Path:
+        """Kueue's manager: the root directory it runs chrooted in (binary, configuration,
+        kubeconfig, certificates at the fixed paths it reads) and why it is missing, if so."""
+        return self.root / "kueue"
+
+    @property
     def datasets(self) -> Path:
         """Host-path folders behind the dataset volumes (read by pods on real-0)."""
         return self.root / "datasets"
@@ -109,4 +115,5 @@ class RunDir:
             self.hub_kubeconfig,
             self.kwok_stages,
             self.datasets,
+            self.kueue,
         ]

@@ -1,6 +1,7 @@
 """Certificates and keys for one cluster: a CA, the API server's serving certificate, an admin
-client certificate, the API server's client certificate for kubelets, and the service-account
-signing key. :func:`issue` signs more with the same CA (the real node's identity)."""
+client certificate, the API server's client certificate for kubelets, the service-account
+signing key, and the aggregation layer's front-proxy CA with the API server's proxy client
+certificate. :func:`issue` signs more with the cluster CA (the real node's identity, Kueue's)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,25 @@ class Pki:
     @property
     def kubelet_client_key(self) -> Path:
         return self.root / "apiserver-kubelet-client.key"
+
+    @property
+    def front_proxy_ca_cert(self) -> Path:
+        """Signs only the API server's proxy client certificate: aggregated API servers (Kueue's
+        visibility API) trust X-Remote-User headers from a client this CA signed."""
+        return self.root / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_ca_key(self) -> Path:
+        return self.root / "front-proxy-ca.key"
+
+    @property
+    def front_proxy_client_cert(self) -> Path:
+        """What the API server presents when it proxies a request to an aggregated API."""
+        return self.root / "front-proxy-client.crt"
+
+    @property
+    def front_proxy_client_key(self) -> Path:
+        return self.root / "front-proxy-client.key"
 
     @property
     def sa_key(self) -> Path:
@@ -141,6 +161,7 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+FRONT_PROXY_CLIENT_USER = "front-proxy-client"
 
 
 def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -217,6 +238,18 @@ def generate(root: Path) -> Pki:
     _write(pki.admin_key, _key_pem(admin_key), private=True)
 
     issue(pki, pki.kubelet_client_cert, pki.kubelet_client_key, common_name=KUBELET_CLIENT_USER)
+
+    # A CA of its own, as kubeadm does: the requestheader CA must not sign ordinary clients, or
+    # any of them could claim to be the API server and send X-Remote-User headers.
+    proxy_ca_key = _key()
+    proxy_ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dcloud-test-front-proxy-ca")])
+    _write(pki.front_proxy_ca_cert, _pem(_cert(proxy_ca_name, proxy_ca_key, proxy_ca_name, proxy_ca_key, ca=True)))
+    _write(pki.front_proxy_ca_key, _key_pem(proxy_ca_key), private=True)
+    proxy_key = _key()
+    proxy_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FRONT_PROXY_CLIENT_USER)])
+    proxy = _cert(proxy_name, proxy_key, proxy_ca_name, proxy_ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write(pki.front_proxy_client_cert, _pem(proxy))
+    _write(pki.front_proxy_client_key, _key_pem(proxy_key), private=True)
 
     # RS256 is what every ServiceAccount token consumer understands.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
