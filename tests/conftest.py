@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CATALOG = ROOT / "hub_config" / "catalog.yaml"  # a link to DEMO_CATALOG, as admins see it
 
 try:  # the cluster harness is optional for unit-only runs outside CI
-    from tests.cluster.fixture import kube_cluster
+    from tests.cluster.fixture import kube_cluster, kueue_cluster
 except ImportError as exc:  # pragma: no cover - reported by the cluster tests themselves
     _cluster_import_error = exc
 
@@ -24,6 +24,8 @@ except ImportError as exc:  # pragma: no cover - reported by the cluster tests t
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+    kueue_cluster = kube_cluster
 
 
 @pytest.fixture(autouse=True)
