@@ -21,10 +21,14 @@ from dcloud_spawner.core.availability import (
 def node(name, labels, gpus, resource="nvidia.com/gpu", ready=True, taint=True, unschedulable=False):
     return {
         "metadata": {"name": name, "labels": labels},
-        "spec": {"unschedulable": unschedulable,
-                 "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}] if taint else []},
-        "status": {"allocatable": {resource: str(gpus), "cpu": "32"},
-                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+        "spec": {
+            "unschedulable": unschedulable,
+            "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}] if taint else [],
+        },
+        "status": {
+            "allocatable": {resource: str(gpus), "cpu": "32"},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
     }
 
 
@@ -40,10 +44,20 @@ A100 = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
 
 
 def test_free_is_allocatable_minus_running_requests(catalog):
-    nodes = [node("t4-0", T4, 4), node("t4-1", T4, 4), node("a100-0", A100, 8),
-             node("mig-0", {}, 7, resource="nvidia.com/mig-1g.10gb")]
-    pods = [pod("t4-0", 3), pod("t4-1", 1), pod("t4-1", 2, phase="Succeeded"), pod("a100-0", 8),
-            pod("mig-0", 1, resource="nvidia.com/mig-1g.10gb"), pod(None, 4)]
+    nodes = [
+        node("t4-0", T4, 4),
+        node("t4-1", T4, 4),
+        node("a100-0", A100, 8),
+        node("mig-0", {}, 7, resource="nvidia.com/mig-1g.10gb"),
+    ]
+    pods = [
+        pod("t4-0", 3),
+        pod("t4-1", 1),
+        pod("t4-1", 2, phase="Succeeded"),
+        pod("a100-0", 8),
+        pod("mig-0", 1, resource="nvidia.com/mig-1g.10gb"),
+        pod(None, 4),
+    ]
     result = compute(catalog, nodes, pods)
     assert result["t4"] == GpuAvailability(free=4, total=8, largest_free_block=3)
     assert result["a100"] == GpuAvailability(free=0, total=8, largest_free_block=0)
@@ -107,19 +121,30 @@ RESOURCES = ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "example.com/fpga"]
 @st.composite
 def raw_nodes(draw, name):
     mostly = st.sampled_from([True, True, True, False])  # mostly nodes that serve a class
-    raw = node(name, draw(st.sampled_from(PRODUCTS)), draw(st.integers(0, 8)),
-               resource=draw(st.sampled_from(RESOURCES[:1] * 3 + RESOURCES)), ready=draw(mostly),
-               taint=False, unschedulable=not draw(mostly))
-    raw["spec"]["taints"] = draw(st.lists(st.sampled_from(TAINTS[:1] * 4 + TAINTS), max_size=2,
-                                          unique_by=lambda t: t["key"]))
+    raw = node(
+        name,
+        draw(st.sampled_from(PRODUCTS)),
+        draw(st.integers(0, 8)),
+        resource=draw(st.sampled_from(RESOURCES[:1] * 3 + RESOURCES)),
+        ready=draw(mostly),
+        taint=False,
+        unschedulable=not draw(mostly),
+    )
+    raw["spec"]["taints"] = draw(
+        st.lists(st.sampled_from(TAINTS[:1] * 4 + TAINTS), max_size=2, unique_by=lambda t: t["key"])
+    )
     return raw
 
 
 @st.composite
 def raw_pods(draw):
-    raw = pod(draw(st.sampled_from([*NODE_NAMES, None])), draw(st.integers(0, 4)),
-              phase=draw(st.sampled_from(["Pending", "Running", "Running", "Running", "Succeeded", "Failed"])),
-              resource=draw(st.sampled_from(RESOURCES[:1] * 3 + RESOURCES)), init=draw(st.integers(0, 3)))
+    raw = pod(
+        draw(st.sampled_from([*NODE_NAMES, None])),
+        draw(st.integers(0, 4)),
+        phase=draw(st.sampled_from(["Pending", "Running", "Running", "Running", "Succeeded", "Failed"])),
+        resource=draw(st.sampled_from(RESOURCES[:1] * 3 + RESOURCES)),
+        init=draw(st.integers(0, 3)),
+    )
     if draw(st.booleans()):  # a second container, requesting instead of limiting
         raw["spec"]["containers"].append({"resources": {"requests": {"nvidia.com/gpu": "1", "cpu": "1"}}})
     return raw
@@ -128,21 +153,30 @@ def raw_pods(draw):
 POD_KEYS = [f"ns/p{i}" for i in range(6)]
 changes = st.one_of(
     st.tuples(st.just("node"), st.sampled_from(NODE_NAMES)).flatmap(
-        lambda c: st.tuples(st.just(c[0]), st.just(c[1]), st.one_of(st.none(), raw_nodes(c[1])))),
+        lambda c: st.tuples(st.just(c[0]), st.just(c[1]), st.one_of(st.none(), raw_nodes(c[1])))
+    ),
     st.tuples(st.just("pod"), st.sampled_from(POD_KEYS), st.one_of(st.none(), raw_pods())),
     st.tuples(st.just("unseen pod"), st.sampled_from(POD_KEYS), st.one_of(st.none(), raw_pods())),
     st.tuples(st.just("unseen node"), st.sampled_from(NODE_NAMES)).flatmap(
-        lambda c: st.tuples(st.just(c[0]), st.just(c[1]), st.one_of(st.none(), raw_nodes(c[1])))),
+        lambda c: st.tuples(st.just(c[0]), st.just(c[1]), st.one_of(st.none(), raw_nodes(c[1])))
+    ),
     st.tuples(st.sampled_from(["relist pods", "relist nodes", "other catalog"]), st.none(), st.none()),
 )
 
 
 def other_catalog(catalog):
     """The same catalog with the T4 class selecting V100 nodes and tolerating maintenance."""
-    gpus = [g.model_copy(update={"node_selector": {"nvidia.com/gpu.product": "Tesla-V100"},
-                                 "tolerations": [*g.tolerations, type(g.tolerations[0])(key="maintenance",
-                                                                                      operator="Exists")]})
-            if g.id == "t4" else g for g in catalog.gpu_classes]
+    gpus = [
+        g.model_copy(
+            update={
+                "node_selector": {"nvidia.com/gpu.product": "Tesla-V100"},
+                "tolerations": [*g.tolerations, type(g.tolerations[0])(key="maintenance", operator="Exists")],
+            }
+        )
+        if g.id == "t4"
+        else g
+        for g in catalog.gpu_classes
+    ]
     return catalog.model_copy(update={"gpu_classes": gpus})
 
 
@@ -176,5 +210,6 @@ def test_incremental_availability_equals_compute_from_scratch(catalog, sequence)
     live.replace_nodes({k: node_facts(n) for k, n in cluster["node"].items()})
     live.replace_pods({k: f for k, p in cluster["pod"].items() if (f := pod_facts(p)) is not None})
     for current in catalogs:
-        assert live.availability(current) == compute(current, list(cluster["node"].values()),
-                                                     list(cluster["pod"].values()))
+        assert live.availability(current) == compute(
+            current, list(cluster["node"].values()), list(cluster["pod"].values())
+        )

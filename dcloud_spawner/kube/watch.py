@@ -1,9 +1,17 @@
-"""The hub-wide watch caches of Nodes and Pods behind live GPU availability.
+"""The hub-wide watches of Nodes and Pods behind live GPU availability.
 
-KubeSpawner's reflectors (one list, then a watch) keep every object in memory, so
-rendering the form or checking a request makes no API request. Without the RBAC to
-watch Nodes and Pods cluster-wide, availability is simply unknown: the form works and
-says nothing about it.
+Each watch lists its kind once (in pages), then follows changes, the way Kubernetes'
+own controllers do, and keeps per object only what availability reads (``NodeFacts``,
+``PodFacts``), in one :class:`~dcloud_spawner.core.availability.LiveAvailability` that
+adjusts the free counts with each change. So rendering the form or checking a request
+makes no API request and costs the same with 50 pods or 50,000, and the hub's memory does
+not hold the cluster's pods. Without the RBAC to watch Nodes and Pods cluster-wide,
+availability is simply unknown: the form works and says nothing about it.
+
+The hub is one event loop serving every user, so the watches never hold it for long: a
+list is read a page at a time, and a burst of events is folded in slices, each handing
+the loop back after ``slice_seconds``. A re-list builds the new copy beside the old one and
+swaps it in whole, so a reader sees either the old cluster or the new, never half of each.
 """
 
 from __future__ import annotations
@@ -12,68 +20,231 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from kubernetes_asyncio import watch
+import aiohttp
+from kubernetes_asyncio.client import ApiException
 from kubespawner.clients import shared_client
-from kubespawner.reflector import MultiNamespaceResourceReflector
-from traitlets import default
+from traitlets import Float, Int, Unicode, default
+from traitlets.config import Config, LoggingConfigurable
 
-from ..core.availability import GpuAvailability, PodHolding, compute, pod_holding
+from ..core.availability import (
+    GpuAvailability,
+    LiveAvailability,
+    NodeFacts,
+    PodFacts,
+    add_held,
+    node_facts,
+    pod_facts,
+)
 from ..core.catalog import Catalog
 
 log = logging.getLogger("dcloud")
 
 
-class NodeReflector:
-    """List, then watch, all Nodes (KubeSpawner's reflector keys objects by namespace,
-    which Nodes lack, so this is the same pattern for a cluster-scoped kind)."""
+class Gone(Exception):
+    """The watch's resourceVersion is older than the API server keeps (410): list again."""
 
-    def __init__(self) -> None:
-        self.resources: dict[str, dict[str, Any]] = {}
-        self._task: asyncio.Task | None = None
+
+class LeanReflector(LoggingConfigurable):
+    """List, then watch, one kind of object in the whole cluster, keeping lean facts of each.
+
+    Unlike KubeSpawner's reflector (whole objects, a full list again whenever a watch ends),
+    a watch that ends is resumed from the last resourceVersion it saw (bookmarks keep that
+    fresh); only an expired version (410 Gone) or a failure leads to a new list. Failures are
+    retried for as long as they last, at most ``max_backoff_seconds`` apart.
+    """
+
+    kind = "objects"
+    list_method_name = ""
+
+    page_size = Int(
+        500,
+        config=True,
+        help="Objects per page when listing: each page is parsed in one piece, so this bounds "
+        "how long one parse holds the hub's event loop (500 pods: a few milliseconds).",
+    )
+    timeout_seconds = Int(
+        300,
+        config=True,
+        help="How long the API server keeps one watch request open; the next one resumes "
+        "where it ended, without listing again.",
+    )
+    list_timeout_seconds = Int(60, config=True, help="Time limit for one page of a list.")
+    slice_seconds = Float(
+        0.005,
+        config=True,
+        help="Longest stretch of folding events or list items before the hub's event loop gets "
+        "a turn (the rest of a burst waits for the next slice).",
+    )
+    max_backoff_seconds = Float(
+        30.0, config=True, help="Longest wait between retries while the API server fails or refuses."
+    )
+    field_selector = Unicode("", config=True, help="Field selector of the list and the watch.")
+
+    def __init__(self, live: LiveAvailability, api: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.live = live
+        self.api = api
+        self.resource_version: str | None = None
         self.failing_since: float | None = None  # wall clock of the first failure since the last good list
+        self.lists = 0  # full lists so far (a re-list after 410 Gone or a failure counts too)
+        self._task: asyncio.Task | None = None
+        self._relist = asyncio.Event()
+        self._watching: Any = None  # the open watch response, to cut short for a re-list
+
+    # -- what a subclass says about its kind ---------------------------------------------------
+
+    def key(self, raw: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def facts(self, raw: dict[str, Any]) -> Any:
+        """The lean record kept of ``raw``; None: keep nothing of it."""
+        raise NotImplementedError
+
+    def replace(self, items: dict[str, Any], extra: Any) -> None:
+        """Hand a complete new list to the live copy in one step."""
+        raise NotImplementedError
+
+    def apply(self, key: str, facts: Any) -> None:
+        raise NotImplementedError
+
+    def fold(self, items: dict[str, Any], extra: Any, key: str, facts: Any) -> None:
+        """Add one listed object to the copy being built (``extra``: per-kind sums, built alongside)."""
+        if facts is not None:
+            items[key] = facts
+
+    def new_extra(self) -> Any:
+        return None
+
+    # -- running ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        api = shared_client("CoreV1Api")
-        version = await self._list(api)
-        self._task = asyncio.create_task(self._watch(api, version))
+        """List once (raises if that fails: the caller decides), then follow changes in the background."""
+        if self.api is None:
+            self.api = shared_client("CoreV1Api")
+        await self.list()
+        self._task = asyncio.create_task(self._follow())
 
-    async def _list(self, api: Any) -> str:
-        response = await api.list_node(_preload_content=False)
-        data = json.loads(await response.read())
-        self.resources = {n["metadata"]["name"]: n for n in data["items"]}
-        return data["metadata"]["resourceVersion"]
+    def relist(self) -> None:
+        """List everything again now, as after 410 Gone (the open watch is cut short)."""
+        self._relist.set()
+        if self._watching is not None:
+            self._watching.close()
 
-    async def _watch(self, api: Any, version: str) -> None:
+    async def list(self) -> None:
+        """Read every object, a page at a time, into a new copy; then swap it in whole."""
+        method = getattr(self.api, self.list_method_name)
+        items: dict[str, Any] = {}
+        extra = self.new_extra()
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self.page_size, "_preload_content": False}
+            if token:
+                kwargs["_continue"] = token
+            if self.field_selector:
+                kwargs["field_selector"] = self.field_selector
+            response = await method(**kwargs, _request_timeout=self.list_timeout_seconds)
+            body = await response.read()
+            if response.status == 410:
+                raise Gone("the list's continue token expired")
+            if not 200 <= response.status < 300:
+                raise ApiException(status=response.status, reason=_reason(response, body))
+            page = json.loads(body)
+            del body
+            began = time.perf_counter()
+            for raw in page["items"]:
+                self.fold(items, extra, self.key(raw), self.facts(raw))
+                if time.perf_counter() - began > self.slice_seconds:
+                    await asyncio.sleep(0)
+                    began = time.perf_counter()
+            meta = page["metadata"]
+            version, token = meta.get("resourceVersion"), meta.get("continue")
+            del page
+            if not token:
+                break
+            await asyncio.sleep(0)  # the next page's parse is a new slice
+        self.replace(items, extra)
+        self.resource_version = version
+        self.lists += 1
+        self.failing_since = None
+
+    async def _follow(self) -> None:
         delay = 1.0
         while True:
             try:
-                async with watch.Watch().stream(api.list_node, resource_version=version,
-                                                timeout_seconds=300) as stream:
-                    async for event in stream:
-                        raw = event["raw_object"]
-                        if event["type"] == "ERROR":
-                            raise RuntimeError(raw.get("message", "watch error"))  # e.g. 410 Gone
-                        version = raw["metadata"]["resourceVersion"]
-                        if event["type"] == "DELETED":
-                            self.resources.pop(raw["metadata"]["name"], None)
-                        else:
-                            self.resources[raw["metadata"]["name"]] = raw
+                if self._relist.is_set():
+                    self._relist.clear()
+                    await self.list()
+                await self._watch()
                 delay = 1.0
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # start over from a fresh list
+            except Gone as gone:
+                log.info("DCloud: the %s watch is too old (%s); listing again", self.kind, gone)
+                self._relist.set()
+            except Exception as exc:
                 self.failing_since = self.failing_since or time.time()
-                log.warning("DCloud: node watch interrupted (%s); listing again in %.0fs", exc, delay)
+                log.warning("DCloud: watching %s failed (%s); listing again in %.0fs", self.kind, exc, delay)
+                self._relist.set()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
+                delay = min(delay * 2, self.max_backoff_seconds)
+
+    async def _watch(self) -> None:
+        """One watch request, from the last resourceVersion until the server ends it."""
+        method = getattr(self.api, self.list_method_name)
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "allow_watch_bookmarks": True,
+            "resource_version": self.resource_version,
+            "timeout_seconds": self.timeout_seconds,
+            "_preload_content": False,
+            # connect, then read: a silent connection (bookmarks come about every minute) is dead
+            "_request_timeout": (10, self.timeout_seconds + 30),
+        }
+        if self.field_selector:
+            kwargs["field_selector"] = self.field_selector
+        response = await method(**kwargs)
+        self._watching = response
+        try:
+            if response.status == 410:
+                raise Gone("410 on connect")
+            if not 200 <= response.status < 300:
+                raise ApiException(status=response.status, reason=_reason(response, await response.read()))
+            began = time.perf_counter()
+            while True:
                 try:
-                    version = await self._list(api)
-                    self.failing_since = None
-                except Exception as list_error:
-                    log.warning("DCloud: listing nodes failed: %s", list_error)
+                    line = await response.content.readline()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    if self._relist.is_set():
+                        return  # cut short by relist()
+                    raise
+                if not line:
+                    return  # the server ended the watch (timeout_seconds): resume where it stopped
+                if self._relist.is_set():
+                    return
+                self._event(json.loads(line))
+                if time.perf_counter() - began > self.slice_seconds:
+                    await asyncio.sleep(0)
+                    began = time.perf_counter()
+        finally:
+            self._watching = None
+            response.close()
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind, raw = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if raw.get("code") == 410:
+                raise Gone(raw.get("message", "410 Gone"))
+            raise ApiException(status=raw.get("code"), reason=raw.get("message", "watch error"))
+        version = (raw.get("metadata") or {}).get("resourceVersion")
+        if kind == "DELETED":
+            self.apply(self.key(raw), None)
+        elif kind in ("ADDED", "MODIFIED"):
+            self.apply(self.key(raw), self.facts(raw))
+        if version:
+            self.resource_version = version  # BOOKMARK events only carry this
 
     def cancel(self) -> None:
         if self._task is not None:
@@ -81,77 +252,114 @@ class NodeReflector:
             self._task = None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
-            self._task = None
 
 
-class ClusterPodReflector(MultiNamespaceResourceReflector):
+def _reason(response: Any, body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message") or response.reason)
+    except (ValueError, AttributeError):
+        return str(response.reason)
+
+
+class NodeReflector(LeanReflector):
+    """Every Node, as :class:`NodeFacts` (labels, taints, extended allocatable, Ready)."""
+
+    kind = "nodes"
+    list_method_name = "list_node"
+
+    def key(self, raw: dict[str, Any]) -> str:
+        return raw["metadata"]["name"]
+
+    def facts(self, raw: dict[str, Any]) -> NodeFacts:
+        return node_facts(raw)
+
+    def replace(self, items: dict[str, Any], extra: Any) -> None:
+        self.live.replace_nodes(items)
+
+    def apply(self, key: str, facts: Any) -> None:
+        self.live.set_node(key, facts)
+
+    @property
+    def resources(self) -> dict[str, NodeFacts]:
+        return self.live.nodes
+
+
+class ClusterPodReflector(LeanReflector):
+    """Every Pod that has not finished, as :data:`PodFacts` (node, extended resources held).
+
+    The API server leaves finished pods out (field selector), and sends a delete when one
+    finishes, so a cluster full of completed Jobs costs the hub nothing.
+    """
+
     kind = "pods"
     list_method_name = "list_pod_for_all_namespaces"
 
-    # KubeSpawner's reflector lists everything again whenever a watch ends (by default
-    # after 10 s without events). Every pod of the cluster is a large list, and parsing it
-    # blocks the hub, so keep each watch open for minutes instead.
-    @default("timeout_seconds")
-    def _watch_long(self) -> int:
-        return 300
+    @default("field_selector")
+    def _unfinished_only(self) -> str:
+        return "status.phase!=Succeeded,status.phase!=Failed"
 
-    @default("restart_seconds")
-    def _restart_rarely(self) -> int:
-        return 900
+    def key(self, raw: dict[str, Any]) -> str:
+        meta = raw["metadata"]
+        return f"{meta.get('namespace')}/{meta['name']}"
 
-    @default("request_timeout")
-    def _request_outlives_watch(self) -> int:
-        return 330
+    def facts(self, raw: dict[str, Any]) -> PodFacts | None:
+        return pod_facts(raw)
 
-    failing_since: float | None = None  # wall clock of the first failure since the last good list
+    def new_extra(self) -> dict[tuple[str, str], int]:
+        return {}
 
-    # KubeSpawner's reflector has no hook for "my data is current again": every (re)connect
-    # starts with this full list, so its outcome is exactly when the cache is, or stops being,
-    # a true copy of the cluster.
-    async def _list_and_update(self, resource_version: Any = None) -> Any:
-        try:
-            version = await super()._list_and_update(resource_version)
-        except Exception:
-            self.failing_since = self.failing_since or time.time()
-            raise
-        self.failing_since = None
-        return version
+    def fold(self, items: dict[str, Any], extra: Any, key: str, facts: Any) -> None:
+        if facts is not None:
+            items[key] = facts
+            add_held(extra, facts)
+
+    def replace(self, items: dict[str, Any], extra: Any) -> None:
+        self.live.replace_pods(items, extra)
+
+    def apply(self, key: str, facts: Any) -> None:
+        self.live.set_pod(key, facts)
+
+    @property
+    def resources(self) -> dict[str, PodFacts]:
+        return self.live.pods
 
 
 class ClusterWatch:
-    """The hub-wide Node and Pod caches (a part of the hub state); started once, on first use."""
+    """The hub-wide Node and Pod watches (a part of the hub state); started once, on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_factory: Callable[[], Any] | None = None, config: Config | None = None) -> None:
+        self.live = LiveAvailability()
+        self.config = config  # for the reflectors' traits (page size, slices, timeouts)
         self.nodes: NodeReflector | None = None
         self.pods: ClusterPodReflector | None = None
         self.unavailable: str | None = None
+        self._api_factory = api_factory or (lambda: shared_client("CoreV1Api"))
         self._retry_at = 0.0
-        self._memo: tuple[Any, dict[str, GpuAvailability]] | None = None
-        # pod uid -> (resourceVersion, what it holds): a pod is read again only when it changed
-        self._holdings: dict[str, tuple[str, PodHolding | None]] = {}
         self._starting: asyncio.Lock | None = None
-        self._pods_given_up = False
 
     async def ensure_started(self) -> bool:
         """True when the caches are loaded; False (once logged) when they cannot be."""
+        if self.nodes is not None and self.pods is not None:
+            return True
         if self.unavailable is not None:
             if time.monotonic() < self._retry_at:
                 return False
             self.unavailable = None  # a transient failure gets another chance
-        if self.nodes is not None and self.pods is not None and not self._pods_given_up:
-            return True
         self._starting = self._starting or asyncio.Lock()
         async with self._starting:
             if self.nodes is not None and self.pods is not None:
-                return await self._restart_pods() if self._pods_given_up else True
-            nodes, pods = NodeReflector(), ClusterPodReflector()
-            pods.on_failure = self._pods_gave_up
+                return True
+            api = self._api_factory()
+            live = LiveAvailability()
+            nodes = NodeReflector(live, api, config=self.config)
+            pods = ClusterPodReflector(live, api, config=self.config)
             try:
                 await asyncio.gather(nodes.start(), pods.start())
             except Exception as exc:
@@ -160,33 +368,14 @@ class ClusterWatch:
                 forbidden = status in (401, 403)
                 self.unavailable = (
                     "the hub may not watch Nodes and Pods cluster-wide (apply helm-values/rbac.yaml)"
-                    if forbidden else f"watching Nodes and Pods failed: {exc}"
+                    if forbidden
+                    else f"watching Nodes and Pods failed: {exc}"
                 )
                 self._retry_at = time.monotonic() + (3600 if forbidden else 60)
                 log.warning("DCloud: GPU availability is hidden from the form: %s", self.unavailable)
                 return False
-            self.nodes, self.pods = nodes, pods
+            self.live, self.nodes, self.pods = live, nodes, pods
             return True
-
-    def _pods_gave_up(self) -> None:
-        """KubeSpawner's reflector stops retrying after a long outage: start a new one on next use."""
-        log.warning("DCloud: the pod watch gave up; it starts again on the next form or spawn")
-        self._pods_given_up = True
-
-    async def _restart_pods(self) -> bool:
-        """Replace a pod watch that gave up; until that works, the old (stale) copy stays."""
-        pods = ClusterPodReflector()
-        pods.on_failure = self._pods_gave_up
-        try:
-            await pods.start()
-        except Exception as exc:
-            await asyncio.gather(pods.stop(), return_exceptions=True)
-            log.warning("DCloud: restarting the pod watch failed: %s", exc)
-            return False
-        old, self.pods, self._pods_given_up = self.pods, pods, False
-        if old is not None:
-            await old.stop()
-        return True
 
     @property
     def stale_since(self) -> float | None:
@@ -201,41 +390,16 @@ class ClusterWatch:
         return self.snapshot(catalog)
 
     def snapshot(self, catalog: Catalog) -> dict[str, GpuAvailability] | None:
-        """Availability now; recomputed only when a cached object changed since last time."""
+        """Availability now, from counts the watches keep current (no API request, no recount)."""
         if self.nodes is None or self.pods is None:
             return None
-        nodes = list(self.nodes.resources.values())
-        pods = list(self.pods.resources.values())
-        # every change to an object gives it a new resourceVersion: a cheap change detector
-        key = (id(catalog), hash(tuple(o["metadata"].get("resourceVersion") for o in nodes)),
-               hash(tuple(o["metadata"].get("resourceVersion") for o in pods)))
-        if self._memo is None or self._memo[0] != key:
-            self._memo = (key, compute(catalog, nodes, pods, self._cached_holding(catalog, pods)))
-        return dict(self._memo[1])
-
-    def _cached_holding(self, catalog: Catalog, pods: list[dict[str, Any]]) -> Callable[[Any], Any]:
-        resources = sorted({g.resource for g in catalog.gpu_classes})
-        live = {p["metadata"].get("uid") for p in pods}
-        for gone in self._holdings.keys() - live:
-            del self._holdings[gone]
-
-        def holding(pod: Mapping[str, Any]) -> PodHolding | None:
-            meta = pod["metadata"]
-            uid, version = meta.get("uid"), meta.get("resourceVersion")
-            cached = self._holdings.get(uid)
-            if cached is None or cached[0] != version:
-                cached = (version, pod_holding(pod, resources))
-                self._holdings[uid] = cached
-            return cached[1]
-
-        return holding
+        return self.live.availability(catalog)
 
     def cancel(self) -> None:
         """Cancel the watches without waiting (from synchronous code)."""
-        if self.nodes is not None:
-            self.nodes.cancel()
-        if self.pods is not None and self.pods.watch_task is not None:
-            self.pods.watch_task.cancel()
+        for reflector in (self.nodes, self.pods):
+            if reflector is not None:
+                reflector.cancel()
         self.nodes = self.pods = None
 
     async def stop(self) -> None:
@@ -244,6 +408,4 @@ class ClusterWatch:
                 await reflector.stop()
         self.nodes = self.pods = None
         self.unavailable = None
-        self._memo = None
-        self._holdings = {}
-
+        self.live = LiveAvailability()
