@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import harness
+from . import harness, kueue
 from .layout import RunDir, default_run_dir
 
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no healthy cluster in {run.root}", file=sys.stderr)
             return 1
         print(f"{state.server} {run.admin_kubeconfig}")
+        print(kueue.describe(run, state), file=sys.stderr)
     return 0
 
 

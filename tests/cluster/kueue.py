@@ -82,14 +82,13 @@ WEBHOOK_CONFIGURATIONS = {
 # Which of upstream's webhooks are registered: Kueue's own kinds, and what FRAMEWORKS manage.
 KEPT_RESOURCES = {GROUP: None, "": {"pods"}, "batch": {"jobs"}}
 SCOPED_RESOURCES = {"pods", "jobs"}  # only in MANAGED_NAMESPACE, only with QUEUE_LABEL
+# A dead manager fails a request at once (connection refused); a hung one after this many
+# seconds (upstream: the default 10), so a spawn against a stuck Kueue still fails within 5 s.
+WEBHOOK_TIMEOUT = 3
 READY_TIMEOUT = 120.0
 PORTS = ("webhook", "visibility", "metrics", "health")
 
 Log = Callable[[str], None]
-
-
-class KueueUnavailable(RuntimeError):
-    """This machine or build cannot run Kueue's manager; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -240,13 +239,13 @@ def argv(kdir: KueueDir) -> list[str]:
 
 
 def _start_process(run: RunDir, state: State, kdir: KueueDir, address: str) -> None:
-    ports = _ports(state, address)
+    """Start the manager on ``state.kueue_ports``."""
+    ports = state.kueue_ports
     _prepare(run, state, kdir, ports, address)
     # An empty environment: nothing of the caller's (KUBECONFIG, in-cluster variables) leaks in.
     info = control_plane.spawn(run, NAME, argv(kdir), env={})
     info["exe"] = os.path.realpath(kdir.binary)  # chroot (and unshare) exec it under the same pid
-    state.processes[NAME] = info
-    state.kueue_ports = ports
+    state.processes[NAME] = {**info, "address": address}
     state.save(run)
 
 
@@ -375,8 +374,7 @@ def webhook_configurations(run: RunDir, webhook_port: int) -> list[dict[str, Any
             if resources & SCOPED_RESOURCES:
                 webhook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": MANAGED_NAMESPACE}}
                 webhook["objectSelector"] = {"matchExpressions": [{"key": QUEUE_LABEL, "operator": "Exists"}]}
-            # A dead manager fails the request at once (connection refused); a hung one in 5 s.
-            webhook["timeoutSeconds"] = 5
+            webhook["timeoutSeconds"] = WEBHOOK_TIMEOUT
             webhooks.append(webhook)
         name = WEBHOOK_CONFIGURATIONS[doc["kind"]]
         configurations.append({**doc, "metadata": {"name": name}, "webhooks": webhooks})
@@ -509,14 +507,13 @@ def ensure(run: RunDir, state: State, api: client.ApiClient, log: Log) -> str | 
         log("starting Kueue's manager" + (" again" if again else ""))
         state.kueue_ports = _ports(state, address)
     apply_crds(api, run, state.kueue_ports["webhook"])
+    crds_done = time.monotonic()
     if restart:
         _start_process(run, state, kdir, address)
-        state.processes[NAME]["address"] = address
-        state.save(run)
     apply_webhooks(api, run, state.kueue_ports["webhook"])
     apply_visibility(api, run, address, state.kueue_ports["visibility"])
     wait_ready(run, api)
-    log(f"Kueue ready in {time.monotonic() - began:.1f}s")
+    log(f"Kueue ready in {time.monotonic() - began:.1f}s (CRDs {crds_done - began:.1f}s)")
     return None
 
 
@@ -532,6 +529,19 @@ def _stop_process(run: RunDir, state: State, grace: float = 10.0) -> None:
             if control_plane._wait_gone(state, {NAME}, 5.0):
                 raise RuntimeError(f"Kueue's manager (pid {pid}) outlived SIGKILL")
     control_plane._reap(pid)
+
+
+def describe(run: RunDir, state: State) -> str:
+    """One line for ``python -m tests.cluster status``."""
+    if running(state):
+        ports = state.kueue_ports
+        address = state.processes[NAME].get("address")
+        return (
+            f"kueue: running, pid {state.processes[NAME]['pid']}, webhooks 127.0.0.1:{ports['webhook']}, "
+            f"visibility {address}:{ports['visibility']}"
+        )
+    note = unavailable_note(run)
+    return f"kueue: not running ({note or 'the next `up` starts it'})"
 
 
 def unavailable_note(run: RunDir) -> str | None:
@@ -561,6 +571,27 @@ def stopped(run: RunDir, api: client.ApiClient | None = None) -> Iterator[None]:
         info = control_plane.spawn(run, NAME, argv(kdir), env={})
         state.processes[NAME] = {**state.processes[NAME], **info, "exe": os.path.realpath(kdir.binary)}
         state.save(run)
+        if api is not None:
+            wait_ready(run, api)
+        else:
+            with kube_config.new_client_from_config(config_file=str(run.admin_kubeconfig)) as admin:
+                wait_ready(run, admin)
+
+
+@contextmanager
+def frozen(run: RunDir, api: client.ApiClient | None = None) -> Iterator[None]:
+    """Stop Kueue's manager with SIGSTOP, as a hung process: its port still accepts connections
+    but nothing answers, so webhook calls fail only after their timeout (WEBHOOK_TIMEOUT).
+    SIGCONT when the block ends, then wait until it is ready."""
+    state = State.load(run)
+    if state is None or not running(state):
+        raise RuntimeError(f"no running Kueue recorded in {run.state}")
+    pid = int(state.processes[NAME]["pid"])
+    control_plane._signal(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        control_plane._signal(pid, signal.SIGCONT)
         if api is not None:
             wait_ready(run, api)
         else:

@@ -55,6 +55,23 @@ def kueue_object(kind: str, name: str, spec: dict[str, Any], namespace: str | No
 
 
 @pytest.fixture(scope="module")
+def other_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A namespace besides the notebook one, where Kueue must not reach."""
+    core = client.CoreV1Api(api)
+    name = unique("dcloud-test-other")
+    core.create_namespace({"metadata": {"name": name, "labels": {TEST_LABEL: "true"}}})
+    try:
+        fleet._wait(f"ServiceAccount {name}/default", lambda: _has_default_account(core, name), 30)
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+def _has_default_account(core: client.CoreV1Api, namespace: str) -> bool:
+    return bool(core.list_namespaced_service_account(namespace, field_selector="metadata.name=default").items)
+
+
+@pytest.fixture(scope="module")
 def queue(api: client.ApiClient, namespace: str) -> Iterator[dict[str, str]]:
     """A ResourceFlavor, a ClusterQueue admitting only from the notebook namespace with 1 CPU
     of quota, and a LocalQueue there; removed afterwards."""
@@ -180,15 +197,16 @@ def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
 
 
 def test_crds_are_served_at_v1beta2(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    shipped = [yaml.safe_load(path.read_text()) for path in (kueue_manifests_dir() / "crd").glob("*.yaml")]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    shipped = [yaml.load(path.read_text(), Loader=loader) for path in (kueue_manifests_dir() / "crd").glob("*.yaml")]
     assert len(shipped) >= 10
     for crd in shipped:
-        found = ext.read_custom_resource_definition(crd["metadata"]["name"])
-        served = {version.name for version in found.spec.versions if version.served}
-        assert kueue.API_VERSION in served, crd["metadata"]["name"]
-        established = {c.type: c.status for c in found.status.conditions}["Established"]
-        assert established == "True", crd["metadata"]["name"]
+        name = crd["metadata"]["name"]
+        found = kueue.get(api, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        served = {version["name"] for version in found["spec"]["versions"] if version["served"]}
+        assert kueue.API_VERSION in served, name
+        established = {c["type"]: c["status"] for c in found["status"]["conditions"]}["Established"]
+        assert established == "True", name
     kinds = {r.kind for r in client.CustomObjectsApi(api).get_api_resources(kueue.GROUP, kueue.API_VERSION).resources}
     assert {"ResourceFlavor", "ClusterQueue", "LocalQueue", "Workload", "Cohort"} <= kinds
 
@@ -278,6 +296,7 @@ def test_unlabelled_pod_is_untouched(api: client.ApiClient, namespace: str, queu
 def test_kueue_down_refuses_queued_pods_at_once_and_no_others(
     api: client.ApiClient,
     namespace: str,
+    other_namespace: str,
     queue: dict[str, str],
     kueue_cluster: KubeCluster,  # noqa: F811 (fixture)
 ) -> None:
@@ -290,10 +309,13 @@ def test_kueue_down_refuses_queued_pods_at_once_and_no_others(
             core.create_namespaced_pod(namespace, pod(unique("refused"), queue["local_queue"]))
         elapsed = time.monotonic() - began
         plain = core.create_namespaced_pod(namespace, pod(unique("plain-while-down"), None))
+        # The label outside the notebook namespace: no webhook, so no refusal either.
+        elsewhere = core.create_namespaced_pod(other_namespace, pod(unique("elsewhere"), queue["local_queue"]))
     assert elapsed < 5, f"the refusal took {elapsed:.1f}s"
     assert refused.value.status == 500, refused.value.body
     assert "failed calling webhook" in refused.value.body and "mpod.kb.io" in refused.value.body
     assert gates(plain) == []
+    assert gates(elsewhere) == []
     assert not _test_pods_named(core, namespace, "refused")
     # Back up: a queued pod is gated again.
     again = core.create_namespaced_pod(namespace, pod(unique("after"), queue["local_queue"]))
@@ -302,3 +324,22 @@ def test_kueue_down_refuses_queued_pods_at_once_and_no_others(
 
 def _test_pods_named(core: client.CoreV1Api, namespace: str, prefix: str) -> list[str]:
     return [p.metadata.name for p in _test_pods(core, namespace) if p.metadata.name.startswith(prefix + "-")]
+
+
+def test_hung_kueue_refuses_queued_pods_within_five_seconds(
+    api: client.ApiClient,
+    namespace: str,
+    queue: dict[str, str],
+    kueue_cluster: KubeCluster,  # noqa: F811 (fixture)
+) -> None:
+    if kueue_cluster.run is None:
+        unavailable("DCLOUD_TEST_KUBECONFIG: this session cannot stop that cluster's Kueue")
+    core = client.CoreV1Api(api)
+    with kueue.frozen(kueue_cluster.run, api):
+        began = time.monotonic()
+        with pytest.raises(ApiException) as refused:
+            core.create_namespaced_pod(namespace, pod(unique("refused"), queue["local_queue"]))
+        elapsed = time.monotonic() - began
+    assert elapsed < 5, f"the refusal took {elapsed:.1f}s"
+    assert "failed calling webhook" in refused.value.body and "mpod.kb.io" in refused.value.body
+    assert not _test_pods_named(core, namespace, "refused")
