@@ -25,6 +25,7 @@ from typing import NoReturn
 import pytest
 from kubernetes import client
 from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
 
 from . import binaries, fleet, harness, kueue
 from .layout import BUILD_SCRIPT, RunDir
@@ -57,6 +58,13 @@ def external(kubeconfig: str, namespace: str) -> KubeCluster:
     api = kube_config.new_client_from_config(config_file=kubeconfig)
     with api:
         setup = fleet.apply(api, namespace, harness.RBAC_FILE, forgiving=True, wait=False)
+        try:
+            rbac = client.RbacAuthorizationV1Api(api)
+            fleet.apply_extra_rbac(rbac, harness.KUEUE_RBAC_FILE, namespace, source=harness.KUEUE_RBAC_SOURCE)
+        except ApiException as error:
+            if error.status not in (401, 403):
+                raise
+            setup.skipped.append(f"{harness.KUEUE_RBAC_FILE}: {error.status} {error.reason}")
         try:
             fleet.wait_namespace_usable(client.CoreV1Api(api), namespace, timeout=30)
         except TimeoutError as error:

@@ -242,11 +242,25 @@ def _start_process(run: RunDir, state: State, kdir: KueueDir, address: str) -> N
     """Start the manager on ``state.kueue_ports``."""
     ports = state.kueue_ports
     _prepare(run, state, kdir, ports, address)
+    state.processes[NAME] = {**_spawn(run, kdir), "address": address}
+    state.save(run)
+
+
+def _spawn(run: RunDir, kdir: KueueDir) -> dict[str, int | str]:
+    """Start the manager; return its pid and executable once chroot (and unshare) have exec'd
+    it under the same pid, so that ``control_plane.alive`` recognises it."""
     # An empty environment: nothing of the caller's (KUBECONFIG, in-cluster variables) leaks in.
     info = control_plane.spawn(run, NAME, argv(kdir), env={})
-    info["exe"] = os.path.realpath(kdir.binary)  # chroot (and unshare) exec it under the same pid
-    state.processes[NAME] = {**info, "address": address}
-    state.save(run)
+    exe = os.path.realpath(kdir.binary)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if os.readlink(f"/proc/{info['pid']}/exe") == exe:
+                break
+        except OSError:
+            break  # exited at once: wait_ready reports it with the log
+        time.sleep(0.01)
+    return {**info, "exe": exe}
 
 
 def running(state: State) -> bool:
@@ -567,9 +581,7 @@ def stopped(run: RunDir, api: client.ApiClient | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        kdir = KueueDir(run.kueue)
-        info = control_plane.spawn(run, NAME, argv(kdir), env={})
-        state.processes[NAME] = {**state.processes[NAME], **info, "exe": os.path.realpath(kdir.binary)}
+        state.processes[NAME] = {**state.processes[NAME], **_spawn(run, KueueDir(run.kueue))}
         state.save(run)
         if api is not None:
             wait_ready(run, api)

@@ -226,8 +226,12 @@ def test_webhook_rejects_an_invalid_cluster_queue(api: client.ApiClient) -> None
 
 
 def test_queued_pods_are_gated_admitted_in_order_and_visible(
-    api: client.ApiClient, namespace: str, queue: dict[str, str]
+    api: client.ApiClient,
+    namespace: str,
+    queue: dict[str, str],
+    kueue_cluster: KubeCluster,  # noqa: F811 (fixture)
 ) -> None:
+    hub_kubeconfig = kueue_cluster.hub_kubeconfig
     core = client.CoreV1Api(api)
     first = core.create_namespaced_pod(namespace, pod(unique("queued"), queue["local_queue"]))
     # The mutating webhook gated it in the create call itself.
@@ -254,12 +258,14 @@ def test_queued_pods_are_gated_admitted_in_order_and_visible(
     still = core.read_namespaced_pod(second.metadata.name, namespace)
     assert kueue.ADMISSION_GATE in gates(still) and still.spec.node_name is None
 
-    # The local-queue view of the same line, as the hub's RBAC would read it.
+    # The local-queue view of the same line, read with the hub's token (helm-values/rbac-kueue.yaml):
+    # the API server passes the ServiceAccount on to Kueue's server, which asks it back for RBAC.
     path = (
         f"/apis/{kueue.VISIBILITY_GROUP}/{kueue.VISIBILITY_VERSIONS[0]}/namespaces/{namespace}"
         f"/localqueues/{queue['local_queue']}/pendingworkloads"
     )
-    items = kueue.get(api, path)["items"]
+    with kube_config.new_client_from_config(config_file=hub_kubeconfig) as hub:
+        items = kueue.get(hub, path)["items"]
     assert [item["metadata"]["name"] for item in items] == [pending[0]["metadata"]["name"]]
 
     # Freeing the quota admits the waiting pod.
