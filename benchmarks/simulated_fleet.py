@@ -72,14 +72,18 @@ class SimulatedNode:
     name: str
     resources: Mapping[str, str]
     labels: Mapping[str, str]
+    pool: str = ""
 
     def manifest(self) -> Manifest:
         gpu = any(key not in ("cpu", "memory", "pods") for key in self.resources)
         return {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": self.name, "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"type": "kwok", "kubernetes.io/hostname": self.name, **self.labels}},
+            "metadata": {
+                "name": self.name,
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": self.name, **self.labels},
+            },
             "spec": {"providerID": f"kwok://{self.name}", "taints": [GPU_TAINT] if gpu else []},
             "status": {"capacity": dict(self.resources), "allocatable": dict(self.resources)},
         }
@@ -129,12 +133,20 @@ class FleetPlan:
 
     def expected(self) -> dict[str, Availability]:
         """GPU class id -> what a correct form shows for this fleet."""
+        return self.expected_without(())
+
+    def expected_without(self, removed: Iterable[PodPlan]) -> dict[str, Availability]:
+        """What a correct form shows once the pods ``removed`` are gone."""
+        used = dict(self.used)
+        for pod in removed:
+            if pod.resource and pod.gpus:
+                used[pod.node] -= pod.gpus
         result = {}
         for pool in POOLS:
             if pool.gpu_class is None:
                 continue
-            free = [pool.per_node - self.used[f"bench-{pool.name}-{i:03d}"] for i in range(pool.count)]
-            result[pool.gpu_class] = Availability(sum(free), pool.per_node * pool.count, max(free))
+            free = [pool.per_node - used[node.name] for node in self.nodes if node.pool == pool.name]
+            result[pool.gpu_class] = Availability(sum(free), pool.per_node * len(free), max(free))
         return result
 
 
@@ -148,12 +160,12 @@ def split(used: int, sizes: tuple[int, ...]) -> list[int]:
     return parts
 
 
-def node_for(pool: Pool, index: int) -> SimulatedNode:
-    name = f"bench-{pool.name}-{index:03d}"
+def node_for(pool: Pool, index: int, width: int = 3) -> SimulatedNode:
+    name = f"bench-{pool.name}-{index:0{width}d}"
     resources = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110"}
     if pool.resource:
         resources[pool.resource] = str(pool.per_node)
-    return SimulatedNode(name, resources, {**pool.labels, BENCH_LABEL: "node"})
+    return SimulatedNode(name, resources, {**pool.labels, BENCH_LABEL: "node"}, pool.name)
 
 
 def plan_fleet(seed: int = 500) -> FleetPlan:
@@ -164,6 +176,25 @@ def plan_fleet(seed: int = 500) -> FleetPlan:
         for index in range(pool.count):
             node = node_for(pool, index)
             in_use = rng.randint(0, pool.per_node)
+            gpus = split(in_use, pool.pod_sizes)
+            gpus += [0] * (PODS_PER_NODE - len(gpus))
+            nodes.append(node)
+            used[node.name] = in_use
+            pods += [PodPlan(f"{node.name}-{j:02d}", node.name, pool.resource, n) for j, n in enumerate(gpus)]
+    return FleetPlan(tuple(nodes), tuple(pods), used)
+
+
+def plan_scaled_fleet(scale: int, seed: int = 500) -> FleetPlan:
+    """``scale`` x 500 nodes (the same pools, ``scale`` times as many of each), 10 pods on each.
+
+    Each node's GPUs in use are drawn from a generator seeded with the node's own name, so a
+    smaller fleet is exactly a part of a larger one (it grows by adding nodes and pods only).
+    """
+    nodes, pods, used = [], [], {}
+    for pool in POOLS:
+        for index in range(pool.count * scale):
+            node = node_for(pool, index, width=4)
+            in_use = random.Random(f"{seed}/{node.name}").randint(0, pool.per_node)
             gpus = split(in_use, pool.pod_sizes)
             gpus += [0] * (PODS_PER_NODE - len(gpus))
             nodes.append(node)
@@ -236,6 +267,19 @@ def create_pods(core: client.CoreV1Api, pods: Iterable[PodPlan], workers: int) -
         _ignore_conflict(lambda: core.create_namespaced_pod(NAMESPACE, pod.manifest(), _preload_content=False))
 
     in_parallel([lambda pod=pod: create(pod) for pod in pods], workers)
+
+
+def delete_pods(core: client.CoreV1Api, pods: Iterable[PodPlan], workers: int) -> None:
+    """Delete at once (grace 0), as a node drain or a burst of finished jobs does."""
+
+    def delete(pod: PodPlan) -> None:
+        try:
+            core.delete_namespaced_pod(pod.name, NAMESPACE, grace_period_seconds=0, _preload_content=False)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    in_parallel([lambda pod=pod: delete(pod) for pod in pods], workers)
 
 
 def _list(call: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:

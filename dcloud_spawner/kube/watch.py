@@ -9,18 +9,21 @@ not hold the cluster's pods. Without the RBAC to watch Nodes and Pods cluster-wi
 availability is simply unknown: the form works and says nothing about it.
 
 The hub is one event loop serving every user, so the watches never hold it for long: a
-list is read a page at a time, and a burst of events is folded in slices, each handing
-the loop back after ``slice_seconds``. A re-list builds the new copy beside the old one and
+list is read a page at a time (``page_size``), a burst of events is folded in slices, each
+handing the loop back after ``slice_seconds``, and no garbage collection runs while a page or
+event is parsed (one would walk all of the hub's objects). A re-list builds the new copy beside the old one and
 swaps it in whole, so a reader sees either the old cluster or the new, never half of each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -151,17 +154,14 @@ class LeanReflector(LoggingConfigurable):
                 raise Gone("the list's continue token expired")
             if not 200 <= response.status < 300:
                 raise ApiException(status=response.status, reason=_reason(response, body))
-            page = json.loads(body)
-            del body
-            began = time.perf_counter()
-            for raw in page["items"]:
-                self.fold(items, extra, self.key(raw), self.facts(raw))
-                if time.perf_counter() - began > self.slice_seconds:
-                    await asyncio.sleep(0)
-                    began = time.perf_counter()
-            meta = page["metadata"]
-            version, token = meta.get("resourceVersion"), meta.get("continue")
-            del page
+            with _collector_paused():  # parse, fold, free: one slice, the page size bounds it
+                page = json.loads(body)
+                del body
+                for raw in page["items"]:
+                    self.fold(items, extra, self.key(raw), self.facts(raw))
+                meta = page["metadata"]
+                version, token = meta.get("resourceVersion"), meta.get("continue")
+                del page
             if not token:
                 break
             await asyncio.sleep(0)  # the next page's parse is a new slice
@@ -224,7 +224,8 @@ class LeanReflector(LoggingConfigurable):
                     return  # the server ended the watch (timeout_seconds): resume where it stopped
                 if self._relist.is_set():
                     return
-                self._event(json.loads(line))
+                with _collector_paused():
+                    self._event(json.loads(line))
                 if time.perf_counter() - began > self.slice_seconds:
                     await asyncio.sleep(0)
                     began = time.perf_counter()
@@ -259,6 +260,25 @@ class LeanReflector(LoggingConfigurable):
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while a page or event is parsed and folded (no await inside).
+
+    Parsing makes thousands of short-lived dicts; collections triggered meanwhile find them
+    alive, move them to the oldest generation and so bring on full collections, which walk
+    every object of the hub (hundreds of milliseconds with JupyterHub loaded). JSON makes no
+    reference cycles, so what the parse made is freed by reference counting as it is dropped.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _reason(response: Any, body: bytes) -> str:
