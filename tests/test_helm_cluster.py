@@ -18,71 +18,27 @@ The namespace ``dcloud-helm`` and the cluster-wide binding are removed at the en
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.cluster.layout import bin_dir
-from tests.helm import (
-    EXAMPLE_CATALOG,
-    RELEASE,
-    helm,
-    rbac_objects,
-    require_helm_and_chart,
-    template,
-    value_args,
-)
-from tests.helm_hub import hub_environment, hub_filesystem, outside_the_cluster, require_mount_namespaces
-from tests.hub import DemoHub, free_port, launch_hub, stop_demo_hub
+from tests.helm import EXAMPLE_CATALOG, RELEASE, template, value_args
+from tests.helm_hub import hub_filesystem
+from tests.helm_release import Release, binding_name, kubectl, manifests, release_namespace, release_rbac, wait_for
 
 pytestmark = pytest.mark.cluster
 
 NAMESPACE = "dcloud-helm"
 OIDC = {"dcloud-oidc": {"client-secret": "not-a-real-secret"}}
-# This cluster's harness already binds rbac.yaml's ClusterRole to namespace `dcloud`'s hub under
-# the file's binding name; the release here gets a binding of its own name.
-BINDING = f"dcloud-hub-nodes-{NAMESPACE}"
-
-
-def kubectl(cluster, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(bin_dir() / "kubectl"), "--kubeconfig", cluster.admin_kubeconfig, *args],
-                            input=stdin, capture_output=True, text=True, timeout=120)  # fmt: skip
-    if check and result.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args[:3])}: {result.stderr.strip()}")
-    return result
-
-
-def release_rbac() -> list[dict[str, Any]]:
-    objects = rbac_objects(NAMESPACE)
-    for obj in objects:
-        if obj["kind"] == "ClusterRoleBinding":
-            obj["metadata"]["name"] = BINDING
-    return objects
-
-
-def manifests(objects: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(objects, sort_keys=False)
 
 
 @pytest.fixture(scope="module")
 def namespace(kube_cluster):
-    require_helm_and_chart()
-    kubectl(kube_cluster, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true")
-    kubectl(kube_cluster, "create", "namespace", NAMESPACE)
-    kubectl(kube_cluster, "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
-            "pod-security.kubernetes.io/enforce-version=latest", "pod-security.kubernetes.io/warn=restricted",
-            "pod-security.kubernetes.io/warn-version=latest")  # fmt: skip
-    yield NAMESPACE
-    kubectl(kube_cluster, "delete", "clusterrolebinding", BINDING, "--ignore-not-found", check=False)
-    for kind in ("clusterrole", "clusterrolebinding"):  # the chart's cluster-wide objects, by release label
-        kubectl(kube_cluster, "delete", kind, "-l", f"release={RELEASE}", "--ignore-not-found", check=False)
-    kubectl(kube_cluster, "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+    with release_namespace(kube_cluster, NAMESPACE) as name:
+        yield name
 
 
 # --- Server-side dry run ------------------------------------------------------------------------
@@ -95,13 +51,13 @@ def dry_run(cluster, objects: list[dict[str, Any]]) -> subprocess.CompletedProce
 
 def test_everything_rendered_and_rbac_apply_under_restricted(kube_cluster, namespace):
     objects = template(NAMESPACE, *value_args())
-    result = dry_run(kube_cluster, objects + release_rbac())
+    result = dry_run(kube_cluster, objects + release_rbac(NAMESPACE))
     assert result.returncode == 0, result.stderr
     assert "PodSecurity" not in result.stderr, result.stderr
     applied = result.stdout.splitlines()
     for kind, name in [("deployment.apps", "hub"), ("secret", "hub"), ("daemonset.apps", "continuous-image-puller"),
                        ("networkpolicy.networking.k8s.io", "singleuser"),
-                       ("clusterrolebinding.rbac.authorization.k8s.io", BINDING)]:  # fmt: skip
+                       ("clusterrolebinding.rbac.authorization.k8s.io", binding_name(NAMESPACE))]:  # fmt: skip
         assert f"{kind}/{name} serverside-applied (server dry run)" in applied, result.stdout
 
 
@@ -117,73 +73,10 @@ def test_the_dry_run_names_a_template_restricted_would_refuse(kube_cluster, name
 # --- The release, installed, and its hub running -----------------------------------------------
 
 
-class Release:
-    """The release in ``dcloud-helm`` and the chart's hub running from its objects."""
-
-    def __init__(self, cluster, root: Path) -> None:
-        self.cluster, self.root = cluster, root
-        self.port, self.hub_port, self.proxy_port = free_port(), free_port(), free_port()
-        self.overlay = root / "outside-the-cluster.yaml"
-        self.overlay.write_text(yaml.safe_dump(outside_the_cluster(self.port, self.hub_port, self.proxy_port)))
-        self.hub: DemoHub | None = None
-        self.starts = 0
-        self.install_seconds = 0.0
-
-    def upgrade(self, catalog: Path) -> None:
-        _, chart = require_helm_and_chart()
-        helm("upgrade", "--install", RELEASE, str(chart), "--namespace", NAMESPACE,
-             *value_args([self.overlay], catalog=catalog), kubeconfig=self.cluster.admin_kubeconfig)  # fmt: skip
-
-    def objects(self) -> list[dict[str, Any]]:
-        """What the release holds now (``helm get manifest``), generated tokens included."""
-        out = helm("get", "manifest", RELEASE, "--namespace", NAMESPACE,
-                   kubeconfig=self.cluster.admin_kubeconfig).stdout  # fmt: skip
-        return [doc for doc in yaml.safe_load_all(out) if doc]
-
-    def service_account_kubeconfig(self) -> Path:
-        """A kubeconfig with a token of the release's ``hub`` ServiceAccount."""
-        token = kubectl(self.cluster, "-n", NAMESPACE, "create", "token", "hub", "--duration=1h").stdout.strip()
-        admin = yaml.safe_load(Path(self.cluster.admin_kubeconfig).read_text())
-        path = self.root / "hub-sa.kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
-            "users": [{"name": "hub", "user": {"token": token}}],
-            "contexts": [{"name": "hub", "context": {"cluster": admin["clusters"][0]["name"], "user": "hub",
-                                                     "namespace": NAMESPACE}}],
-            "current-context": "hub",
-        }))  # fmt: skip
-        path.chmod(0o600)
-        return path
-
-    def start_hub(self) -> DemoHub:
-        """The chart's hub, from the release's current objects, in a fresh working directory."""
-        require_mount_namespaces()
-        self.stop_hub()
-        self.starts += 1
-        objects = self.objects()
-        fs = hub_filesystem(objects, self.root / f"hub-{self.starts}", NAMESPACE, OIDC)
-        secret = next(o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "hub")
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
-        token = {**data, **(secret.get("stringData") or {})}["hub.services.tests.apiToken"]
-        state = self.root / "srv"  # the hub's working directory: its database outlives a restart
-        env = hub_environment(fs, KUBECONFIG=str(self.service_account_kubeconfig()))
-        self.hub = launch_hub(fs.command(), state, env, token, "", self.port)
-        return self.hub
-
-    def stop_hub(self) -> None:
-        if self.hub is not None:
-            stop_demo_hub(self.hub)
-            self.hub = None
-
-
 @pytest.fixture(scope="module")
 def release(kube_cluster, namespace, tmp_path_factory):
-    kubectl(kube_cluster, "apply", "--server-side", "--field-manager=dcloud-test", "-f", "-",
-            stdin=manifests(release_rbac()))  # fmt: skip
-    release = Release(kube_cluster, tmp_path_factory.mktemp("release"))
-    started = time.monotonic()
+    release = Release(kube_cluster, NAMESPACE, tmp_path_factory.mktemp("release"))
     release.upgrade(EXAMPLE_CATALOG)
-    release.install_seconds = time.monotonic() - started
     try:
         release.start_hub()
         yield release
@@ -194,16 +87,6 @@ def release(kube_cluster, namespace, tmp_path_factory):
 def pods(cluster, selector: str) -> list[dict[str, Any]]:
     out = kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "json").stdout
     return json.loads(out)["items"]
-
-
-def wait_for(condition, timeout: float = 60, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 def test_the_release_s_pods_are_admitted_under_restricted(kube_cluster, release):
