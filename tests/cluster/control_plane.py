@@ -31,6 +31,8 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 POD_CIDR = "127.1.0.0/16"
 NODE_SELECTOR = "type=kwok"
 NODE_LEASE_SECONDS = 40
+# A Job's pod with this label keeps running on a KWOK node instead of succeeding at once.
+KEEP_RUNNING_LABEL = "dcloud.test/keep-running"
 # Recorded and stopped with the others, but not part of the control plane: a dead add-on is
 # restarted on its own by `up`, not a reason to restart the cluster (kueue.py).
 ADDONS = ("kueue",)
@@ -215,9 +217,22 @@ def kustomize_resources(directory: Path) -> list[Path]:
     return files
 
 
+def _keep_running(document: str) -> str:
+    """KWOK's `pod-complete` stage ends a Job's pod as soon as it runs; leave out pods labelled
+    KEEP_RUNNING_LABEL, so a test can hold a running Job (e.g. one counting against a Kueue
+    quota) until it deletes it."""
+    stage = yaml.safe_load(document)
+    if stage.get("kind") != "Stage" or stage["metadata"]["name"] != "pod-complete":
+        return document
+    expressions = stage["spec"]["selector"]["matchExpressions"]
+    expressions.append({"key": f'.metadata.labels["{KEEP_RUNNING_LABEL}"]', "operator": "DoesNotExist"})
+    return yaml.safe_dump(stage, sort_keys=False).strip()
+
+
 def write_kwok_stages(run: RunDir, stages: Path) -> None:
-    """The `fast` stages: nodes Ready at once with lease heartbeats, pods Running at once."""
-    documents = [path.read_text().strip() for path in kustomize_resources(stages / "fast")]
+    """The `fast` stages: nodes Ready at once with lease heartbeats, pods Running at once, Job
+    pods Succeeded at once unless labelled KEEP_RUNNING_LABEL."""
+    documents = [_keep_running(path.read_text().strip()) for path in kustomize_resources(stages / "fast")]
     run.kwok_stages.write_text("\n---\n".join(documents) + "\n")
 
 

@@ -75,6 +75,11 @@ def healthy(run: RunDir) -> State | None:
         return None  # started by an older harness: no way to reach a real kubelet; restart it
     if not pki.front_proxy_client_cert.is_file():
         return None  # started by an older harness: no aggregation layer for Kueue; restart it
+    try:
+        if control_plane.KEEP_RUNNING_LABEL not in run.kwok_stages.read_text():
+            return None  # an older harness's KWOK stages end every Job at once; restart it
+    except OSError:
+        return None
     return state if control_plane.readyz(state.server, pki) else None
 
 

@@ -48,7 +48,6 @@ from .node import NodeUnavailable, node_ip
 from .pki import Pki, issue
 
 NAME = "kueue"  # in state.json and logs/kueue.log
-VERSION = "v0.17.0"
 GROUP = "kueue.x-k8s.io"
 API_VERSION = "v1beta2"
 # A Pod or Job with this label is queued (and, for Pods, held by ADMISSION_GATE until admitted).

@@ -17,6 +17,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster import fleet, kueue
+from tests.cluster.control_plane import KEEP_RUNNING_LABEL
 from tests.cluster.fixture import KubeCluster, kueue_cluster, unavailable  # noqa: F401 (fixture)
 from tests.cluster.layout import kueue_manifests_dir
 
@@ -349,3 +350,43 @@ def test_hung_kueue_refuses_queued_pods_within_five_seconds(
     assert elapsed < 5, f"the refusal took {elapsed:.1f}s"
     assert "failed calling webhook" in refused.value.body and "mpod.kb.io" in refused.value.body
     assert not _test_pods_named(core, namespace, "refused")
+
+
+def test_batch_job_is_queued_and_counts_against_the_quota(
+    api: client.ApiClient, namespace: str, queue: dict[str, str]
+) -> None:
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    for found in _test_pods(core, namespace):  # what earlier tests left in the queue
+        _delete_pod(core, namespace, found.metadata.name)
+    wait_for("the queue's pods to be gone", lambda: not _test_pods(core, namespace))
+    template = pod("unused", None)
+    template["spec"]["restartPolicy"] = "Never"
+    # KWOK would end the Job's pod at once; this label keeps it running (control_plane.py).
+    pod_labels = {TEST_LABEL: "true", KEEP_RUNNING_LABEL: "true"}
+    job = {
+        "metadata": {"name": unique("batch"), "labels": {TEST_LABEL: "true", kueue.QUEUE_LABEL: queue["local_queue"]}},
+        "spec": {"template": {"metadata": {"labels": pod_labels}, "spec": template["spec"]}, "backoffLimit": 0},
+    }
+    created = batch.create_namespaced_job(namespace, job)
+    try:
+        assert created.spec.suspend is True  # Kueue's webhook suspended it until admission
+        wait_for("the Job's workload to be admitted", lambda: _admitted(api, namespace, created))
+        wait_for("the Job's pod to run", lambda: _job_running(core, namespace, created.metadata.name))
+        waiting = core.create_namespaced_pod(namespace, pod(unique("behind-job"), queue["local_queue"]))
+        pending = wait_for(
+            "the pod behind the Job in the visibility API",
+            lambda: [w for w in kueue.pending_workloads(api, queue["cluster_queue"]) if _owned_by(w, waiting)],
+        )
+        assert pending[0]["positionInClusterQueue"] == 0
+        assert kueue.ADMISSION_GATE in gates(core.read_namespaced_pod(waiting.metadata.name, namespace))
+        assert _job_running(core, namespace, created.metadata.name)  # still holding the quota
+        # The Job ends: its quota goes to the pod that waited.
+        batch.delete_namespaced_job(created.metadata.name, namespace, propagation_policy="Background")
+        wait_for("the waiting pod to be admitted", lambda: _admitted(api, namespace, waiting))
+    finally:
+        _delete(lambda: batch.delete_namespaced_job(created.metadata.name, namespace, propagation_policy="Background"))
+
+
+def _job_running(core: client.CoreV1Api, namespace: str, job: str) -> bool:
+    found = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    return bool(found) and all(p.status.phase == "Running" for p in found)
