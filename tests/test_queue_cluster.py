@@ -17,6 +17,7 @@ from kubernetes import client
 
 from dcloud_spawner.kube.spawner import QUEUE_DOWN
 from tests.cluster import kueue
+from tests.cluster.control_plane import KEEP_RUNNING_LABEL
 from tests.hub import stop_demo_hub
 from tests.kube_hub import start_kube_hub
 from tests.kube_spawners import cluster_spawner
@@ -133,7 +134,8 @@ def test_the_line_moves_in_order(hub, core, kueue_cluster):
 
 def test_waiting_too_long_ends_with_one_sentence_and_leaves_nothing(hub, core, custom, kueue_cluster):
     ns = kueue_cluster.namespace
-    queue_catalog(hub.state.parent / "catalog.yaml", max_wait="6s")
+    # longer than JupyterHub's slow_spawn_timeout (10 s), so the REST call returns while it waits
+    queue_catalog(hub.state.parent / "catalog.yaml", max_wait="12s")
     fill_a100s(hub, core, ns)
     line = spawn(hub, "res-1", {**FOUR_A100, "wait": True})
     line.wait_for("1st in line")
@@ -141,8 +143,9 @@ def test_waiting_too_long_ends_with_one_sentence_and_leaves_nothing(hub, core, c
     assert workloads_of(custom, ns, pod_name)
     wait_until("the spawn to end", line.done.is_set, 30)
     failed = [e for e in line.events if e.get("failed")]
-    assert failed and failed[-1]["message"] == f"No {A100} became free within 6 seconds; you were 1st in line.", \
-        line.events
+    # JupyterHub puts "Spawn failed: " before the spawner's sentence on the progress page
+    assert failed and failed[-1]["message"] == \
+        f"Spawn failed: 4 × {A100} did not become free within 12 seconds; you were 1st in line.", line.events
     wait_until("no pod", lambda: not pods(core, ns, "res-1"), 10)
     wait_until("no workload", lambda: not workloads_of(custom, ns, pod_name), 10)
     _, model = hub.api("GET", "/users/res-1")
@@ -175,7 +178,9 @@ def batch_job(namespace: str, gpus: int) -> dict:
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": "researchers-training", "namespace": namespace,
                      "labels": {kueue.QUEUE_LABEL: "dcloud-researchers"}},
-        "spec": {"suspend": True, "parallelism": 1, "completions": 1, "template": {"spec": {
+        "spec": {"suspend": True, "parallelism": 1, "completions": 1, "template": {
+            "metadata": {"labels": {KEEP_RUNNING_LABEL: "true"}},  # KWOK would finish a Job's pod at once
+            "spec": {
             "restartPolicy": "Never", "containers": [container],
             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",

@@ -185,6 +185,10 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         if queue is not None:
             self.extra_labels = {**self.extra_labels, QUEUE_LABEL: queue.name}
 
+    async def refresh_live_data(self) -> None:
+        await super().refresh_live_data()
+        self.kueue_view()  # the line lengths, read in the background from the first form or request on
+
     def live_data(self) -> ClusterWatch | None:
         return hub_state().part("kube.watch", ClusterWatch) if self.show_availability else None
 
