@@ -363,17 +363,23 @@ def cluster_command(run_dir: Path, action: str, *args: str) -> str:
     """
     # KWOK nodes only: the benchmark's fleet is the whole cluster (no real node, no image imports)
     env = {**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir), "DCLOUD_REAL_NODE": "0"}
-    result = subprocess.run([sys.executable, "-m", "tests.cluster", action, *args], env=env,
-                            stdout=subprocess.PIPE, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.cluster", action, *args], env=env, stdout=subprocess.PIPE, text=True, check=True
+    )
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
 def set_up(run_dir: Path, plan: sim.FleetPlan, workers: int) -> tuple[str, Setup]:
     """Start (or reuse) the cluster and fill it; return the hub's kubeconfig and the timings."""
     setup = Setup()
-    setup.reused_cluster = subprocess.run(
-        [sys.executable, "-m", "tests.cluster", "status"], env={**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir)},
-        capture_output=True).returncode == 0
+    setup.reused_cluster = (
+        subprocess.run(
+            [sys.executable, "-m", "tests.cluster", "status"],
+            env={**os.environ, "DCLOUD_CLUSTER_DIR": str(run_dir)},
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     began = time.perf_counter()
     admin_kubeconfig = cluster_command(run_dir, "up", "--no-build")
     setup.cluster_up_s = time.perf_counter() - began
@@ -472,8 +478,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(os.environ.get("DCLOUD_CLUSTER_DIR")
-                     or Path(os.environ.get("DCLOUD_K8S_CACHE", Path.home() / ".cache" / "dcloud-k8s")) / "bench"),
+        default=Path(
+            os.environ.get("DCLOUD_CLUSTER_DIR")
+            or Path(os.environ.get("DCLOUD_K8S_CACHE", Path.home() / ".cache" / "dcloud-k8s")) / "bench"
+        ),
         help="the cluster's run dir (default $DCLOUD_CLUSTER_DIR, else ~/.cache/dcloud-k8s/bench)",
     )
     parser.add_argument("--keep", action="store_true", help="leave the cluster and its fleet running")

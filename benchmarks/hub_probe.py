@@ -24,9 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import dataclasses
 import gc
 import json
+import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -101,8 +104,11 @@ def deep_bytes(obj: Any, seen: set[int] | None = None) -> int:
 class Phase:
     name: str
     seconds: float = 0.0
-    max_stall_ms: float = 0.0
+    max_stall_ms: float = 0.0  # wall clock: includes waiting for a CPU on a busy machine
     p99_stall_ms: float = 0.0
+    max_cpu_stall_ms: float = 0.0  # what the loop itself ran between two ticks (thread CPU time)
+    max_gc_ms: float = 0.0  # longest garbage collection (it walks every object of the process)
+    full_gcs: int = 0
     ticks: int = 0
     note: str = ""
 
@@ -113,20 +119,32 @@ class LoopLag:
 
     phases: list[Phase] = field(default_factory=list)
     _lags: list[float] = field(default_factory=list)
+    _cpu: list[float] = field(default_factory=list)
+    _gcs: list[tuple[int, float]] = field(default_factory=list)
+    _gc_began: float = 0.0
     _task: asyncio.Task | None = None
     _began: float = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._tick())
+        gc.callbacks.append(self._collected)
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self._gcs.append((info["generation"], time.perf_counter() - self._gc_began))
 
     async def _tick(self) -> None:
         while True:
-            before = time.perf_counter()
+            before, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
-            self._lags.append(time.perf_counter() - before - 0.001)
+            if before >= self._began:  # a tick begun before the phase belongs to the one before
+                self._lags.append(time.perf_counter() - before - 0.001)
+                self._cpu.append(time.thread_time() - cpu)
 
     def begin(self) -> None:
-        self._lags = []
+        self._lags, self._cpu, self._gcs = [], [], []
         self._began = time.perf_counter()
 
     def end(self, name: str, note: str = "") -> Phase:
@@ -136,16 +154,25 @@ class LoopLag:
             seconds=round(time.perf_counter() - self._began, 3),
             max_stall_ms=round(lags[-1] * 1000, 2),
             p99_stall_ms=round(percentile(lags, 0.99) * 1000, 2),
+            max_cpu_stall_ms=round(max(self._cpu, default=0.0) * 1000, 2),
+            max_gc_ms=round(max((t for _, t in self._gcs), default=0.0) * 1000, 2),
+            full_gcs=sum(1 for g, _ in self._gcs if g == 2),
             ticks=len(self._lags),
             note=note,
         )
         self.phases.append(phase)
-        log(f"{name}: {phase.seconds:.1f}s, longest stall {phase.max_stall_ms:.1f} ms ({note})")
+        log(
+            f"{name}: {phase.seconds:.1f}s, longest stall {phase.max_stall_ms:.1f} ms, "
+            f"{phase.max_cpu_stall_ms:.1f} ms of it running, longest GC {phase.max_gc_ms:.1f} ms "
+            f"({phase.full_gcs} full; {note}; load {os.getloadavg()[0]:.1f})"
+        )
         return phase
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._collected in gc.callbacks:
+            gc.callbacks.remove(self._collected)
 
 
 # -- the fleet's truth --------------------------------------------------------------------------
@@ -155,8 +182,26 @@ def wanted(expected: Mapping[str, sim.Availability]) -> dict[str, GpuAvailabilit
     return {k: GpuAvailability(v.free, v.total, v.largest_free_block) for k, v in expected.items()}
 
 
-async def fresh_count(api: CoreV1Api, catalog: Catalog) -> dict[str, GpuAvailability]:
-    """Availability from a fresh full list (raw JSON, paged), counted from scratch."""
+async def fresh_count(kubeconfig: str) -> dict[str, GpuAvailability]:
+    """Availability from a fresh full list, counted from scratch by ``compute`` in a process
+    of its own (whole objects would leave this process's heap larger than the watches do)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.hub_probe",
+        "count",
+        "--admin-kubeconfig",
+        kubeconfig,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError("counting from a fresh list failed")
+    return {k: GpuAvailability(**v) for k, v in json.loads(out).items()}
+
+
+async def count_from_scratch(kubeconfig: str) -> dict[str, Any]:
+    api = CoreV1Api(await new_client_from_config(config_file=kubeconfig))
 
     async def everything(method: Any, **kwargs: Any) -> list[dict[str, Any]]:
         items, token = [], None
@@ -171,7 +216,8 @@ async def fresh_count(api: CoreV1Api, catalog: Catalog) -> dict[str, GpuAvailabi
     nodes = await everything(api.list_node)
     unfinished = "status.phase!=Succeeded,status.phase!=Failed"
     pods = await everything(api.list_pod_for_all_namespaces, field_selector=unfinished)
-    return compute(catalog, nodes, pods)
+    await api.api_client.close()
+    return {k: asdict(v) for k, v in compute(Catalog.from_path(DEMO_CATALOG), nodes, pods).items()}
 
 
 async def converge(live: LiveAvailability, catalog: Catalog, want: dict[str, GpuAvailability], timeout: float) -> float:
@@ -196,11 +242,11 @@ async def check(
     live: LiveAvailability,
     catalog: Catalog,
     want: dict[str, GpuAvailability],
-    admin: CoreV1Api,
+    admin: str,
     timeout: float = 600,
 ) -> Checked:
     await converge(live, catalog, want, timeout)
-    fresh = await fresh_count(admin, catalog)
+    fresh = await fresh_count(admin)
     seen = live.availability(catalog)
     result = Checked(phase, {k: asdict(v) for k, v in seen.items()}, seen == want, seen == fresh)
     if not (result.equals_seeded and result.equals_fresh_list):
@@ -257,7 +303,7 @@ async def probe_dcloud(args: argparse.Namespace) -> dict[str, Any]:
     # the spawners' form reads the hub-wide watch: hand it these reflectors
     watch = hub_state().part("kube.watch", ClusterWatch)
     watch.live, watch.nodes, watch.pods = live, nodes, pods
-    checks = [await check("list", live, catalog, wanted(plan.expected()), admin)]
+    checks = [await check("list", live, catalog, wanted(plan.expected()), args.admin_kubeconfig)]
 
     lag.begin()
     lists = (nodes.lists, pods.lists)
@@ -266,22 +312,24 @@ async def probe_dcloud(args: argparse.Namespace) -> dict[str, Any]:
     while (nodes.lists, pods.lists) == lists or nodes.lists == lists[0] or pods.lists == lists[1]:
         await asyncio.sleep(0.01)
     lag.end("re-list nodes and pods", f"{len(live.pods)} pods")
-    checks.append(await check("re-list", live, catalog, wanted(plan.expected()), admin))
+    checks.append(await check("re-list", live, catalog, wanted(plan.expected()), args.admin_kubeconfig))
 
     lag.begin()
     await parent_burst("delete")
     await converge(live, catalog, wanted(plan.expected_without(burst)), 600)
     lag.end(f"burst: {BURST} pods deleted", f"{sum(1 for p in burst if p.gpus)} of them holding GPUs")
-    checks.append(await check("burst delete", live, catalog, wanted(plan.expected_without(burst)), admin))
+    checks.append(
+        await check("burst delete", live, catalog, wanted(plan.expected_without(burst)), args.admin_kubeconfig)
+    )
     lag.begin()
     await parent_burst("create")
     await converge(live, catalog, wanted(plan.expected()), 600)
     lag.end(f"burst: {BURST} pods created", "")
-    checks.append(await check("burst create", live, catalog, wanted(plan.expected()), admin))
+    checks.append(await check("burst create", live, catalog, wanted(plan.expected()), args.admin_kubeconfig))
     memory["after_bursts_mib"] = resident_mib()
 
     renders = await renders_after_change(args, plan, variants, live, catalog, admin, lag)
-    checks.append(await check("renders", live, catalog, wanted(plan.expected()), admin))
+    checks.append(await check("renders", live, catalog, wanted(plan.expected()), args.admin_kubeconfig))
     lag.stop()
     await nodes.stop()
     await pods.stop()
@@ -316,7 +364,8 @@ async def renders_after_change(
 ) -> dict[str, Any]:
     """Each round changes one GPU pod (deleted, then created again next round), waits until the
     watch shows it, then renders each variant once (order alternating), each on a new spawner."""
-    gpu_pods = random.Random(args.seed + 1).sample([p for p in plan.pods if p.gpus], args.renders)
+    burst = set(random.Random(args.seed).sample(plan.pods, BURST))
+    gpu_pods = random.Random(args.seed + 1).sample([p for p in plan.pods if p.gpus and p not in burst], args.renders)
     samples: dict[str, list[float]] = {v.name: [] for v in variants}
     memo: list[float] = []
     calls: dict[str, int] = {v.name: 0 for v in variants}
@@ -329,7 +378,8 @@ async def renders_after_change(
             await admin.delete_namespaced_pod(target.name, sim.NAMESPACE, grace_period_seconds=0)
             deleted.append(target)
         else:
-            target = deleted.pop()
+            # under a new name: KWOK may still act on the deleted pod's name
+            target = dataclasses.replace(deleted.pop(), name=f"{gpu_pods[i // 2].name}-r")
             await admin.create_namespaced_pod(sim.NAMESPACE, target.manifest())
         began = time.perf_counter()
         while live.availability(catalog) == before:
@@ -346,7 +396,8 @@ async def renders_after_change(
                 for gpu in catalog.gpu_classes:
                     needle = f"{gpu.display_name} · {shown[gpu.id].free} of {shown[gpu.id].total} free"
                     if needle not in sample.html:
-                        raise AssertionError(f"the form after a change lacks {needle!r}")
+                        lines = re.findall(r"[^<>]* free[^<>]*", sample.html)
+                        raise AssertionError(f"the form after a change lacks {needle!r}: {lines}")
         memo.append((await render(variants[0])).seconds * 1000)  # no change since the last render
     lag.end("renders after changes", f"{args.renders * 2} changes")
 
@@ -418,14 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.hub_probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=("dcloud", "kubespawner"))
-    parser.add_argument("--kubeconfig", required=True, help="the hub's kubeconfig (its ServiceAccount)")
+    parser.add_argument("mode", choices=("dcloud", "kubespawner", "count"))
+    parser.add_argument("--kubeconfig", help="the hub's kubeconfig (its ServiceAccount)")
     parser.add_argument("--admin-kubeconfig", required=True, help="for checking and changing pods")
-    parser.add_argument("--scale", type=int, required=True, help="fleet of scale x 500 nodes")
+    parser.add_argument("--scale", type=int, help="fleet of scale x 500 nodes")
     parser.add_argument("--seed", type=int, default=500)
     parser.add_argument("--renders", type=int, default=100, help="changes (x2) with renders after each")
     parser.add_argument("--kubespawner-seconds", type=float, default=35.0)
     args = parser.parse_args(argv)
+    if args.mode == "count":
+        print(json.dumps(asyncio.run(count_from_scratch(args.admin_kubeconfig))))
+        return 0
     probe = probe_dcloud if args.mode == "dcloud" else probe_kubespawner
     result = asyncio.run(probe(args))
     print("RESULT " + json.dumps(result), flush=True)

@@ -18,6 +18,7 @@ used. Stops the cluster at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -124,6 +125,43 @@ def grow(core: Any, plan: sim.FleetPlan, workers: int, settle_pods_s: float) -> 
     return timings
 
 
+def renamed(pods: list[sim.PodPlan]) -> list[sim.PodPlan]:
+    return [dataclasses.replace(p, name=f"{p.name}-b") for p in pods]
+
+
+def restore(core: Any, plan: sim.FleetPlan, workers: int) -> None:
+    """Put the fleet back as planned: pods re-created under new names go, the originals return."""
+    names = set()
+    token = None
+    while True:
+        page = json.loads(
+            core.list_namespaced_pod(sim.NAMESPACE, limit=5000, _continue=token, _preload_content=False).data
+        )
+        names |= {p["metadata"]["name"] for p in page["items"]}
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+    planned = {p.name for p in plan.pods}
+    extra = [sim.PodPlan(name, "", None, 0) for name in names - planned]
+    sim.delete_pods(core, extra, workers)
+    wait_gone(core, len(names) - len(extra))
+    time.sleep(10)  # let KWOK finish with the deleted names before they are used again
+    sim.create_pods(core, [p for p in plan.pods if p.name not in names], workers)
+
+
+def wait_gone(core: Any, left: int, timeout: float = 300) -> None:
+    """Until the benchmark namespace holds exactly ``left`` pods."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = json.loads(core.list_namespaced_pod(sim.NAMESPACE, limit=1, _preload_content=False).data)
+        count = len(page["items"]) + int(page["metadata"].get("remainingItemCount") or 0)
+        if count == left:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} pods left, not {left}")
+        time.sleep(0.5)
+
+
 # -- the hub processes -----------------------------------------------------------------------------
 
 
@@ -156,8 +194,9 @@ def probe(
             began = time.perf_counter()
             if line.split()[1] == "delete":
                 sim.delete_pods(core, burst, args.workers)
-            else:
-                sim.create_pods(core, burst, args.workers)
+                wait_gone(core, len(plan.pods) - len(burst))  # KWOK ends the pods' graceful deletion
+            else:  # under new names: KWOK may still act on the deleted pods' names
+                sim.create_pods(core, renamed(burst), args.workers, strict=True)
             log(f"burst {line.split()[1]}: {BURST} pods in {time.perf_counter() - began:.1f}s")
             child.stdin.write("done\n")
             child.stdin.flush()
@@ -174,18 +213,19 @@ def probe(
 def report(scales: list[dict[str, Any]]) -> str:
     lines = [
         "| fleet | hub memory / 1,000 pods | / 1,000 nodes | KubeSpawner reflector / 1,000 pods "
-        "| longest loop stall: list, re-list, bursts | KubeSpawner reflector's longest stall "
+        "| longest loop stall (of it running): list nodes, pods, re-list, 2 bursts | KubeSpawner reflector's "
         "| render after a change, median / p95 ms (ratio to static form) | API requests / render |",
         "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: |",
     ]
     for s in scales:
         d, k = s["dcloud"], s["kubespawner"]
-        stalls = ", ".join(f"{p['max_stall_ms']:.0f}" for p in d["phases"][:5])
+        stalls = ", ".join(f"{p['max_stall_ms']:.0f} ({p['max_cpu_stall_ms']:.0f})" for p in d["phases"][:5])
         r = d["renders"]
         lines.append(
             f"| {d['nodes']:,} nodes, {d['pods']:,} pods | {d['per_1000_pods_mib']:.2f} MiB "
             f"| {d['per_1000_nodes_mib']:.2f} MiB | {k['per_1000_pods_mib']:.2f} MiB | {stalls} ms "
-            f"| {max(p['max_stall_ms'] for p in k['phases']):.0f} ms ({k['full_lists']} lists) "
+            f"| {max(p['max_stall_ms'] for p in k['phases']):.0f} "
+            f"({max(p['max_cpu_stall_ms'] for p in k['phases']):.0f}) ms, {k['full_lists']} lists "
             f"| {r['dcloud']['median_ms']:.2f} / {r['dcloud']['p95_ms']:.2f} vs "
             f"{r['kubespawner-static']['median_ms']:.2f} / {r['kubespawner-static']['p95_ms']:.2f} "
             f"({r['ratio']['median']:.2f}x, {r['ratio']['p95']:.2f}x) "
@@ -240,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["load_before"] = os.getloadavg()
             entry["dcloud"] = probe("dcloud", args, scale, hub, admin, core, plan)
             entry["kubespawner"] = probe("kubespawner", args, scale, hub, admin, core, plan)
+            restore(core, plan, args.workers)
             entry["control_plane_after"] = control_plane(args.run_dir)
             entry["load_after"] = os.getloadavg()
             results["scales"].append(entry)

@@ -262,9 +262,12 @@ def create_nodes(core: client.CoreV1Api, nodes: Iterable[SimulatedNode], workers
     in_parallel([lambda node=node: create_node(core, node) for node in nodes], workers)
 
 
-def create_pods(core: client.CoreV1Api, pods: Iterable[PodPlan], workers: int) -> None:
+def create_pods(core: client.CoreV1Api, pods: Iterable[PodPlan], workers: int, strict: bool = False) -> None:
+    """Create the pods (``strict``: one that exists already is an error, not a reuse)."""
+
     def create(pod: PodPlan) -> None:
-        _ignore_conflict(lambda: core.create_namespaced_pod(NAMESPACE, pod.manifest(), _preload_content=False))
+        call = lambda: core.create_namespaced_pod(NAMESPACE, pod.manifest(), _preload_content=False)  # noqa: E731
+        call() if strict else _ignore_conflict(call)
 
     in_parallel([lambda pod=pod: create(pod) for pod in pods], workers)
 
