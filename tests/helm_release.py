@@ -78,12 +78,14 @@ class Release:
     """The release in ``namespace``, and the chart's hub running from its objects."""
 
     def __init__(self, cluster, namespace: str, root: Path, values: dict[str, Any] | None = None,
-                 secrets: dict[str, dict[str, str]] | None = None) -> None:  # fmt: skip
+                 secrets: dict[str, dict[str, str]] | None = None, *, here: bool = True) -> None:  # fmt: skip
+        """``here``: the hub is to run on this machine (:meth:`start_hub`), not in its pod."""
         self.cluster, self.namespace, self.root = cluster, namespace, root
         self.port, self.hub_port, self.proxy_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.overlays = [root / "outside-the-cluster.yaml"]
-        self.overlays[0].write_text(yaml.safe_dump(outside_the_cluster(self.port, self.hub_port, self.proxy_port)))
+        self.overlays: list[Path] = []
+        if here:
+            self.add_values(outside_the_cluster(self.port, self.hub_port, self.proxy_port))
         if values:
             self.add_values(values)
         self.secrets = secrets or {"dcloud-oidc": {"client-secret": "not-a-real-secret"}}
@@ -159,3 +161,54 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float 
             return value
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+@contextlib.contextmanager
+def tcp_forward(listen_host: str, target: tuple[str, int]) -> Iterator[int]:
+    """Relay TCP connections from ``listen_host`` (a free port, yielded) to ``target``, until
+    the block ends: how a pod on real-0 reaches the API server, which listens on loopback."""
+    import socket
+    import threading
+
+    server = socket.create_server((listen_host, 0))
+    server.settimeout(0.5)
+    stop = threading.Event()
+    sockets: list[socket.socket] = []
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                upstream = socket.create_connection(target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            sockets.extend((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.close()
