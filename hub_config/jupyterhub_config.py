@@ -60,7 +60,7 @@ if os.environ.get("DCLOUD_AUTH", "dummy") == "oidc":
     c.GenericOAuthenticator.manage_groups = True
     c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
     c.GenericOAuthenticator.allow_all = True
-    c.GenericOAuthenticator.admin_groups = {"hub-admins"}
+    c.GenericOAuthenticator.admin_groups = {"dcloud-admins"}
 else:
     c.JupyterHub.authenticator_class = "dummy"
     c.DummyAuthenticator.password = os.environ.get("DCLOUD_PASSWORD", "change-me")

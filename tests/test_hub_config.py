@@ -54,3 +54,15 @@ def test_admin_page_is_mounted(monkeypatch):
 
     c = load(monkeypatch)
     assert (r"/dcloud/allocations(\.json)?", AllocationsHandler) in c.JupyterHub.extra_handlers
+
+
+def test_oidc_example_logs_in_as_the_helm_values_do(monkeypatch):
+    """The example and helm-values/values.yaml configure the same login, but for addresses."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "helm-values" / "values.yaml").read_text())
+    chart = values["hub"]["config"]["GenericOAuthenticator"]
+    example = load(monkeypatch, DCLOUD_AUTH="oidc").GenericOAuthenticator
+    same = ("scope", "username_claim", "manage_groups", "auth_state_groups_key", "allow_all")
+    assert {k: example[k] for k in same} == {k: chart[k] for k in same}
+    assert set(example.admin_groups) == set(chart["admin_groups"])
