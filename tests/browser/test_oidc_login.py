@@ -136,12 +136,26 @@ def test_groups_changed_at_the_provider_count_at_the_next_login(browser, hub, ke
 
 
 def test_a_wrong_password_stays_at_the_provider(context, hub, keycloak):
+    def hub_logins() -> int:
+        return (hub.state / "hub.log").read_text(errors="replace").count("User logged in: dave")
+
+    keycloak.admin("POST", f"/{REALM}/users", {
+        "username": "dave", "enabled": True, "email": "dave@example.org", "emailVerified": True,
+        "firstName": "Dave", "lastName": "Tester",
+        "credentials": [{"type": "password", "value": PASSWORD, "temporary": False}],
+    })  # fmt: skip
     page = context.new_page()
-    login_at_provider(page, hub, keycloak, "bob", password="not-" + PASSWORD)
+    login_at_provider(page, hub, keycloak, "dave", password="not-" + PASSWORD)
     page.locator("#input-error, .kc-feedback-text, [id*=error]").first.wait_for()
     assert page.url.startswith(f"{keycloak.url}/realms/{REALM}/")
     assert "Invalid username or password." in page.inner_text("body")
-    assert hub.api("GET", "/users/bob")[1].get("last_activity") is not None  # bob's earlier login only
+    assert page.input_value("#username") == "dave"
+    # The hub never heard of dave; with the right password he gets in.
+    assert hub.api("GET", "/users/dave")[0] == 404 and hub_logins() == 0
+    page.fill("#password", PASSWORD)
+    page.click("#kc-login")
+    page.locator("#dcloud-form").wait_for()
+    assert hub_logins() == 1
 
 
 def test_a_provider_that_is_down_gives_a_readable_error_page(context, hub, keycloak):
