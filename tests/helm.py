@@ -124,15 +124,22 @@ def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return matches[0]
 
 
-def pull() -> Path:
+def pull(repository: str = CHART_REPOSITORY) -> Path:
     """Fetch the released chart into the cache unless a chart is already found; idempotent."""
     chart = chart_dir()
     if (chart / "Chart.yaml").is_file():
         return chart
-    target = cached_chart()
+    return pull_release(cached_chart(), repository)
+
+
+def pull_release(target: Path, repository: str = CHART_REPOSITORY) -> Path:
+    """``helm pull`` of chart ``jupyterhub`` at CHART_VERSION from ``repository``, unpacked
+    so that ``target`` is the chart's folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    helm("pull", "jupyterhub", "--repo", CHART_REPOSITORY, "--version", CHART_VERSION,
+    helm("pull", "jupyterhub", "--repo", repository, "--version", CHART_VERSION,
          "--untar", "--untardir", str(target.parent))  # fmt: skip
+    if not (target / "Chart.yaml").is_file():
+        raise RuntimeError(f"helm pull left no chart at {target}")
     return target
 
 

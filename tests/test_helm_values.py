@@ -341,6 +341,37 @@ def test_mounted_culler_config_loads_with_the_service_environment(hub_config, tm
     assert culler.cull_arbiter_hook.gpu_timeout < culler.timeout
 
 
+# --- Where the chart comes from on a machine without ../shared ------------------------------
+
+
+def test_the_released_chart_is_pulled_from_a_chart_repository(tmp_path):
+    """What .ci/setup does on a fresh machine (``python -m tests.helm pull``), against a chart
+    repository served here from the chart's own package, then rendered like the others."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from tests.helm import pull_release
+
+    _, chart = require_helm_and_chart()
+    repository = tmp_path / "repository"
+    helm("package", str(chart), "--destination", str(repository))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(repository)))  # fmt: skip
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    helm("repo", "index", str(repository), "--url", url)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pulled = pull_release(tmp_path / "cache" / "jupyterhub", url)
+    finally:
+        server.shutdown()
+    assert yaml.safe_load((pulled / "Chart.yaml").read_text())["version"] == CHART_VERSION
+    out = helm("template", "dcloud", str(pulled), "--namespace", NAMESPACE, *value_args()).stdout
+    names = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out) if d}
+    assert names == {(d["kind"], d["metadata"]["name"]) for d in template(NAMESPACE, *value_args())}
+    assert ("Deployment", "hub") in names
+
+
 # --- rbac.yaml and the documented commands ---------------------------------------------------
 
 
