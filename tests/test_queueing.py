@@ -230,7 +230,7 @@ def test_with_queueing_group_quotas_are_kueues_and_user_totals_stay(queued_data)
 
 def test_the_form_offers_to_wait_and_shows_the_line(queued):
     context = FormContext(availability={"a100": GpuAvailability(0, 16, 0), "t4": GpuAvailability(3, 8, 2)},
-                          waiting={"a100": 2, "t4": 0})
+                          waiting={"a100": 2, "t4": 0}, can_queue=True)
     html = render_form(queued, queued.allowance(["researchers"]), None, context)
     assert "NVIDIA A100 80GB · 0 of 16 free, 2 waiting" in html
     assert "NVIDIA T4 16GB · 3 of 8 free<" in html
@@ -242,12 +242,16 @@ def test_the_form_offers_to_wait_and_shows_the_line(queued):
 def test_the_form_says_when_servers_may_be_preempted(queued_data):
     queued_data["queueing"]["preemption"] = True
     catalog = Catalog.from_data(queued_data)
-    assert "may be preempted" in render_form(catalog, catalog.allowance(["researchers"]))
+    html = render_form(catalog, catalog.allowance(["researchers"]), None, FormContext(can_queue=True))
+    assert "may be preempted" in html
 
 
-def test_no_wait_box_without_queueing_or_without_gpus(catalog, queued):
-    assert 'name="wait"' not in render_form(catalog, catalog.allowance(["researchers"]))
-    assert 'name="wait"' not in render_form(queued, queued.allowance([]))  # CPU only: nothing to wait for
+def test_no_wait_box_without_queueing_without_a_queue_or_without_gpus(catalog, queued):
+    queues = FormContext(can_queue=True)
+    assert 'name="wait"' not in render_form(catalog, catalog.allowance(["researchers"]), None, queues)
+    assert 'name="wait"' not in render_form(queued, queued.allowance([]), None, queues)  # CPU only
+    # a backend without Kueue (the local one) never offers to wait
+    assert 'name="wait"' not in render_form(queued, queued.allowance(["researchers"]), None, FormContext())
 
 
 def test_the_tick_becomes_wait_true(queued):

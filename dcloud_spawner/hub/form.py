@@ -31,6 +31,7 @@ class FormContext:
     gpu_help: str = ""
     stale_since: float | None = None  # availability is a copy from before the cluster stopped answering
     waiting: Mapping[str, int] | None = None  # GPU class id -> requests waiting in line (Kueue)
+    can_queue: bool = False  # the backend queues (Kubernetes with Kueue), so the form offers to wait
 
 
 def _num(value: float) -> str:
@@ -70,6 +71,7 @@ def render_form(
     context = context or FormContext()
     values = form_values(catalog, allowance, options)
     queueing = catalog.queueing
+    offer_wait = queueing.enabled and context.can_queue
     gpu_classes = []
     if allowance.max_gpus > 0:
         for gpu_id in allowance.gpu_classes:
@@ -100,7 +102,7 @@ def render_form(
                     entry["full"] = True
                     entry["note"] = (
                         f"{gpu.display_name}: none free right now; tick 'Wait in line' to queue for one, "
-                        "or a request is refused until one is released." if queueing.enabled else
+                        "or a request is refused until one is released." if offer_wait else
                         f"{gpu.display_name}: none free right now; a request would be refused "
                         "until one is released."
                     )
@@ -127,7 +129,7 @@ def render_form(
         notices=context.notices,
         limits_enforced=context.limits_enforced,
         max_file_kib=MAX_FILE_BYTES // 1024,
-        queueing={"enabled": queueing.enabled and bool(gpu_classes), "wait": queueing.wait_words(),
+        queueing={"enabled": offer_wait and bool(gpu_classes), "wait": queueing.wait_words(),
                   "preemption": queueing.preemption},
     )
 

@@ -195,6 +195,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     def form_context(self) -> FormContext:
         context = super().form_context()
         view = self.kueue_view()
+        context.can_queue = view is not None
         if view is not None and view.read_at is not None:
             context.waiting = view.waiting(self.catalog)
         live = self.live_data()
@@ -211,6 +212,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         plan = self.dcloud_plan
         self.dcloud_last_stop = None
         self._dcloud_may_have_pod = True
+        self._dcloud_messages = asyncio.Queue()  # nothing said during an earlier start
         start = super().start()  # KubeSpawner keeps this future to end progress() with it
         watch = asyncio.ensure_future(self._doomed())
         try:
@@ -447,6 +449,9 @@ class InLine:
         self.gated = pod is not None and ADMISSION_GATE in gates
         now = time.monotonic()
         if not self.gated:
+            if self.since is None and not self.admitted and pod is not None:
+                self.admitted = True
+                self.spawner.say(f"Admitted at once by the queue of {self.queue.who}", 10)
             if self.since is not None and not self.admitted and pod is not None:
                 self.admitted = True
                 waited = now - self.since
@@ -455,6 +460,12 @@ class InLine:
             return None
         if self.since is None:
             self.since = now
+            waiting = [k for k in self.spawner.queued_servers() if k[0] == self.spawner.user.name]
+            if self.plan.wait and len(waiting) >= self.queueing.max_queued_per_user:
+                return CapacityRefusal(
+                    f"You already have {len(waiting)} server{'s' if len(waiting) != 1 else ''} waiting in line, "
+                    f"and at most {self.queueing.max_queued_per_user} may wait at once; stop one or let it "
+                    "start before queueing another.", field="wait", reason="queue_limit")
             self.spawner.queued_servers()[self.spawner.claim_key] = time.time()
             self.spawner.say(f"Joined the line of {self.queue.who} for {waiting_for(self.plan)}")
         if now >= self.next_ask:
