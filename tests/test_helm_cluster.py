@@ -13,7 +13,10 @@
   the Deployment rolls out a new ReplicaSet; the hub restarted from the upgraded release's
   objects serves the new catalog.
 
-The namespace ``dcloud-helm`` and the cluster-wide binding are removed at the end.
+- The chart's continuous image puller lands on every (tainted) GPU node.
+
+The namespace ``dcloud-helm`` and the cluster-wide binding are removed at the end. The hub as
+the chart's own Deployment in a real container is in tests/test_helm_real_node.py.
 """
 
 from __future__ import annotations
@@ -171,3 +174,22 @@ def test_helm_upgrade_with_a_new_catalog_restarts_the_hub_with_it(kube_cluster, 
     assert status in (201, 202), body
     wait_for(lambda: pods(kube_cluster, "hub.jupyter.org/username=dora"), timeout=60)
     hub.api("DELETE", "/users/dora/server")
+
+
+def test_the_image_puller_runs_on_every_gpu_node(kube_cluster, release):
+    """The continuous puller (pulling the catalog's images) tolerates the GPU nodes' taint, so
+    the DaemonSet controller puts a puller on each of them."""
+    nodes = json.loads(kubectl(kube_cluster, "get", "nodes", "-o", "json").stdout)["items"]
+    gpu_nodes = {n["metadata"]["name"] for n in nodes
+                 if any(t["key"] == "nvidia.com/gpu" for t in n["spec"].get("taints") or [])
+                 and not any(t["key"] == "dcloud.test/node" for t in n["spec"].get("taints") or [])}  # fmt: skip
+    assert gpu_nodes, "the test cluster has tainted GPU nodes"
+
+    def pulled_on() -> set[str]:
+        pullers = pods(kube_cluster, f"component=continuous-image-puller,release={RELEASE}")
+        return {p["spec"].get("nodeName") for p in pullers}
+
+    wait_for(lambda: gpu_nodes <= pulled_on(), timeout=60)
+    images = {c["image"] for p in pods(kube_cluster, "component=continuous-image-puller")
+              for c in p["spec"]["initContainers"]}  # fmt: skip
+    assert "ghcr.io/dcloud-project/notebook-pytorch-cuda:2026.11" in images
