@@ -21,7 +21,7 @@ from tests.cluster.control_plane import KEEP_RUNNING_LABEL
 from tests.hub import stop_demo_hub
 from tests.kube_hub import start_kube_hub
 from tests.kube_spawners import cluster_spawner
-from tests.queue_hub import RESEARCHERS_A100, USERS, Progress, kueue_objects, queue_catalog
+from tests.queue_hub import RESEARCHERS_A100, USERS, kueue_objects, queue_catalog, spawn
 
 pytestmark = pytest.mark.cluster
 
@@ -88,12 +88,6 @@ def wait_until(what: str, check, timeout: float = 30):
             return found
         time.sleep(0.2)
     raise AssertionError(f"{what}: not within {timeout}s")
-
-
-def spawn(hub, user: str, options: dict) -> Progress:
-    status, body = hub.api("POST", f"/users/{user}/servers/gpu", {"user_options": options})
-    assert status in (201, 202), body
-    return Progress(hub, user, "gpu")
 
 
 def running(core, namespace: str, user: str):

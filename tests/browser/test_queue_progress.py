@@ -13,7 +13,7 @@ import pytest
 from tests.browser.conftest import login, shot
 from tests.hub import stop_demo_hub
 from tests.kube_hub import start_kube_hub
-from tests.queue_hub import USERS, Progress, kueue_objects, queue_catalog
+from tests.queue_hub import USERS, kueue_objects, queue_catalog, spawn
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -56,8 +56,7 @@ def wait_for_text(page, text: str, timeout: float = 30) -> str:
 def test_the_progress_page_tells_the_place_in_line_as_it_moves(page, queue_hub, core, kueue_cluster):
     hub = queue_hub
     for i in range(1, 5):  # staff take all 16 A100s
-        assert hub.api("POST", f"/users/staff-{i}/servers/gpu", {"user_options": FOUR_A100})[0] in (201, 202)
-    ahead = None
+        spawn(hub, f"staff-{i}", FOUR_A100)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         running = [p for p in core.list_namespaced_pod(kueue_cluster.namespace,
@@ -67,9 +66,7 @@ def test_the_progress_page_tells_the_place_in_line_as_it_moves(page, queue_hub, 
             break
         time.sleep(0.3)
     # someone is in line before us
-    assert hub.api("POST", "/users/res-2/servers/gpu", {"user_options": {**FOUR_A100, "wait": True}})[0] == 202
-    ahead = Progress(hub, "res-2", "gpu")
-    ahead.wait_for("1st in line")
+    spawn(hub, "res-2", {**FOUR_A100, "wait": True}).wait_for("1st in line")
 
     login(page, hub, "res-1")
     page.goto(f"{hub.url}/hub/spawn")
