@@ -44,7 +44,9 @@ c.JupyterHub.extra_handlers = handlers()
 if os.environ.get("DCLOUD_AUTH", "dummy") == "oidc":
     # Keycloak realm "lab"; the client maps group membership into a "groups" claim.
     issuer = os.environ.get("OIDC_ISSUER", "https://keycloak.example.org/realms/lab")
-    c.JupyterHub.authenticator_class = "generic-oauth"
+    # GenericOAuthenticator with a readable page when the provider is down and no error
+    # for a user in no group (dcloud_spawner/hub/login.py); its settings apply to it.
+    c.JupyterHub.authenticator_class = "dcloud-oauth"
     c.GenericOAuthenticator.client_id = os.environ.get("OAUTH_CLIENT_ID", "dcloud")
     # client secret: OAUTH_CLIENT_SECRET in the environment
     c.GenericOAuthenticator.oauth_callback_url = os.environ.get(

@@ -269,9 +269,26 @@ def hub_config(rendered, tmp_path_factory) -> dict[str, Any]:
 
 
 def test_spawner_and_authenticator_resolve(hub_config):
-    # As the hub resolves them: entry point names, or the class an extraConfig snippet defines.
+    # As the hub resolves them: entry point names that dcloud_spawner registers.
     assert hub_config["classes"]["spawner"][0] == "dcloud_spawner.kube.spawner.DCloudSpawner"
-    assert "oauthenticator.generic.GenericOAuthenticator" in hub_config["classes"]["authenticator"]
+    authenticator = hub_config["classes"]["authenticator"]
+    assert authenticator[0] == "dcloud_spawner.hub.login.DCloudOAuthenticator"
+    # so that the values' GenericOAuthenticator section configures it
+    assert "oauthenticator.generic.GenericOAuthenticator" in authenticator
+
+
+def test_the_tests_run_the_chart_s_config_with_the_image_s_pycurl():
+    # The chart's jupyterhub_config.py selects tornado's curl client; the test extra installs
+    # the pycurl that the hub image pins, so the tests run the chart's hub as the image does.
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    pinned = [line for line in (ROOT / "images" / "hub" / "constraints.txt").read_text().splitlines()
+              if line.startswith("pycurl==")]  # fmt: skip
+    test_extra = [Requirement(r) for r in requires("dcloud-spawner") or []
+                  if Requirement(r).name == "pycurl" and 'extra == "test"' in r]  # fmt: skip
+    assert len(pinned) == 1 and [str(r.specifier) for r in test_extra] == [pinned[0].removeprefix("pycurl")]
 
 
 def test_every_configured_trait_exists(hub_config):

@@ -36,8 +36,12 @@ def test_backends(monkeypatch, backend, name, cls):
 def test_oidc_groups(monkeypatch):
     from oauthenticator.generic import GenericOAuthenticator
 
+    from dcloud_spawner.hub.login import DCloudOAuthenticator
+
     c = load(monkeypatch, DCLOUD_AUTH="oidc")
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert c.JupyterHub.authenticator_class == "dcloud-oauth"
+    (entry,) = [e for e in entry_points(group="jupyterhub.authenticators") if e.name == "dcloud-oauth"]
+    assert entry.load() is DCloudOAuthenticator
     for trait in c.GenericOAuthenticator:
         assert GenericOAuthenticator.class_traits().get(trait) is not None, trait
     assert c.GenericOAuthenticator.manage_groups is True
@@ -66,3 +70,5 @@ def test_oidc_example_logs_in_as_the_helm_values_do(monkeypatch):
     same = ("scope", "username_claim", "manage_groups", "auth_state_groups_key", "allow_all")
     assert {k: example[k] for k in same} == {k: chart[k] for k in same}
     assert set(example.admin_groups) == set(chart["admin_groups"])
+    authenticator = load(monkeypatch, DCLOUD_AUTH="oidc").JupyterHub.authenticator_class
+    assert authenticator == values["hub"]["config"]["JupyterHub"]["authenticator_class"]
