@@ -112,12 +112,21 @@ def test_bob_sees_every_class_and_the_medical_dataset(context, hub, keycloak):
 
 
 def test_carol_in_no_group_gets_cpu_only(context, hub, keycloak):
+    hub_log = hub.state / "hub.log"
+    logged_before = hub_log.stat().st_size
     page = context.new_page()
     login_at_provider(page, hub, keycloak, "carol")
     gpus, datasets = form_choices(page)
     assert gpus == [""]
     assert page.is_disabled("#dcloud-gpu-type")
     assert "medical-scans" not in datasets
+    # Keycloak sends no groups claim for her: no groups, and no error in the hub's log
+    with hub_log.open("rb") as log:
+        log.seek(logged_before)
+        login_log = log.read().decode(errors="replace")
+    assert "No oauth_user.groups in the provider's answer" in login_log
+    assert [line for line in login_log.splitlines() if line.startswith(("[E", "[W"))] == [], login_log
+    assert hub.api("GET", "/users/carol")[1]["groups"] == []
 
 
 def test_groups_changed_at_the_provider_count_at_the_next_login(browser, hub, keycloak):
@@ -179,7 +188,10 @@ def test_a_provider_that_is_down_gives_a_readable_error_page(context, hub, keycl
     shot(page, "oidc-03-provider-down")
     body = page.inner_text("body")
     assert callback.value.status == 503
-    assert "Keycloak could not be reached, so you could not be logged in." in body
+    # the page's title says what failed, and the sentence below it why, once
+    assert page.inner_text("h1").strip() == "503 : Service Unavailable"
+    sentence = "Keycloak could not be reached, so you could not be logged in: please try again in a few minutes."
+    assert body.count(sentence) == 1 and body.count("could not be reached") == 1, body
     assert "Traceback" not in body and 'File "' not in body, body
     assert page.url.startswith(f"{hub.url}/hub/oauth_callback")
     assert hub.api("GET", "/")[0] == 200  # the hub itself is fine
