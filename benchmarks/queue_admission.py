@@ -49,8 +49,13 @@ SHARE = 4  # the researchers' A100s
 POLL = 0.05
 A100_SELECTOR = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
-RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-              "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def log(message: str) -> None:
@@ -66,23 +71,48 @@ def write_catalog(path: Path) -> Path:
 
 
 def apply_queues(catalog: Path, kubectl: str, admin: str) -> None:
-    env_cmd = [sys.executable, "-m", "dcloud_spawner.cli", "kueue", str(catalog), "--namespace", NAMESPACE,
-               "--from-cluster"]
-    manifests = subprocess.run(env_cmd, capture_output=True, text=True, check=True,
-                               env={**os.environ, "KUBECONFIG": admin}).stdout
-    subprocess.run([kubectl, f"--kubeconfig={admin}", "apply", "--server-side", "-f", "-"], input=manifests,
-                   capture_output=True, text=True, check=True)
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "dcloud_spawner.cli",
+        "kueue",
+        str(catalog),
+        "--namespace",
+        NAMESPACE,
+        "--from-cluster",
+    ]
+    manifests = subprocess.run(
+        env_cmd, capture_output=True, text=True, check=True, env={**os.environ, "KUBECONFIG": admin}
+    ).stdout
+    subprocess.run(
+        [kubectl, f"--kubeconfig={admin}", "apply", "--server-side", "-f", "-"],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 def plain_pod(name: str) -> dict[str, Any]:
     gpus = {"nvidia.com/gpu": str(SHARE), "cpu": "1", "memory": "1Gi"}
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": QUEUE, "dcloud.bench/queue": "floor"}},
-        "spec": {"restartPolicy": "Never", "nodeSelector": A100_SELECTOR, "tolerations": [TOLERATION],
-                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                 "containers": [{"name": "main", "image": "registry.invalid/idle:1", "securityContext": RESTRICTED,
-                                 "resources": {"requests": gpus, "limits": gpus}}]},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": A100_SELECTOR,
+            "tolerations": [TOLERATION],
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.invalid/idle:1",
+                    "securityContext": RESTRICTED,
+                    "resources": {"requests": gpus, "limits": gpus},
+                }
+            ],
+        },
     }
 
 
@@ -103,8 +133,11 @@ async def until(core: client.CoreV1Api, name: str, want: str, timeout: float = 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         phase, gated = await pod_state(core, name)
-        if (want == "running" and phase == "Running" and not gated) or (want == "gated" and gated) \
-                or (want == "gone" and phase is None):
+        if (
+            (want == "running" and phase == "Running" and not gated)
+            or (want == "gated" and gated)
+            or (want == "gone" and phase is None)
+        ):
             return time.monotonic()
         await asyncio.sleep(POLL)
     raise TimeoutError(f"pod {name} not {want} within {timeout}s")
@@ -154,8 +187,12 @@ async def dcloud_round(core: client.CoreV1Api, catalog: Path, i: int) -> tuple[f
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(values), "p95_s": percentile(values, 0.95),
-            "min_s": min(values), "max_s": max(values)}
+    return {
+        "median_s": statistics.median(values),
+        "p95_s": percentile(values, 0.95),
+        "min_s": min(values),
+        "max_s": max(values),
+    }
 
 
 async def run(catalog: Path, admin: str, hub: str, rounds: int) -> dict[str, Any]:
@@ -173,14 +210,19 @@ async def run(catalog: Path, admin: str, hub: str, rounds: int) -> dict[str, Any
             pod, spawn = await dcloud_round(core, catalog, i)
             running.append(pod)
             returned.append(spawn)
-            log(f"round {i + 1}/{rounds}: kueue-pod {floor[-1]:.2f}s, dcloud pod Running {pod:.2f}s, "
-                f"start() returned {spawn:.2f}s")
+            log(
+                f"round {i + 1}/{rounds}: kueue-pod {floor[-1]:.2f}s, dcloud pod Running {pod:.2f}s, "
+                f"start() returned {spawn:.2f}s"
+            )
     finally:
         await api.close()
         await close_hub_state()
-    result = {"kueue-pod": summary(floor), "dcloud-pod-running": summary(running),
-              "dcloud-start-returned": summary(returned), "samples": {
-                  "kueue-pod": floor, "dcloud-pod-running": running, "dcloud-start-returned": returned}}
+    result = {
+        "kueue-pod": summary(floor),
+        "dcloud-pod-running": summary(running),
+        "dcloud-start-returned": summary(returned),
+        "samples": {"kueue-pod": floor, "dcloud-pod-running": running, "dcloud-start-returned": returned},
+    }
     base = result["kueue-pod"]
     for name in ("dcloud-pod-running", "dcloud-start-returned"):
         result[name]["ratio_median"] = result[name]["median_s"] / base["median_s"]
@@ -189,8 +231,10 @@ async def run(catalog: Path, admin: str, hub: str, rounds: int) -> dict[str, Any
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| variant | median | p95 | median ratio to kueue-pod | p95 ratio |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| variant | median | p95 | median ratio to kueue-pod | p95 ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for name in ("kueue-pod", "dcloud-pod-running", "dcloud-start-returned"):
         row = result[name]
         ratio = (f"{row['ratio_median']:.2f}x", f"{row['ratio_p95']:.2f}x") if "ratio_median" in row else ("1", "1")

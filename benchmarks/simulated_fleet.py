@@ -135,8 +135,10 @@ class FleetPlan:
         """GPU class id -> what a correct form shows for this fleet."""
         return self.expected_without(())
 
-    def expected_without(self, removed: Iterable[PodPlan]) -> dict[str, Availability]:
-        """What a correct form shows once the pods ``removed`` are gone."""
+    def expected_without(self, removed: Iterable[PodPlan], down: Iterable[str] = ()) -> dict[str, Availability]:
+        """What a correct form shows once the pods ``removed`` are gone and the nodes ``down``
+        (not Ready, or tainted by the node controller) count no more."""
+        down = set(down)
         used = dict(self.used)
         for pod in removed:
             if pod.resource and pod.gpus:
@@ -145,8 +147,12 @@ class FleetPlan:
         for pool in POOLS:
             if pool.gpu_class is None:
                 continue
-            free = [pool.per_node - used[node.name] for node in self.nodes if node.pool == pool.name]
-            result[pool.gpu_class] = Availability(sum(free), pool.per_node * len(free), max(free))
+            free = [
+                pool.per_node - used[node.name]
+                for node in self.nodes
+                if node.pool == pool.name and node.name not in down
+            ]
+            result[pool.gpu_class] = Availability(sum(free), pool.per_node * len(free), max(free, default=0))
         return result
 
 
