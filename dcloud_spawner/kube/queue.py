@@ -86,26 +86,27 @@ class KueueView:
         self.read_at = time.time()
         self.error = None
 
-    def waiting(self, catalog: Catalog) -> dict[str, int]:
-        """GPU class id -> workloads waiting for it (notebooks and batch jobs alike)."""
-        counts: Counter[str] = Counter()
-        for workload in self.workloads:
-            if admitted(workload) or finished(workload):
-                continue
-            gpu_id, _ = workload_class(catalog, workload)
-            if gpu_id:
-                counts[gpu_id] += 1
-        return {g.id: counts.get(g.id, 0) for g in catalog.gpu_classes}
-
-    def queued_gpus(self, catalog: Catalog) -> dict[str, int]:
-        """GPU class id -> GPUs asked for by waiting workloads."""
-        counts: Counter[str] = Counter()
+    def _waiting(self, catalog: Catalog) -> list[tuple[str, int]]:
+        """(GPU class id, GPUs asked for) of each workload waiting for a class."""
+        waiting = []
         for workload in self.workloads:
             if admitted(workload) or finished(workload):
                 continue
             gpu_id, count = workload_class(catalog, workload)
             if gpu_id:
-                counts[gpu_id] += count
+                waiting.append((gpu_id, count))
+        return waiting
+
+    def waiting(self, catalog: Catalog) -> dict[str, int]:
+        """GPU class id -> workloads waiting for it (notebooks and batch jobs alike)."""
+        counts = Counter(gpu_id for gpu_id, _ in self._waiting(catalog))
+        return {g.id: counts.get(g.id, 0) for g in catalog.gpu_classes}
+
+    def queued_gpus(self, catalog: Catalog) -> dict[str, int]:
+        """GPU class id -> GPUs asked for by waiting workloads."""
+        counts: Counter[str] = Counter()
+        for gpu_id, count in self._waiting(catalog):
+            counts[gpu_id] += count
         return {g.id: counts.get(g.id, 0) for g in catalog.gpu_classes}
 
     def workload_of(self, pod_name: str) -> dict[str, Any] | None:
