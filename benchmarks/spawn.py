@@ -44,7 +44,7 @@ from typing import Any
 from kubespawner import KubeSpawner
 from traitlets.config import Config
 
-from benchmarks.form_render import cluster_command, machine, percentile
+from benchmarks.form_render import cluster_command, machine, percentile, point_kubespawner_at
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import reset_hub_state
@@ -70,7 +70,7 @@ c.JupyterHub.load_groups = {{g: {{"users": [settings["user"]]}} for g in setting
 c.JupyterHub.services = [{{"name": "bench", "api_token": settings["token"]}}]
 c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
                              "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "servers"]}}]
-c.JupyterHub.spawner_class = {{"DCloudSpawner": "dcloud", "KubeSpawner": "kubespawner"}}[settings["section"]]
+c.JupyterHub.spawner_class = {{"DCloudSpawner": "dcloud", "KubeSpawner": "kubespawner.KubeSpawner"}}[settings["section"]]
 for name, value in settings["spawner"].items():
     setattr(getattr(c, settings["section"]), name, value)
 """
@@ -179,11 +179,13 @@ class Hub:
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as reply:
-                raw = reply.read()
-                return reply.status, json.loads(raw) if raw else None
+                status, raw = reply.status, reply.read()
         except urllib.error.HTTPError as error:
-            raw = error.read()
-            return error.code, json.loads(raw) if raw else None
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:  # e.g. the proxy's error page while the hub starts
+            return status, raw.decode(errors="replace")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     state: Path | None = None
     try:
         hub_kubeconfig = str(Path(admin).with_name("hub.kubeconfig"))
-        os.environ["KUBECONFIG"] = hub_kubeconfig  # KubeSpawner objects load it when made
+        asyncio.run(point_kubespawner_at(hub_kubeconfig))  # KubeSpawner objects load it when made
         traits, ours = asyncio.run(dcloud_traits(port))
         theirs = asyncio.run(plain_manifest(traits))
         diff = differences(ours, theirs)
@@ -319,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
         if not args.keep:
             cluster_command(args.run_dir, "down")
-            if state is not None:
-                shutil.rmtree(state, ignore_errors=True)
+    if state is not None:
+        shutil.rmtree(state, ignore_errors=True)  # kept after a failure: the hubs' logs are there
     summary = {
         name: {
             "median_ms": statistics.median(v) * 1000,
