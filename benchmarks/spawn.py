@@ -70,7 +70,8 @@ c.JupyterHub.load_groups = {{g: {{"users": [settings["user"]]}} for g in setting
 c.JupyterHub.services = [{{"name": "bench", "api_token": settings["token"]}}]
 c.JupyterHub.load_roles = [{{"name": "bench", "services": ["bench"],
                              "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "servers"]}}]
-c.JupyterHub.spawner_class = {{"DCloudSpawner": "dcloud", "KubeSpawner": "kubespawner.KubeSpawner"}}[settings["section"]]
+classes = {{"DCloudSpawner": "dcloud", "KubeSpawner": "kubespawner.KubeSpawner"}}
+c.JupyterHub.spawner_class = classes[settings["section"]]
 for name, value in settings["spawner"].items():
     setattr(getattr(c, settings["section"]), name, value)
 """
