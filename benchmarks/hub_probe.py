@@ -263,13 +263,17 @@ async def check(
 ) -> Checked:
     """The watches' counts equal the seeded fleet's (less any node the cluster has taken out
     meanwhile) and those counted from scratch from a fresh full list."""
-    for _ in range(5):
+    for _ in range(8):
         try:
             await converge(live, catalog, wanted(plan.expected_without(removed)), 60)
         except AssertionError:
             pass  # a node may be out: the fresh list says which
         fresh, down = await fresh_count(admin)
         want = wanted(plan.expected_without(removed, down))
+        try:  # the watches reach what the list saw (unless a node came and went again meanwhile)
+            await converge(live, catalog, fresh, 20)
+        except AssertionError:
+            pass
         seen = live.availability(catalog)
         if seen == want == fresh:
             log(
@@ -277,7 +281,6 @@ async def check(
             )
             return Checked(phase, {k: asdict(v) for k, v in seen.items()}, True, True, down)
         log(f"after {phase}: watches {seen}, seeded {want}, fresh list {fresh}; {len(down)} nodes out; again")
-        await asyncio.sleep(5)
     raise AssertionError(f"after {phase}: the watches never agreed with the seeded fleet and a fresh list")
 
 

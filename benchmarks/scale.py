@@ -103,11 +103,12 @@ def grow(core: Any, plan: sim.FleetPlan, workers: int, settle_pods_s: float) -> 
     """Create what the fleet lacks; wait for every node Ready (and, for a while, pods Running)."""
     timings: dict[str, Any] = {}
     began = time.perf_counter()
+    pods_there = pod_names(core)  # a kept cluster: create only what it lacks
     sim.create_nodes(core, plan.nodes, workers)
     timings["nodes_s"] = time.perf_counter() - began
     log(f"{len(plan.nodes)} nodes in {timings['nodes_s']:.0f}s; creating {len(plan.pods)} pods")
     began = time.perf_counter()
-    sim.create_pods(core, plan.pods, workers)
+    sim.create_pods(core, [p for p in plan.pods if p.name not in pods_there], workers)
     timings["pods_s"] = time.perf_counter() - began
     log(f"{len(plan.pods)} pods in {timings['pods_s']:.0f}s; waiting for the nodes to be Ready")
     began = time.perf_counter()
@@ -129,9 +130,8 @@ def renamed(pods: list[sim.PodPlan]) -> list[sim.PodPlan]:
     return [dataclasses.replace(p, name=f"{p.name}-b") for p in pods]
 
 
-def restore(core: Any, plan: sim.FleetPlan, workers: int) -> None:
-    """Put the fleet back as planned: pods re-created under new names go, the originals return."""
-    names = set()
+def pod_names(core: Any) -> set[str]:
+    names: set[str] = set()
     token = None
     while True:
         page = json.loads(
@@ -140,7 +140,12 @@ def restore(core: Any, plan: sim.FleetPlan, workers: int) -> None:
         names |= {p["metadata"]["name"] for p in page["items"]}
         token = page["metadata"].get("continue")
         if not token:
-            break
+            return names
+
+
+def restore(core: Any, plan: sim.FleetPlan, workers: int) -> None:
+    """Put the fleet back as planned: pods re-created under new names go, the originals return."""
+    names = pod_names(core)
     planned = {p.name for p in plan.pods}
     extra = [sim.PodPlan(name, "", None, 0) for name in names - planned]
     sim.delete_pods(core, extra, workers)
