@@ -212,3 +212,21 @@ async def test_a_burst_and_a_list_are_folded_in_slices_that_let_the_loop_run(api
         task.cancel()
         await watch.stop()
     assert len(seen) > 2000 and steps() == 1, steps()
+
+
+async def test_an_admins_watch_settings_reach_the_hub_wide_watches(offline_kubeconfig):
+    """c.ClusterPodReflector.* in jupyterhub_config.py reaches the watches the spawner's hub state makes."""
+    from dcloud_spawner.core.availability import LiveAvailability
+    from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+    from dcloud_spawner.kube import DCloudSpawner
+    from dcloud_spawner.kube.watch import ClusterPodReflector, NodeReflector
+    from tests.conftest import EXAMPLE_CATALOG
+
+    config = Config()
+    config.DCloudSpawner.catalog_path = str(EXAMPLE_CATALOG)
+    config.ClusterPodReflector.page_size = 123
+    config.NodeReflector.page_size = 45
+    spawner = DCloudSpawner(user=OfflineUser("admin-settings", ()), hub=offline_hub(), config=config)
+    watch = spawner.live_data()
+    assert ClusterPodReflector(LiveAvailability(), None, config=watch.config).page_size == 123
+    assert NodeReflector(LiveAvailability(), None, config=watch.config).page_size == 45

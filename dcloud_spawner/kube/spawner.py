@@ -190,7 +190,10 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self.kueue_view()  # the line lengths, read in the background from the first form or request on
 
     def live_data(self) -> ClusterWatch | None:
-        return hub_state().part("kube.watch", ClusterWatch) if self.show_availability else None
+        if not self.show_availability:
+            return None
+        # the hub's config, so an admin's c.ClusterPodReflector / c.NodeReflector settings apply
+        return hub_state().part("kube.watch", lambda: ClusterWatch(config=self.config))
 
     def form_context(self) -> FormContext:
         context = super().form_context()
