@@ -71,7 +71,9 @@ async def provider() -> AsyncIterator[str]:
 
 
 @pytest.fixture(params=["curl", "simple"])
-def http_client(request) -> Iterator[AsyncHTTPClient]:
+async def http_client(request) -> AsyncIterator[AsyncHTTPClient]:
+    # made on the running loop: tornado binds a client to the IOLoop current at creation, and
+    # one bound to another loop never delivers its answers or its timeouts (the test hangs)
     client = (CurlAsyncHTTPClient if request.param == "curl" else SimpleAsyncHTTPClient)(force_instance=True)
     yield client
     client.close()
