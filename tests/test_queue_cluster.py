@@ -193,6 +193,13 @@ def test_a_batch_job_counts_against_the_group_share(hub, core, custom, kueue_clu
         assert job_pod.spec.node_name.startswith("a100-")
         # 6 of the researchers' 8 are the job's: 4 more would exceed the share, though 10 A100s are free
         assert RESEARCHERS_A100 == 8
+        # without 'wait', Kueue holding the pod back ends the spawn after refuse_after (5 s), with Kueue's reason
+        status, body = hub.api("POST", "/users/res-2/servers/gpu", {"user_options": FOUR_A100})
+        assert status >= 400, body
+        message = body["message"]
+        assert message.startswith(f"4 × {A100} cannot start for group researchers right now (the queue says: "), body
+        assert message.endswith("; tick 'Wait in line' to wait up to 5 minutes for them."), body
+        wait_until("the refused spawn's pod gone", lambda: not pods(core, ns, "res-2"), 15)
         line = spawn(hub, "res-1", {**FOUR_A100, "wait": True})
         assert line.wait_for("in line for") == \
             f"Waiting for 4 × {A100}: 1st in line for group researchers (6 of 16 in use)"
