@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ def _fake_kubeconfig_if_needed() -> None:
     handle, path = tempfile.mkstemp(prefix="dcloud-offline-", suffix=".kubeconfig")
     with os.fdopen(handle, "w") as f:
         yaml.safe_dump(config, f)
+    atexit.register(Path(path).unlink, missing_ok=True)  # one per run would pile up in /tmp
     os.environ["KUBECONFIG"] = path
     # the client read $KUBECONFIG when it was imported; point its default at the file too
     from kubernetes_asyncio.config import kube_config
