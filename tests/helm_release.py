@@ -55,7 +55,10 @@ def release_rbac(namespace: str) -> list[dict[str, Any]]:
 
 
 def manifests(objects: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(objects, sort_keys=False)
+    """The objects for kubectl as one JSON List: JSON keeps a string a string, where a YAML
+    round trip can turn a quoted annotation such as the chart's 4-hex-digit checksum (e.g.
+    "0560") into a number the API server refuses."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
 
 
 @contextlib.contextmanager
