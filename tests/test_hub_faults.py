@@ -99,6 +99,15 @@ async def test_a_refused_request_after_a_stop_keeps_the_last_valid_options():
     assert TENSORFLOW_SELECTED in await spawner_from_db(orm).get_options_form()  # after a hub restart
 
 
+def normal(options: dict) -> dict:
+    """A student's options in the normal form validation gives them."""
+    from dcloud_spawner.core.catalog import Catalog
+    from dcloud_spawner.core.validation import validate
+    from tests.conftest import EXAMPLE_CATALOG
+
+    return validate(options, Catalog.from_path(EXAMPLE_CATALOG), ["students"]).user_options()
+
+
 def test_a_real_hub_keeps_the_options_through_a_refused_request(tmp_path):
     from tests.hub import stop_demo_hub
     from tests.kube_hub import start_kube_hub
@@ -118,7 +127,9 @@ def test_a_real_hub_keeps_the_options_through_a_refused_request(tmp_path):
         assert stored()["environment"] == "scipy"
         status, _ = hub.api("POST", "/users/student/server", {"user_options": BAD})  # a new Spawner object
         assert status == 400
-        assert stored() == {"environment": "scipy", "cpu": 3}
+        # as asked, or in the normal form the accepted start stored (which one the hub's database
+        # holds depends on when the failed start's commit lands): the same choice either way
+        assert normal(stored()) == normal({"environment": "scipy", "cpu": 3})
     finally:
         stop_demo_hub(hub)
 
