@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +49,7 @@ from kubespawner import KubeSpawner
 from traitlets.config import Config
 
 from benchmarks.form_render import cluster_command, machine, percentile, point_kubespawner_at
-from benchmarks.spawn import CACHE, NAMESPACE, Hub, _plain, differences, free_port, stand_in_server
+from benchmarks.spawn import CACHE, NAMESPACE, Hub, _plain, differences, free_port, launch, stand_in_server
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import reset_hub_state
@@ -156,30 +155,7 @@ def start_hub(
         "spawner": spawner,
         "per_user": per_user,
     }
-    config = state / "jupyterhub_config.py"
-    config.write_text(HUB_CONFIG.format(settings=json.dumps(settings)))
-    output = open(state / "hub.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-        cwd=state,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
-        start_new_session=True,
-    )
-    hub = Hub(name, f"http://127.0.0.1:{port}", token, process, state)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"hub {name} exited: see {state / 'hub.log'}")
-        try:
-            if hub.api("GET", "/")[0] == 200:
-                return hub
-        except OSError:
-            pass
-        time.sleep(0.3)
-    hub.stop()
-    raise RuntimeError(f"hub {name} did not answer: see {state / 'hub.log'}")
+    return launch(name, state, HUB_CONFIG.format(settings=json.dumps(settings)), kubeconfig, port, token)
 
 
 # -- the plain KubeSpawner's traits, per kind of request ------------------------------------------

@@ -213,9 +213,14 @@ def start_hub(name: str, state: Path, section: str, spawner: dict[str, Any], kub
         "section": section,
         "spawner": spawner,
     }
+    return launch(name, state, HUB_CONFIG.format(settings=json.dumps(settings)), kubeconfig, port, token)
+
+
+def launch(name: str, state: Path, config_text: str, kubeconfig: str, port: int, token: str) -> Hub:
+    """Start ``jupyterhub`` with ``config_text`` (logging to state/hub.log); wait until its API answers."""
     config = state / "jupyterhub_config.py"
-    config.write_text(HUB_CONFIG.format(settings=json.dumps(settings)))
-    output = open(state / "hub.log", "w")
+    config.write_text(config_text)
+    output = open(state / "hub.log", "w")  # lives as long as the hub
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(config)],
         cwd=state,
