@@ -22,6 +22,10 @@ async def _streaming_call_proxy(self: Any, path: str | None = None) -> None:
     if url is None:
         return
     request = self._get_proxy_request(url)
+    if not self.proxy.proxy_timeout:
+        # tornado's client ends any response after 20 s by default; a spawn's progress stream
+        # stays open as long as the user waits (e.g. in the GPU queue), so no total limit
+        request.request_timeout = 0
     lines: list[str] = []
     sent = {"headers": False}
 

@@ -126,6 +126,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
         self._base_start_timeout = self.start_timeout
         self._dcloud_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._dcloud_line: InLine | None = None  # this start's wait in Kueue's line, if queued
 
     def check_capacity(self, plan: Plan) -> None:
         queueing = self.catalog.queueing
@@ -216,6 +217,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self.dcloud_last_stop = None
         self._dcloud_may_have_pod = True
         self._dcloud_messages = asyncio.Queue()  # nothing said during an earlier start
+        self._dcloud_line = None
         start = super().start()  # KubeSpawner keeps this future to end progress() with it
         watch = asyncio.ensure_future(self._doomed())
         try:
@@ -225,6 +227,9 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
             watch.cancel()
             raise
         if start in done:
+            line = self._dcloud_line
+            if line is not None and not start.cancelled() and start.exception() is None:
+                line.started()  # Running before the watch's next look: still tell how long it waited
             watch.cancel()
             try:
                 url = start.result()  # raises if the start failed
@@ -275,6 +280,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         grace time, the package init container failed, or it waited in Kueue's line too long."""
         first_seen: float | None = None
         line = InLine(self, self.dcloud_plan) if self.dcloud_plan and self.dcloud_queue(self.dcloud_plan) else None
+        self._dcloud_line = line
         try:
             while True:
                 await asyncio.sleep(0.25)
@@ -452,14 +458,8 @@ class InLine:
         self.gated = pod is not None and ADMISSION_GATE in gates
         now = time.monotonic()
         if not self.gated:
-            if self.since is None and not self.admitted and pod is not None:
-                self.admitted = True
-                self.spawner.say(f"Admitted at once by the queue of {self.queue.who}", 10)
-            if self.since is not None and not self.admitted and pod is not None:
-                self.admitted = True
-                waited = now - self.since
-                self.leave("admitted")
-                self.spawner.say(f"Admitted by the queue after {duration_words(max(1, waited))}; starting", 10)
+            if pod is not None:
+                self.started()
             return None
         if self.since is None:
             self.since = now
@@ -486,6 +486,18 @@ class InLine:
             return None
         self.leave("expired" if self.plan.wait else "refused")
         return self.refusal()
+
+    def started(self) -> None:
+        """Say once that the queue let the pod through: at once, or after how long it waited."""
+        if self.admitted:
+            return
+        self.admitted = True
+        if self.since is None:
+            self.spawner.say(f"Admitted at once by the queue of {self.queue.who}", 10)
+            return
+        waited = time.monotonic() - self.since
+        self.leave("admitted")
+        self.spawner.say(f"Admitted by the queue after {duration_words(max(1, waited))}; starting", 10)
 
     def sentence(self) -> str:
         place = f"{ordinal(self.place[0])} in line" if self.place else "in line"
