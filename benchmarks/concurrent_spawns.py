@@ -20,9 +20,11 @@ every local address answers the hub's readiness checks. Checks from the API serv
 Pending, every request ended, the pods are those of the Running outcomes.
 
 Then the servers are stopped, and a second hub with plain KubeSpawner (every trait DCloud sets
-for each kind of request, checked to give the same pod manifest) spawns the same users' servers
-at once: the granted ones only, same resources. Reports both wall times (first request sent to
-last outcome) and their ratio. Stops the hubs and, unless ``--keep``, the cluster.
+for each kind of request, checked to give the same pod manifest) spawns servers at once, twice:
+the granted users' only (same resources), then all 100 requests, the same 100 pods, on a fleet
+grown (KWOK copies of its nodes) until every one of them fits, since plain KubeSpawner knows no
+quota and would leave the rest Pending. Reports the wall times (first request sent to last
+outcome) and DCloud's ratio to each. Stops the hubs and, unless ``--keep``, the cluster.
 """
 
 from __future__ import annotations
@@ -306,6 +308,51 @@ def capacity(nodes: dict[str, Any]) -> Counter[str]:
     return total
 
 
+def make_room(core: Any, requests: dict[str, dict[str, Any]]) -> list[str]:
+    """Add KWOK copies of the fleet's GPU nodes until every request's GPUs fit at once (for
+    plain KubeSpawner, which knows no quota); return the new nodes' names."""
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    have = capacity(nodes)
+    asked: Counter[str] = Counter()
+    template: dict[str, Any] = {}
+    for node in nodes.values():
+        allocatable = node.status.allocatable or {}
+        for resource in GPU_RESOURCES:
+            if int(allocatable.get(resource, 0)):
+                label = node.metadata.labels.get(PRODUCT, "?") if resource == "nvidia.com/gpu" else resource
+                template.setdefault(label, node)
+    by_type = {"a100": "NVIDIA-A100-SXM4-80GB", "t4": "Tesla-T4", "a100-mig-1g": "nvidia.com/mig-1g.10gb"}
+    for options in requests.values():
+        gpu = options.get("gpu")
+        if gpu:
+            asked[by_type[gpu["type"]]] += int(gpu["count"])
+    added: list[str] = []
+    for label, count in asked.items():
+        node = template[label]
+        per_node = max(int(v) for k, v in (node.status.allocatable or {}).items() if k in GPU_RESOURCES)
+        for index in range(-(-max(0, count - have[label]) // per_node)):
+            name = f"{node.metadata.name}-room-{index}"
+            labels = {**node.metadata.labels, "kubernetes.io/hostname": name}
+            core.create_node({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": labels, "annotations": node.metadata.annotations},
+                "spec": {"providerID": f"kwok://{name}",
+                         "taints": [t.to_dict() for t in node.spec.taints or []]},
+                "status": {"capacity": node.status.capacity, "allocatable": node.status.allocatable},
+            })
+            added.append(name)
+    deadline = time.monotonic() + 60
+    while any(not _ready(core.read_node(name)) for name in added):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"KWOK did not make {added} Ready in 60 s")
+        time.sleep(0.5)
+    return added
+
+
+def _ready(node: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+
+
 def shape(pod: Any) -> dict[str, Any]:
     """What the pod asks of the cluster, to compare the two hubs' pods."""
     return {
@@ -425,6 +472,28 @@ def main(argv: list[str] | None = None) -> int:
         theirs["checks"] = check(core, groups_of, theirs)
         theirs["same_pods_as_dcloud"] = {u: shape(p) for u, p in pods_by_user(core).items()} == shapes
         stop_all(plain, core, granted)
+
+        room = make_room(core, {u: o for u, (_, o) in users.items()})
+        log(f"KubeSpawner: all {len(users)} servers at once ({len(room)} nodes added so that all fit)")
+        try:
+            every = burst(plain, core, {u: o for u, (_, o) in users.items()}, args.timeout)
+            pods = pods_by_user(core)
+            by_kind_shape = {kind(groups_of[u], options_of[u]): s for u, s in shapes.items()}
+            every["checks"] = {
+                "running": sum(o["outcome"] == "Running" for o in every["outcomes"].values()),
+                "pods_not_running": sorted(u for u, p in pods.items() if p.status.phase != "Running"),
+                "same_pods_as_dcloud_per_kind": all(
+                    shape(p) == by_kind_shape[kind(groups_of[u], options_of[u])] for u, p in pods.items()
+                ),
+            }
+            held = every["checks"]
+            held["ok"] = (
+                held["running"] == len(users) and not held["pods_not_running"] and held["same_pods_as_dcloud_per_kind"]
+            )
+            stop_all(plain, core, list(users))
+        finally:
+            for name in room:
+                core.delete_node(name)
         failed = False
     finally:
         for hub in hubs:
@@ -442,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     for user, o in ours["outcomes"].items():
         by_kind.setdefault(kind(*users[user]), Counter())["Running" if o["outcome"] == "Running" else "refused"] += 1
     ratio = ours["wall_s"] / theirs["wall_s"] if theirs["wall_s"] else None
-    for result in (ours, theirs):  # seconds from the burst's start to each server Running
+    ratio_all = ours["wall_s"] / every["wall_s"] if every["wall_s"] else None
+    for result in (ours, theirs, every):  # seconds from the burst's start to each server Running
         ready = [o["ended_s"] for o in result["outcomes"].values() if o["outcome"] == "Running"]
         result["running_median_s"] = statistics.median(ready) if ready else None
         result["running_p95_s"] = percentile(ready, 0.95) if ready else None
@@ -455,25 +525,31 @@ def main(argv: list[str] | None = None) -> int:
             "outcomes": dict(outcomes),
             "dcloud": ours,
             "kubespawner": theirs,
+            "kubespawner_all": every,
             "ratio_of_wall_times": ratio,
+            "ratio_to_all_100": ratio_all,
         }
     )
-    print("| hub | requests | Running | wall s (first request to last outcome) | DCloud / KubeSpawner |")
+    print("| hub | requests | Running | wall s (first request to last outcome) | DCloud / this |")
     print("| --- | ---: | ---: | ---: | --- |")
-    print(f"| DCloudSpawner | {len(users)} | {len(granted)} | {ours['wall_s']:.2f} | {ratio:.2f}x |")
+    print(f"| DCloudSpawner | {len(users)} | {len(granted)} | {ours['wall_s']:.2f} | — |")
     print(
         f"| KubeSpawner, the granted pods | {len(granted)} | "
-        f"{sum(o['outcome'] == 'Running' for o in theirs['outcomes'].values())} | {theirs['wall_s']:.2f} | — |"
+        f"{sum(o['outcome'] == 'Running' for o in theirs['outcomes'].values())} | {theirs['wall_s']:.2f} "
+        f"| {ratio:.2f}x |"
     )
-    for name, result in (("DCloud", ours), ("KubeSpawner", theirs)):
+    print(f"| KubeSpawner, all 100 pods (fleet grown) | {len(users)} | {every['checks']['running']} "
+          f"| {every['wall_s']:.2f} | {ratio_all:.2f}x |")
+    for name, result in (("DCloud", ours), ("KubeSpawner (granted)", theirs), ("KubeSpawner (all)", every)):
         print(f"{name}: to Running median {result['running_median_s']:.2f} s, p95 {result['running_p95_s']:.2f} s")
     for text, count in outcomes.most_common():
         print(f"{count:4d}  {text}")
     print(json.dumps({k: ours["checks"][k] for k in ours["checks"]}, indent=1))
     print("baseline checks ok:", theirs["checks"]["ok"], "same pods as DCloud:", theirs["same_pods_as_dcloud"])
+    print("all-100 baseline checks:", json.dumps(every["checks"]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0 if ours["checks"]["ok"] and theirs["checks"]["ok"] else 1
+    return 0 if ours["checks"]["ok"] and theirs["checks"]["ok"] and every["checks"]["ok"] else 1
 
 
 if __name__ == "__main__":

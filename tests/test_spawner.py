@@ -186,3 +186,71 @@ async def test_asking_for_more_gpus_than_the_cluster_has_is_not_told_to_wait():
     with pytest.raises(CapacityRefusal) as refusal:
         spawner.check_capacity(plan)
     assert refusal.value.sentence == "The cluster has only 2 NVIDIA T4 16GB GPUs; ask for at most 2."
+
+
+class StandInWatch:
+    """What the spawner reads of the hub's cluster watch: free counts, and pods by key."""
+
+    stale_since = None
+
+    def __init__(self, free: int, total: int = 8) -> None:
+        from dcloud_spawner.core.availability import LiveAvailability
+
+        self.live = LiveAvailability()
+        self.free, self.total = free, total
+
+    def availability(self, catalog):
+        from dcloud_spawner.core.availability import GpuAvailability
+
+        return {"t4": GpuAvailability(free=self.free, total=self.total, largest_free_block=self.free)}
+
+    async def refresh(self):
+        pass
+
+
+async def test_servers_starting_at_once_are_not_given_the_same_free_gpus():
+    """Pods just asked for are not in the watch's counts yet: a burst of spawns must not all
+    take the same free GPUs (the scheduler would then leave the extra pods unplaceable)."""
+    from dcloud_spawner.hub.state import reset_hub_state
+
+    reset_hub_state()
+    watch = StandInWatch(free=2)
+    one_t4 = {"environment": "pytorch", "gpu": {"type": "t4", "count": 1}}
+
+    def spawner(name: str, groups=("researchers",)) -> DCloudSpawner:
+        made = make_spawner(list(groups), name=name)
+        made.orm_spawner = FakeOrmSpawner()
+        made.live_data = lambda: watch
+        return made
+
+    first, second, third = spawner("r1"), spawner("r2"), spawner("r3")
+    await first.dcloud_apply_user_options(first, dict(one_t4))
+    await second.dcloud_apply_user_options(second, dict(one_t4))
+    with pytest.raises(web.HTTPError) as refused:
+        await third.dcloud_apply_user_options(third, dict(one_t4))
+    assert refused.value.status_code == 400
+    assert refused.value.log_message == (
+        "No node has 1 free NVIDIA T4 16GB GPU right now (2 of 8 free, 2 of them going to servers starting "
+        "now); ask for fewer, or try again when others stop their servers.")
+
+    # the first pod is on a node now: the watch counts it, the spawner no longer does
+    watch.live.set_pod(f"{first.namespace}/{first.pod_name}", ("t4-0", (("nvidia.com/gpu", 1),)))
+    watch.free = 1
+    with pytest.raises(web.HTTPError):
+        await third.dcloud_apply_user_options(third, dict(one_t4))
+    assert set(DCloudSpawner.starting_servers()) == {("r2", "")}
+
+    second.release_resources()  # its spawn failed: its GPU is free again
+    await third.dcloud_apply_user_options(third, dict(one_t4))
+    assert set(DCloudSpawner.starting_servers()) == {("r3", "")}
+
+    # a quota's refusal after the capacity check leaves nothing counted as starting
+    students = [spawner(f"s{i}", ("students",)) for i in range(5)]
+    watch.free, watch.total = 8, 16
+    for student in students[:4]:
+        await student.dcloud_apply_user_options(student, dict(one_t4))
+    with pytest.raises(web.HTTPError) as quota:
+        await students[4].dcloud_apply_user_options(students[4], dict(one_t4))
+    assert quota.value.log_message.startswith("Quota of group 'students'")
+    assert ("s4", "") not in DCloudSpawner.starting_servers()
+    reset_hub_state()

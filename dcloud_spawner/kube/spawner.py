@@ -22,7 +22,7 @@ import copy
 import json
 import re
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
@@ -127,12 +127,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         self._base_start_timeout = self.start_timeout
         self._dcloud_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._dcloud_line: InLine | None = None  # this start's wait in Kueue's line, if queued
+        self._dcloud_starting: Starting | None = None  # its GPUs, once past the capacity check
 
     def check_capacity(self, plan: Plan) -> None:
         queueing = self.catalog.queueing
         # The spawn's timeout covers the wait in line, per request (JupyterHub reads it after this).
         extra = (queueing.max_wait if plan.wait else queueing.refuse_after) if queueing.enabled else 0
         self.start_timeout = self._base_start_timeout + extra
+        self._dcloud_starting = None
         live_data = self.live_data() if plan.gpu else None
         if live_data is not None and live_data.stale_since is not None:
             return  # numbers from before an outage must not refuse anyone; the scheduler decides
@@ -142,13 +144,15 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         gpu = live[plan.gpu.id]
         if gpu.total < plan.gpu_count:  # even an idle cluster could not: "try again" would mislead
             raise CapacityRefusal.too_few_gpus(plan.gpu.display_name, plan.gpu_count, gpu.total, where="node")
-        if gpu.largest_free_block >= plan.gpu_count:
+        starting = self._starting_elsewhere(live_data, plan.gpu.id)
+        if gpu.largest_free_block >= plan.gpu_count and gpu.free - starting >= plan.gpu_count:
+            self._dcloud_starting = Starting(f"{self.namespace}/{self.pod_name}", plan.gpu.id, plan.gpu_count)
             return
         if not (queueing.enabled and plan.wait):
-            raise CapacityRefusal.no_free_gpus(
-                plan.gpu.display_name, plan.gpu_count,
-                f"{gpu.free} of {gpu.total} free, at most {gpu.largest_free_block} on one node",
-            )
+            detail = f"{gpu.free} of {gpu.total} free, at most {gpu.largest_free_block} on one node"
+            if starting:
+                detail = f"{gpu.free} of {gpu.total} free, {starting} of them going to servers starting now"
+            raise CapacityRefusal.no_free_gpus(plan.gpu.display_name, plan.gpu_count, detail)
         waiting = [key for key in self.queued_servers() if key[0] == self.user.name and key != self.claim_key]
         if len(waiting) >= queueing.max_queued_per_user:
             limit = queueing.max_queued_per_user
@@ -156,6 +160,34 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
                 f"You already have {len(waiting)} server{'s' if len(waiting) != 1 else ''} waiting in line, "
                 f"and at most {limit} may wait at once; stop {'it' if len(waiting) == 1 else 'one'} or let "
                 "it start before queueing another.", field="wait", reason="queue_limit")
+
+    @staticmethod
+    def starting_servers() -> dict[tuple[str, str], Starting]:
+        """(user, server) -> the GPUs of each server let through the capacity check whose pod
+        the hub's watch does not yet show on a node (so the free counts do not include it)."""
+        return hub_state().part("kube.starting", dict)
+
+    def _starting_elsewhere(self, live_data: ClusterWatch, gpu_id: str) -> int:
+        """GPUs of ``gpu_id`` going to other servers starting now; forgets those the watch
+        already counts (their pod is on a node), so none is counted twice."""
+        starting = self.starting_servers()
+        total = 0
+        for key, entry in list(starting.items()):
+            facts = live_data.live.pods.get(entry.pod)
+            if facts is not None and facts[0]:
+                del starting[key]
+            elif entry.gpu == gpu_id and key != self.claim_key:
+                total += entry.count
+        return total
+
+    def claim_resources(self, plan: Plan) -> None:
+        super().claim_resources(plan)  # raises if a quota refuses: then nothing is starting
+        if self._dcloud_starting is not None:
+            self.starting_servers()[self.claim_key] = self._dcloud_starting
+
+    def release_resources(self) -> None:
+        super().release_resources()
+        self.starting_servers().pop(self.claim_key, None)
 
     @staticmethod
     def queued_servers() -> dict[tuple[str, str], float]:
@@ -435,6 +467,14 @@ def waiting_for(plan: Plan) -> str:
     if plan.gpu is None:
         return f"{plan.cpu_limit:g} CPU and {format_memory(plan.memory_limit)}"
     return f"{plan.gpu_count} × {plan.gpu.display_name}"
+
+
+class Starting(NamedTuple):
+    """A server's GPUs between the capacity check and its pod's appearance on a node."""
+
+    pod: str  # namespace/name, as the hub's pod watch keys it
+    gpu: str  # the GPU class id
+    count: int
 
 
 class InLine:
