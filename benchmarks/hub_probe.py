@@ -58,7 +58,7 @@ from dcloud_spawner.core.availability import GpuAvailability, LiveAvailability, 
 from dcloud_spawner.core.catalog import Catalog
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.state import close_hub_state, hub_state
-from dcloud_spawner.kube.watch import ClusterPodReflector, ClusterWatch, NodeReflector
+from dcloud_spawner.kube.watch import ClusterPodReflector, ClusterWatch, NodeReflector, freeze_long_lived
 
 BURST = 1000
 
@@ -326,6 +326,8 @@ async def probe_dcloud(args: argparse.Namespace) -> dict[str, Any]:
     await pods.start()
     lag.end("list pods", f"{len(live.pods)} pods")
     memory["after_pods_mib"] = resident_mib()
+    if pods.freeze_after_first_list:
+        freeze_long_lived()  # as the hub's ClusterWatch does once its watches have loaded
     seen: set[int] = set()
     cache = {"nodes": deep_bytes(live.nodes, seen), "pods": deep_bytes(live.pods, seen) + deep_bytes(live.held, seen)}
     log(f"caches hold {cache['nodes'] / len(live.nodes):.0f} bytes a node, {cache['pods'] / len(live.pods):.0f} a pod")

@@ -83,7 +83,7 @@ async def test_lists_in_pages_then_follows_adds_changes_and_deletes(api, catalog
         await api.put("pods", pod(f"p{i}", f"t4-{i % 5}", 1 if i % 2 else 0))
     watch = api.watch
     assert await watch.ensure_started()
-    assert watch.nodes.page_size == 500
+    assert watch.nodes.page_size == 250
     assert t4(watch, catalog) == truth(api, catalog) == GpuAvailability(17, 20, 4)
     requests_before = list(api.requests)
     for _ in range(20):
@@ -230,3 +230,35 @@ async def test_an_admins_watch_settings_reach_the_hub_wide_watches(offline_kubec
     watch = spawner.live_data()
     assert ClusterPodReflector(LiveAvailability(), None, config=watch.config).page_size == 123
     assert NodeReflector(LiveAvailability(), None, config=watch.config).page_size == 45
+
+
+async def test_the_hubs_long_lived_objects_are_frozen_once_the_watches_have_loaded(api, monkeypatch):
+    """After the first lists, the collector's full collections no longer walk the hub's
+    long-lived objects (gc.freeze); an admin can keep Python's own behaviour."""
+    import gc
+
+    from dcloud_spawner.kube import watch as watch_module
+
+    await api.put("nodes", node("t4-0"))
+    gc.unfreeze()
+    monkeypatch.setattr(watch_module, "_frozen", False)
+    config = Config()
+    config.ClusterPodReflector.freeze_after_first_list = False
+    kept = ClusterWatch(api_factory=api.watch._api_factory, config=config)
+    try:
+        assert await kept.ensure_started()
+        assert gc.get_freeze_count() == 0
+    finally:
+        await kept.stop()
+    freezes = []
+    freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), freeze()))
+    try:
+        assert await api.watch.ensure_started()
+        assert gc.get_freeze_count() > 10_000  # the modules, classes and functions of the process
+        api.watch.pods.relist()
+        await api.put("pods", pod("after", "t4-0", 1))
+        await until(lambda: "ns/after" in api.watch.pods.resources, what="the pod after the freeze")
+        assert api.watch.pods.lists == 2 and freezes == [1]  # once per process, not at every list
+    finally:
+        gc.unfreeze()

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import ApiException
 from kubespawner.clients import shared_client
-from traitlets import Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
 from ..core.availability import (
@@ -63,10 +63,10 @@ class LeanReflector(LoggingConfigurable):
     list_method_name = ""
 
     page_size = Int(
-        500,
+        250,
         config=True,
         help="Objects per page when listing: each page is parsed in one piece, so this bounds "
-        "how long one parse holds the hub's event loop (500 pods: a few milliseconds).",
+        "how long one parse holds the hub's event loop (250 pods: about 10-15 ms on a 2-core VM).",
     )
     timeout_seconds = Int(
         300,
@@ -281,6 +281,25 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+_frozen = False
+
+
+def freeze_long_lived() -> None:
+    """Once per process: move every object alive now to the collector's permanent generation.
+
+    Called when the watches have loaded, so what is alive is the hub's long-lived part (its
+    modules, classes, configuration, the first copy of the caches). A full collection walks
+    every tracked object, about 100 ms in a hub process on a 2-core VM, and one comes every
+    so often whatever the watches do; frozen objects are not walked, which brings it to a few
+    milliseconds. The cost: a reference cycle among objects alive now, should it ever become
+    garbage, is not reclaimed; objects without cycles (the caches) are freed as usual.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
 def _reason(response: Any, body: bytes) -> str:
     try:
         return str(json.loads(body).get("message") or response.reason)
@@ -318,6 +337,14 @@ class ClusterPodReflector(LeanReflector):
     finishes, so a cluster full of completed Jobs costs the hub nothing.
     """
 
+    freeze_after_first_list = Bool(
+        True,
+        config=True,
+        help="Once the watches have first loaded, move the hub's objects alive at that moment to "
+        "Python's permanent generation (gc.freeze), so the collector's periodic full collections "
+        "stop walking them: measured with 50,000 pods, about 100 ms of held event loop down to "
+        "5-13 ms. Set False to leave the hub's garbage collection as Python has it.",
+    )
     kind = "pods"
     list_method_name = "list_pod_for_all_namespaces"
 
@@ -395,6 +422,8 @@ class ClusterWatch:
                 log.warning("DCloud: GPU availability is hidden from the form: %s", self.unavailable)
                 return False
             self.live, self.nodes, self.pods = live, nodes, pods
+            if pods.freeze_after_first_list:
+                freeze_long_lived()
             return True
 
     @property
