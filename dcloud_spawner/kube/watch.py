@@ -9,10 +9,13 @@ not hold the cluster's pods. Without the RBAC to watch Nodes and Pods cluster-wi
 availability is simply unknown: the form works and says nothing about it.
 
 The hub is one event loop serving every user, so the watches never hold it for long: a
-list is read a page at a time (``page_size``), a burst of events is folded in slices, each
-handing the loop back after ``slice_seconds``, and no garbage collection runs while a page or
-event is parsed (one would walk all of the hub's objects). A re-list builds the new copy beside the old one and
-swaps it in whole, so a reader sees either the old cluster or the new, never half of each.
+list is read a page at a time (``page_size``), each page's parse and the final swap being a
+slice of its own, never two in one loop turn; a burst of events is folded in slices, each
+handing the loop back after ``slice_seconds``; no garbage collection runs while a page or
+event is parsed (one would walk all of the hub's objects), and once the watches have loaded,
+the hub's long-lived objects are frozen out of the collector's full collections. A re-list
+builds the new copy beside the old one and swaps it in whole, so a reader sees either the old
+cluster or the new, never half of each.
 """
 
 from __future__ import annotations
