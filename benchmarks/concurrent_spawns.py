@@ -47,15 +47,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubespawner import KubeSpawner
-from traitlets.config import Config
 
 from benchmarks.form_render import cluster_command, machine, percentile, point_kubespawner_at
-from benchmarks.spawn import CACHE, NAMESPACE, Hub, _plain, differences, free_port, launch, stand_in_server
+from benchmarks.spawn import (
+    CACHE,
+    NAMESPACE,
+    Hub,
+    dcloud_traits,
+    differences,
+    free_port,
+    launch,
+    plain_manifest,
+    stand_in_server,
+)
 from dcloud_spawner.demo import DEMO_CATALOG
-from dcloud_spawner.hub.offline import OfflineUser, offline_hub
-from dcloud_spawner.hub.state import reset_hub_state
-from dcloud_spawner.kube import DCloudSpawner
 
 SPAWN_LIMIT = 100
 RESEARCHERS_QUOTA = 24
@@ -166,33 +171,8 @@ def start_hub(
 async def traits_for(catalog: Path, port: int, user: str, group: str, options: dict[str, Any]) -> dict[str, Any]:
     """KubeSpawner traits where DCloudSpawner, after taking ``options``, differs from a plain
     KubeSpawner; raises if a plain KubeSpawner given them would make another pod."""
-    common = {"namespace": NAMESPACE, "port": port}
-    cfg = Config()
-    cfg.DCloudSpawner.catalog_path = str(catalog)
-    cfg.DCloudSpawner.show_availability = False  # offline: no cluster to watch here
-    for name, value in common.items():
-        setattr(cfg.KubeSpawner, name, value)
-    who = OfflineUser(user, (group,))
-    ours = DCloudSpawner(user=who, hub=offline_hub(), config=cfg)
-    await ours.dcloud_apply_user_options(ours, copy.deepcopy(options))
-    await ours.load_user_options()
-    plain = KubeSpawner(user=who, hub=offline_hub(), config=cfg)
-    traits: dict[str, Any] = dict(common)
-    for name in KubeSpawner.class_trait_names(config=True):
-        try:
-            value, base = _plain(getattr(ours, name)), _plain(getattr(plain, name))
-        except (TypeError, ValueError):
-            continue
-        if value != base:
-            traits[name] = value
-    manifest = (await ours.get_pod_manifest()).to_dict()
-    ours.release_resources()
-    reset_hub_state()
-    cfg2 = Config()
-    for name, value in traits.items():
-        setattr(cfg2.KubeSpawner, name, value)
-    theirs = (await KubeSpawner(user=who, hub=offline_hub(), config=cfg2).get_pod_manifest()).to_dict()
-    diff = differences(manifest, theirs)
+    traits, manifest = await dcloud_traits(port, catalog, user, (group,), options)
+    diff = differences(manifest, await plain_manifest(traits, user, (group,)))
     if diff:
         raise AssertionError(f"{kind(group, options)}: the two hubs would not make the same pod:\n" + "\n".join(diff))
     return traits

@@ -95,20 +95,26 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-async def dcloud_traits(port: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """KubeSpawner traits where DCloudSpawner, after taking ``OPTIONS``, differs from a plain
-    KubeSpawner; and DCloud's pod manifest."""
+async def dcloud_traits(
+    port: int,
+    catalog: Path = DEMO_CATALOG,
+    user: str = USER,
+    groups: tuple[str, ...] = tuple(GROUPS),
+    options: dict[str, Any] = OPTIONS,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """KubeSpawner traits where DCloudSpawner, after taking ``options`` from ``user``, differs
+    from a plain KubeSpawner; and DCloud's pod manifest."""
     common = {"namespace": NAMESPACE, "port": port}
     cfg = Config()
-    cfg.DCloudSpawner.catalog_path = str(DEMO_CATALOG)
+    cfg.DCloudSpawner.catalog_path = str(catalog)
     cfg.DCloudSpawner.show_availability = False  # offline: no cluster to watch here
     for name, value in common.items():
         setattr(cfg.KubeSpawner, name, value)
-    user = OfflineUser(USER, tuple(GROUPS))
-    ours = DCloudSpawner(user=user, hub=offline_hub(), config=cfg)
-    await ours.dcloud_apply_user_options(ours, copy.deepcopy(OPTIONS))
+    who = OfflineUser(user, groups)
+    ours = DCloudSpawner(user=who, hub=offline_hub(), config=cfg)
+    await ours.dcloud_apply_user_options(ours, copy.deepcopy(options))
     await ours.load_user_options()
-    plain = KubeSpawner(user=user, hub=offline_hub(), config=cfg)
+    plain = KubeSpawner(user=who, hub=offline_hub(), config=cfg)
     traits: dict[str, Any] = dict(common)
     for name in KubeSpawner.class_trait_names(config=True):
         try:
@@ -117,17 +123,19 @@ async def dcloud_traits(port: int) -> tuple[dict[str, Any], dict[str, Any]]:
             continue
         if value != base:
             traits[name] = value
-    manifest = ours.get_pod_manifest()
+    manifest = (await ours.get_pod_manifest()).to_dict()
     ours.release_resources()
     reset_hub_state()
-    return traits, (await manifest).to_dict() if asyncio.iscoroutine(manifest) else manifest.to_dict()
+    return traits, manifest
 
 
-async def plain_manifest(traits: dict[str, Any]) -> dict[str, Any]:
+async def plain_manifest(
+    traits: dict[str, Any], user: str = USER, groups: tuple[str, ...] = tuple(GROUPS)
+) -> dict[str, Any]:
     cfg = Config()
     for name, value in traits.items():
         setattr(cfg.KubeSpawner, name, value)
-    spawner = KubeSpawner(user=OfflineUser(USER, tuple(GROUPS)), hub=offline_hub(), config=cfg)
+    spawner = KubeSpawner(user=OfflineUser(user, groups), hub=offline_hub(), config=cfg)
     return (await spawner.get_pod_manifest()).to_dict()
 
 
