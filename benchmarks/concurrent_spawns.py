@@ -313,13 +313,15 @@ def make_room(core: Any, requests: dict[str, dict[str, Any]]) -> list[str]:
         for index in range(-(-max(0, count - have[label]) // per_node)):
             name = f"{node.metadata.name}-room-{index}"
             labels = {**node.metadata.labels, "kubernetes.io/hostname": name}
-            core.create_node({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": labels, "annotations": node.metadata.annotations},
-                "spec": {"providerID": f"kwok://{name}",
-                         "taints": [t.to_dict() for t in node.spec.taints or []]},
-                "status": {"capacity": node.status.capacity, "allocatable": node.status.allocatable},
-            })
+            core.create_node(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": name, "labels": labels, "annotations": node.metadata.annotations},
+                    "spec": {"providerID": f"kwok://{name}", "taints": [t.to_dict() for t in node.spec.taints or []]},
+                    "status": {"capacity": node.status.capacity, "allocatable": node.status.allocatable},
+                }
+            )
             added.append(name)
     deadline = time.monotonic() + 60
     while any(not _ready(core.read_node(name)) for name in added):
@@ -518,8 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(o['outcome'] == 'Running' for o in theirs['outcomes'].values())} | {theirs['wall_s']:.2f} "
         f"| {ratio:.2f}x |"
     )
-    print(f"| KubeSpawner, all 100 pods (fleet grown) | {len(users)} | {every['checks']['running']} "
-          f"| {every['wall_s']:.2f} | {ratio_all:.2f}x |")
+    print(
+        f"| KubeSpawner, all 100 pods (fleet grown) | {len(users)} | {every['checks']['running']} "
+        f"| {every['wall_s']:.2f} | {ratio_all:.2f}x |"
+    )
     for name, result in (("DCloud", ours), ("KubeSpawner (granted)", theirs), ("KubeSpawner (all)", every)):
         print(f"{name}: to Running median {result['running_median_s']:.2f} s, p95 {result['running_p95_s']:.2f} s")
     for text, count in outcomes.most_common():

@@ -111,6 +111,10 @@ class Phase:
     full_gcs: int = 0
     ticks: int = 0
     note: str = ""
+    # the phase's slowest tick (by the thread's CPU time): the collections that ran within it,
+    # as (generation, wall ms, CPU ms), and the CPU the rest of that tick took
+    slowest_tick_gcs: list[tuple[int, float, float]] = field(default_factory=list)
+    slowest_tick_other_cpu_ms: float = 0.0
 
 
 @dataclass
@@ -120,8 +124,9 @@ class LoopLag:
     phases: list[Phase] = field(default_factory=list)
     _lags: list[float] = field(default_factory=list)
     _cpu: list[float] = field(default_factory=list)
-    _gcs: list[tuple[int, float]] = field(default_factory=list)
-    _gc_began: float = 0.0
+    _ticks: list[tuple[float, float]] = field(default_factory=list)  # (began, ended), perf_counter
+    _gcs: list[tuple[int, float, float, float]] = field(default_factory=list)  # (generation, ended, wall, CPU)
+    _gc_began: tuple[float, float] = (0.0, 0.0)
     _task: asyncio.Task | None = None
     _began: float = 0.0
 
@@ -131,40 +136,58 @@ class LoopLag:
 
     def _collected(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._gc_began = time.perf_counter()
+            self._gc_began = (time.perf_counter(), time.thread_time())
         else:
-            self._gcs.append((info["generation"], time.perf_counter() - self._gc_began))
+            wall, cpu = self._gc_began
+            now = time.perf_counter()
+            self._gcs.append((info["generation"], now, now - wall, time.thread_time() - cpu))
 
     async def _tick(self) -> None:
         while True:
             before, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
             if before >= self._began:  # a tick begun before the phase belongs to the one before
-                self._lags.append(time.perf_counter() - before - 0.001)
+                now = time.perf_counter()
+                self._lags.append(now - before - 0.001)
                 self._cpu.append(time.thread_time() - cpu)
+                self._ticks.append((before, now))
 
     def begin(self) -> None:
-        self._lags, self._cpu, self._gcs = [], [], []
+        self._lags, self._cpu, self._gcs, self._ticks = [], [], [], []
         self._began = time.perf_counter()
 
     def end(self, name: str, note: str = "") -> Phase:
         lags = sorted(self._lags) or [0.0]
+        slowest_gcs: list[tuple[int, float, float]] = []
+        other_cpu = 0.0
+        if self._cpu:
+            worst = max(range(len(self._cpu)), key=self._cpu.__getitem__)
+            began, ended = self._ticks[worst]
+            slowest_gcs = [
+                (g, round(wall * 1000, 2), round(cpu * 1000, 2))
+                for g, at, wall, cpu in self._gcs
+                if began <= at <= ended
+            ]
+            other_cpu = self._cpu[worst] * 1000 - sum(cpu for _, _, cpu in slowest_gcs)
         phase = Phase(
             name,
             seconds=round(time.perf_counter() - self._began, 3),
             max_stall_ms=round(lags[-1] * 1000, 2),
             p99_stall_ms=round(percentile(lags, 0.99) * 1000, 2),
             max_cpu_stall_ms=round(max(self._cpu, default=0.0) * 1000, 2),
-            max_gc_ms=round(max((t for _, t in self._gcs), default=0.0) * 1000, 2),
-            full_gcs=sum(1 for g, _ in self._gcs if g == 2),
+            max_gc_ms=round(max((t for _, _, t, _ in self._gcs), default=0.0) * 1000, 2),
+            full_gcs=sum(1 for g, *_ in self._gcs if g == 2),
             ticks=len(self._lags),
             note=note,
+            slowest_tick_gcs=slowest_gcs,
+            slowest_tick_other_cpu_ms=round(other_cpu, 2),
         )
         self.phases.append(phase)
         log(
             f"{name}: {phase.seconds:.1f}s, longest stall {phase.max_stall_ms:.1f} ms, "
             f"{phase.max_cpu_stall_ms:.1f} ms of it running, longest GC {phase.max_gc_ms:.1f} ms "
-            f"({phase.full_gcs} full; {note}; load {os.getloadavg()[0]:.1f})"
+            f"({phase.full_gcs} full; {note}; load {os.getloadavg()[0]:.1f}); slowest tick: collections "
+            f"{slowest_gcs} (generation, wall ms, CPU ms), {other_cpu:.1f} ms of CPU besides"
         )
         return phase
 
@@ -330,6 +353,7 @@ async def probe_dcloud(args: argparse.Namespace) -> dict[str, Any]:
         freeze_long_lived()  # as the hub's ClusterWatch does once its watches have loaded
     seen: set[int] = set()
     cache = {"nodes": deep_bytes(live.nodes, seen), "pods": deep_bytes(live.pods, seen) + deep_bytes(live.held, seen)}
+    del seen  # a measuring aid, not part of a hub: the collector should not walk it
     log(f"caches hold {cache['nodes'] / len(live.nodes):.0f} bytes a node, {cache['pods'] / len(live.pods):.0f} a pod")
     # the spawners' form reads the hub-wide watch: hand it these reflectors
     watch = hub_state().part("kube.watch", ClusterWatch)
