@@ -111,8 +111,9 @@ class Phase:
     full_gcs: int = 0
     ticks: int = 0
     note: str = ""
-    # the phase's slowest tick (by the thread's CPU time): the collections that ran within it,
-    # as (generation, wall ms, CPU ms), and the CPU the rest of that tick took
+    # the phase's slowest tick (by the thread's CPU time): how many collections ran within it,
+    # the five longest as (generation, wall ms, CPU ms), and the CPU the rest of that tick took
+    slowest_tick_gc_count: int = 0
     slowest_tick_gcs: list[tuple[int, float, float]] = field(default_factory=list)
     slowest_tick_other_cpu_ms: float = 0.0
 
@@ -169,6 +170,8 @@ class LoopLag:
                 if began <= at <= ended
             ]
             other_cpu = self._cpu[worst] * 1000 - sum(cpu for _, _, cpu in slowest_gcs)
+        gc_count = len(slowest_gcs)
+        slowest_gcs = sorted(slowest_gcs, key=lambda g: g[2], reverse=True)[:5]
         phase = Phase(
             name,
             seconds=round(time.perf_counter() - self._began, 3),
@@ -179,6 +182,7 @@ class LoopLag:
             full_gcs=sum(1 for g, *_ in self._gcs if g == 2),
             ticks=len(self._lags),
             note=note,
+            slowest_tick_gc_count=gc_count,
             slowest_tick_gcs=slowest_gcs,
             slowest_tick_other_cpu_ms=round(other_cpu, 2),
         )
@@ -186,8 +190,8 @@ class LoopLag:
         log(
             f"{name}: {phase.seconds:.1f}s, longest stall {phase.max_stall_ms:.1f} ms, "
             f"{phase.max_cpu_stall_ms:.1f} ms of it running, longest GC {phase.max_gc_ms:.1f} ms "
-            f"({phase.full_gcs} full; {note}; load {os.getloadavg()[0]:.1f}); slowest tick: collections "
-            f"{slowest_gcs} (generation, wall ms, CPU ms), {other_cpu:.1f} ms of CPU besides"
+            f"({phase.full_gcs} full; {note}; load {os.getloadavg()[0]:.1f}); slowest tick: {gc_count} collections, "
+            f"longest {slowest_gcs} (generation, wall ms, CPU ms), {other_cpu:.1f} ms of CPU besides"
         )
         return phase
 

@@ -193,11 +193,22 @@ def probe(
     burst = random.Random(args.seed).sample(plan.pods, BURST)
     nice = args.hub_nice
 
-    def priority() -> None:  # in the child, before it runs Python
-        if nice:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    def priority() -> None:  # in the child (a session of its own), before it runs Python
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        # with autogroup scheduling the CPU is shared between sessions first (each cluster
+        # component runs in its own): the session's weight is what wins the hub a CPU
+        autogroup = Path("/proc/self/autogroup")
+        if autogroup.exists():
+            autogroup.write_text(str(nice))
 
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=priority)
+    child = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=bool(nice),
+        preexec_fn=priority if nice else None,
+    )
     assert child.stdin is not None and child.stdout is not None
     result = None
     for line in child.stdout:
@@ -263,9 +274,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hub-nice",
         type=int,
         default=0,
-        help="scheduling priority (nice) of the hub processes, both DCloud's and KubeSpawner's: below 0 "
-        "(root only) they win the CPU from the simulated cluster on the same machine, as a hub with a "
-        "CPU of its own would (default 0: the two share the CPUs as equals)",
+        help="scheduling priority (nice) of the hub processes, both DCloud's and KubeSpawner's, each run "
+        "in a session of its own with that autogroup nice too: below 0 (root only) they win the CPU from "
+        "the simulated cluster on the same machine, as a hub with a CPU of its own would (default 0: "
+        "they share the CPUs with it as equals)",
     )
     parser.add_argument("--workers", type=int, default=16, help="threads creating nodes and pods (default 16)")
     parser.add_argument("--seed", type=int, default=500)
@@ -281,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scales = sorted(int(s) for s in args.scales.split(","))
-    results: dict[str, Any] = {"machine": machine(), "scales": []}
+    results: dict[str, Any] = {"machine": machine(), "hub_nice": args.hub_nice, "scales": []}
     try:
         began = time.perf_counter()
         admin = cluster_command(args.run_dir, "up", "--no-build")
