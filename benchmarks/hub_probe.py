@@ -130,6 +130,7 @@ class LoopLag:
     _gc_began: tuple[float, float] = (0.0, 0.0)
     _task: asyncio.Task | None = None
     _began: float = 0.0
+    _asleep: tuple[float, float] | None = None  # the tick now waiting to wake: (wall, thread CPU) it began
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._tick())
@@ -145,19 +146,30 @@ class LoopLag:
 
     async def _tick(self) -> None:
         while True:
-            before, cpu = time.perf_counter(), time.thread_time()
+            self._asleep = (time.perf_counter(), time.thread_time())
             await asyncio.sleep(0.001)
+            (before, cpu), self._asleep = self._asleep, None  # begin() and end() may have moved it
             if before >= self._began:  # a tick begun before the phase belongs to the one before
-                now = time.perf_counter()
-                self._lags.append(now - before - 0.001)
-                self._cpu.append(time.thread_time() - cpu)
-                self._ticks.append((before, now))
+                self._record(before, cpu)
+
+    def _record(self, before: float, cpu: float) -> None:
+        now = time.perf_counter()
+        self._lags.append(max(0.0, now - before - 0.001))
+        self._cpu.append(time.thread_time() - cpu)
+        self._ticks.append((before, now))
 
     def begin(self) -> None:
         self._lags, self._cpu, self._gcs, self._ticks = [], [], [], []
         self._began = time.perf_counter()
+        if self._asleep is not None:  # the tick asleep now counts from here, for this phase
+            self._asleep = (self._began, time.thread_time())
 
     def end(self, name: str, note: str = "") -> Phase:
+        # the tick asleep now has waited through whatever ran last (a phase often ends right
+        # after a long stretch, before that tick wakes): it counts, late by as much as it is now
+        if self._asleep is not None and self._asleep[0] >= self._began:
+            self._record(*self._asleep)
+            self._asleep = (time.perf_counter(), time.thread_time())  # the rest of it is the next phase's
         lags = sorted(self._lags) or [0.0]
         slowest_gcs: list[tuple[int, float, float]] = []
         other_cpu = 0.0
