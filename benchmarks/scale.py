@@ -211,19 +211,23 @@ def probe(
     )
     assert child.stdin is not None and child.stdout is not None
     result = None
-    for line in child.stdout:
-        if line.startswith("BURST "):
-            began = time.perf_counter()
-            if line.split()[1] == "delete":
-                sim.delete_pods(core, burst, args.workers)
-                wait_gone(core, len(plan.pods) - len(burst))  # KWOK ends the pods' graceful deletion
-            else:  # under new names: KWOK may still act on the deleted pods' names
-                sim.create_pods(core, renamed(burst), args.workers, strict=True)
-            log(f"burst {line.split()[1]}: {BURST} pods in {time.perf_counter() - began:.1f}s")
-            child.stdin.write("done\n")
-            child.stdin.flush()
-        elif line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT ") :])
+    try:
+        for line in child.stdout:
+            if line.startswith("BURST "):
+                began = time.perf_counter()
+                if line.split()[1] == "delete":
+                    sim.delete_pods(core, burst, args.workers)
+                    wait_gone(core, len(plan.pods) - len(burst))  # KWOK ends the pods' graceful deletion
+                else:  # under new names: KWOK may still act on the deleted pods' names
+                    sim.create_pods(core, renamed(burst), args.workers, strict=True)
+                log(f"burst {line.split()[1]}: {BURST} pods in {time.perf_counter() - began:.1f}s")
+                child.stdin.write("done\n")
+                child.stdin.flush()
+            elif line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT ") :])
+    finally:  # in a session of its own (--hub-nice) a Ctrl-C here would not reach it
+        if child.poll() is None and result is None:
+            child.kill()
     if child.wait() != 0 or result is None:
         raise RuntimeError(f"hub_probe {mode} failed ({child.returncode})")
     return result
