@@ -254,3 +254,42 @@ async def test_servers_starting_at_once_are_not_given_the_same_free_gpus():
     assert quota.value.log_message.startswith("Quota of group 'students'")
     assert ("s4", "") not in DCloudSpawner.starting_servers()
     reset_hub_state()
+
+
+async def test_a_reflector_whose_first_list_was_cut_short_is_not_waited_for_again():
+    """With the API server down, KubeSpawner cancels the pods reflector's start when the events
+    reflector fails first. Kept, that half-started reflector made every later start and stop of
+    the namespace wait for a first list that never comes (a refused spawn's REST call hung)."""
+    import asyncio
+
+    from kubespawner.reflector import ResourceReflector
+
+    lists_began = asyncio.Event()
+
+    class Reflector(ResourceReflector):
+        kind = "stand-ins"
+        list_method_name = "list_namespaced_pod"
+        hang = True
+
+        async def _list_and_update(self, resource_version=None):
+            lists_began.set()
+            if type(self).hang:
+                await asyncio.sleep(3600)  # the API server never answers this one
+            self.resources = {}
+            self.first_load_future.set_result(None)
+            return "1"
+
+        async def _watch_and_update(self):
+            await asyncio.sleep(3600)
+
+    spawner = make_spawner()
+    cut_short = asyncio.ensure_future(spawner._start_reflector("stand-ins", Reflector))
+    await lists_began.wait()
+    cut_short.cancel()  # as KubeSpawner's start does when the other reflector fails first
+    await asyncio.wait([cut_short])
+    assert cut_short.cancelled()
+    Reflector.hang = False
+    started = await asyncio.wait_for(spawner._start_reflector("stand-ins", Reflector), 5)
+    assert started.first_load_future.done()
+    started.watch_task.cancel()
+    DCloudSpawner.reflectors.pop(spawner._get_reflector_key("stand-ins"), None)

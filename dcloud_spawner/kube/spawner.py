@@ -296,6 +296,28 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         await self.stop(now=True)  # releases the claim too
         raise SpawnRefused.of(refusal)
 
+    async def _start_reflector(self, kind: str, reflector_class: Any, replace: bool = False, **kwargs: Any) -> Any:
+        """KubeSpawner's, but a reflector whose first list did not finish is not kept.
+
+        KubeSpawner registers a reflector before its first list, and every later start and stop
+        waits for that list. When the events reflector fails first (API server down), KubeSpawner
+        cancels the pods reflector's start mid-list: kept, it would leave every later start and
+        stop of this namespace waiting forever. Dropped, the next call lists afresh.
+        """
+        key = self._get_reflector_key(kind)
+        before = self.__class__.reflectors.get(key)
+        try:
+            return await super()._start_reflector(kind, reflector_class, replace=replace, **kwargs)
+        except BaseException:
+            mine = self.__class__.reflectors.get(key)
+            if mine is not None and mine is not before:  # this call made it, and its start ended here
+                del self.__class__.reflectors[key]
+                loaded = mine.first_load_future
+                if not loaded.done():  # wake whoever waits for it: they fail as this start did
+                    loaded.set_exception(RuntimeError(f"the {kind} reflector did not finish its first list"))
+                    loaded.exception()  # retrieved: not logged as never retrieved
+            raise
+
     def _cluster_unreachable(self, exc: BaseException) -> bool:
         """Whether a failed start is the API server not answering (not a fault of the request)."""
         chain: list[BaseException] = []
