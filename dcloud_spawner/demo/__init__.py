@@ -155,6 +155,7 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
     c.JupyterHub.spawner_class = "dcloud-local"
     c.DCloudLocalSpawner.catalog_path = settings["catalog"]
     c.DCloudLocalSpawner.server_root = str(state / "servers")
+    c.DCloudLocalSpawner.record_root = str(state / "records")
     c.DCloudLocalSpawner.dataset_paths = settings["dataset_paths"]
     if settings.get("local_gpus"):
         c.DCloudLocalSpawner.local_gpus = settings["local_gpus"]

@@ -8,21 +8,31 @@ own ``c.Spawner.options_form`` etc. still wins, as with any trait default):
 - ``options_from_form``: form fields + uploaded file -> validated, normalised options;
 - ``apply_user_options``: every start (form, REST, stored options) -> ``self.dcloud_plan``.
 
+**The catalog gate always runs.** An admin's own ``options_from_form`` shapes the request
+and an admin's own ``apply_user_options`` (callable or dict) runs first, on the options as
+sent; the catalog gate then runs on them all the same, so nothing reaches a server that the
+catalog did not allow. Fields the admin's own hooks handle are declared in
+``extra_option_fields`` (a dict-form ``apply_user_options`` declares its keys itself); the
+gate leaves them to those hooks and refuses any other field it does not know. Every refusal
+is a 400 with one sentence naming the field.
+
 A backend reads ``self.dcloud_plan`` in ``start`` and nothing else of the request.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
+import traitlets
 from jupyterhub.spawner import SpawnException
 from tornado import web
-from traitlets import Unicode, default
+from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..core.catalog import Catalog
-from ..core.errors import Refusal, RequestError
+from ..core.errors import Refusal, RequestError, clip
 from ..core.plan import Plan
 from ..core.quotas import Claim
 from ..core.validation import validate
@@ -44,6 +54,22 @@ class SpawnRefused(SpawnException):
         return cls(refusal.sentence, reason=refusal.reason)
 
 
+def _apply_by_mapping(spawner: Any, mapping: dict[str, str], user_options: dict) -> None:
+    """JupyterHub's dict form of ``apply_user_options``: option field -> spawner attribute,
+    strings coerced by the trait where a plain assignment fails."""
+    traits = spawner.traits()
+    for field, attr in mapping.items():
+        if field not in user_options or not hasattr(spawner, attr):
+            continue
+        value = user_options[field]
+        try:
+            setattr(spawner, attr, value)
+        except Exception:
+            if attr not in traits or not isinstance(value, str):
+                raise
+            setattr(spawner, attr, traits[attr].from_string(value))
+
+
 class DCloudMixin(LoggingConfigurable):
     """Catalog, form and validation for a JupyterHub Spawner (mix in before the Spawner)."""
 
@@ -53,6 +79,16 @@ class DCloudMixin(LoggingConfigurable):
         help="""Path of the admin's catalog (YAML): environments, GPU classes, resources,
         datasets, package settings and group policies. Re-read when the file changes.
         Check it with `dcloud check PATH`.""",
+    )
+
+    extra_option_fields = List(
+        Unicode(),
+        config=True,
+        help="""user_options fields that the site's own hooks handle (an admin's own
+        `options_from_form` and `apply_user_options`): the catalog gate leaves them to
+        those hooks and keeps them in the stored options; any other field it does not know
+        is refused. A dict-form `apply_user_options` declares its keys itself. The catalog
+        still owns its own fields (environment, GPUs, CPU, memory, datasets, packages).""",
     )
 
     dcloud_plan: Plan | None = None
@@ -65,6 +101,10 @@ class DCloudMixin(LoggingConfigurable):
         # before apply_user_options, so keep them now: a refusal must not wipe them, even when
         # this object is new (after a stop, or a hub restart).
         self._dcloud_last_valid = copy.deepcopy(getattr(self, "user_options", None) or {})
+        if self.apply_user_options is None:
+            # traitlets neither validates nor reports a None equal to the trait's own default:
+            # no hook at all still means the catalog's gate (so does a later None, observed)
+            self.apply_user_options = self.dcloud_apply_user_options
 
     @default("options_form")
     def _dcloud_options_form_default(self) -> Any:
@@ -77,6 +117,44 @@ class DCloudMixin(LoggingConfigurable):
     @default("apply_user_options")
     def _dcloud_apply_user_options_default(self) -> Any:
         return self.dcloud_apply_user_options
+
+    @traitlets.validate("apply_user_options")
+    def _gate_after_admins_hook(self, proposal: Any) -> Any:
+        """An admin's own hook runs first; the catalog gate then runs all the same."""
+        hook = proposal["value"]
+        if hook == self.dcloud_apply_user_options or getattr(hook, "_dcloud_gated", False):
+            return hook
+
+        async def gated(spawner: Any, user_options: dict) -> None:
+            try:
+                if isinstance(hook, dict):
+                    result = _apply_by_mapping(spawner, hook, user_options or {})
+                else:
+                    result = hook(spawner, user_options)
+                if inspect.isawaitable(result):
+                    await result
+            except web.HTTPError:
+                raise  # the admin's hook chose its answer
+            except Exception as exc:
+                self.log.exception("%s: the site's apply_user_options failed", self._log_name)
+                refusal = Refusal(f"These options could not be applied: {clip(str(exc), 200)}",
+                                  reason="invalid_options")
+                raise self.refusal_error(refusal, user_options) from None
+            await self.dcloud_apply_user_options(spawner, user_options)
+
+        gated._dcloud_gated = True  # type: ignore[attr-defined]
+        gated._dcloud_fields = set(hook) if isinstance(hook, dict) else set()  # type: ignore[attr-defined]
+        return gated
+
+    @traitlets.observe("apply_user_options")
+    def _no_hook_is_the_gate(self, change: Any) -> None:
+        if change["new"] is None:
+            self.apply_user_options = self.dcloud_apply_user_options
+
+    def extra_fields(self) -> set[str]:
+        """Fields the site's own hooks handle (declared, or the keys of a dict-form hook)."""
+        hook = self._trait_values.get("apply_user_options")
+        return set(self.extra_option_fields) | getattr(hook, "_dcloud_fields", set())
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -100,7 +178,21 @@ class DCloudMixin(LoggingConfigurable):
 
     def validate_options(self, options: Any) -> Plan:
         """The one gate: options -> Plan for this user, or RequestError."""
+        extra = self.extra_fields()
+        if extra and isinstance(options, dict):
+            options = {k: v for k, v in options.items() if k not in extra}
         return validate(options, self.catalog, self.user_groups())
+
+    def planned(self) -> Plan:
+        """This start's plan. JupyterHub's path made it in apply_user_options; a direct call
+        of ``start()`` validates here, and a refusal is the same sentence, never a 500."""
+        if self.dcloud_plan is None:
+            try:
+                self.dcloud_plan = self.validate_options(self.user_options)
+            except Refusal as exc:
+                self.refused(exc, self.user_options)
+                raise SpawnRefused.of(exc) from None
+        return self.dcloud_plan
 
     # -- what backends add --------------------------------------------------------------
 
@@ -161,20 +253,26 @@ class DCloudMixin(LoggingConfigurable):
             self.check_capacity(plan)
             self.claim_resources(plan)
         except Refusal as exc:
-            # JupyterHub stored these options before asking us; put back the last good ones
-            # so a bad REST call cannot poison the next form or restart.
-            previous = copy.deepcopy(self._dcloud_last_valid or {})
-            self.user_options = previous
-            orm = getattr(self, "orm_spawner", None)
-            if orm is not None:
-                orm.user_options = previous
-            self.refused(exc, user_options)
-            error = web.HTTPError(400, exc.sentence)
-            error.jupyterhub_message = exc.sentence  # type: ignore[attr-defined]
-            raise error from None
+            raise self.refusal_error(exc, user_options) from None
         self.dcloud_plan = plan
-        self.user_options = plan.user_options()
+        extra = self.extra_fields()
+        kept = {k: v for k, v in (user_options or {}).items() if k in extra} if isinstance(user_options, dict) else {}
+        self.user_options = {**plan.user_options(), **kept}
         self._dcloud_last_valid = copy.deepcopy(self.user_options)
+
+    def refusal_error(self, refusal: Refusal, options: Any) -> web.HTTPError:
+        """Audit and count ``refusal``; the 400 that tells the user its sentence."""
+        # JupyterHub stored these options before asking us; put back the last good ones
+        # so a bad REST call cannot poison the next form or restart.
+        previous = copy.deepcopy(self._dcloud_last_valid or {})
+        self.user_options = previous
+        orm = getattr(self, "orm_spawner", None)
+        if orm is not None:
+            orm.user_options = previous
+        self.refused(refusal, options)
+        error = web.HTTPError(400, refusal.sentence)
+        error.jupyterhub_message = refusal.sentence  # type: ignore[attr-defined]
+        return error
 
     # -- quotas -----------------------------------------------------------------------
 

@@ -211,8 +211,7 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
 
     async def load_user_options(self) -> None:
         """Set the pod traits from the validated plan (called by KubeSpawner's start)."""
-        plan = self.dcloud_plan or self.validate_options(self.user_options)
-        self.dcloud_plan = plan
+        plan = self.planned()
         apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
         queue = self.dcloud_queue(plan)
         if queue is not None:

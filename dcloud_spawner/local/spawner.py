@@ -8,7 +8,9 @@ For the one-command demo and for a single shared GPU workstation. A plan becomes
 - CPU and memory limits through cgroup v2 or systemd where possible (``limits.py``);
   the GPUs, their ledger and the limiter are one :class:`LocalMachine` per hub;
 - datasets with a local path under ``datasets/<id>`` in the working dir (read-only bind
-  mounts where the hub may mount, links elsewhere);
+  mounts where the hub may mount, links elsewhere), or ``.dcloud-datasets/<id>`` where the
+  user's own data holds ``datasets``: only what DCloud made is ever removed
+  (``dataset_views.py``);
 - extra packages pip-installed into a per-server overlay on ``PYTHONPATH``.
 """
 
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
@@ -74,6 +77,14 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         config=True,
         help="""Dataset id -> local directory, for datasets whose catalog source is not a
         host path (e.g. a local copy of a PVC's data). Host-path datasets need no entry.""",
+    )
+
+    record_root = Unicode(
+        "~/.local/share/dcloud/records",
+        config=True,
+        help="""Directory of the hub's own records of what it made in users' working
+        directories (the dataset views), so that it removes exactly that and never a file
+        of the user's, also after a crash. Only the hub's user should be able to write it.""",
     )
 
     package_install_args = List(
@@ -173,6 +184,11 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         server = self.name or "default"
         return Path(self.server_root).expanduser() / self.user.name / server
 
+    def dataset_views(self) -> dataset_views.DatasetViews:
+        server = quote(self.name or "", safe="") or "default"
+        record = Path(self.record_root).expanduser() / quote(self.user.name, safe="") / f"{server}.datasets.json"
+        return dataset_views.DatasetViews(self.workdir, record)
+
     def make_preexec_fn(self, name: str) -> Any:
         return self._preexec_as_user(self._join_limits)
 
@@ -225,8 +241,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         self._progress.append(message)
 
     async def start(self) -> Any:
-        plan = self.dcloud_plan or self.validate_options(self.user_options)
-        self.dcloud_plan = plan
+        plan = self.planned()
         self._progress = []
         self._say(f"Preparing {plan.summary()}")
         workdir = self.workdir
@@ -252,7 +267,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             env_extra["NVIDIA_VISIBLE_DEVICES"] = "void"
 
         try:
-            datasets_read_only = await self._link_datasets(plan, workdir)
+            datasets_env = await self._link_datasets(plan, workdir)
             python = plan.environment.python or sys.executable
             if plan.packages:
                 overlay = await self._install_packages(plan, python, workdir)
@@ -260,18 +275,23 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 env_extra["PATH"] = f"{overlay / 'bin'}:{os.environ.get('PATH', '')}"
             env_extra.update(plan.environment_variables())
             env_extra["DCLOUD_LIMITS_ENFORCED"] = "1" if self.limiter.enforced else "0"
-            env_extra["DCLOUD_DATASETS_READ_ONLY"] = datasets_read_only
+            env_extra.update(datasets_env)
             self._env_extra = env_extra
             self._join_limits = self.limiter.prepare(self.owner_key, plan.cpu_limit, plan.memory_limit)
-            command = [python, "-m", "jupyterhub.singleuser"]
-            if os.geteuid() == 0 and not self.run_as_system_users:
-                # a hub run as root (e.g. in a container) runs the demo's servers as root too
-                command.append("--ServerApp.allow_root=True")
+            # The site's own command (a wrapper that loads modules or activates conda) wins;
+            # the environment's Python runs jupyterhub-singleuser only where there is none.
+            command = list(self.cmd) if self.site_cmd() else [python, "-m", "jupyterhub.singleuser"]
+            configured = self.cmd
+            # LocalProcessSpawner.start reads self.cmd before its first await; the trait
+            # itself is put back at once, so the admin's (or a hook's) value stays theirs
             self.cmd = self.limiter.wrap(command, self.owner_key, plan.cpu_limit, plan.memory_limit)
             if not self.limiter.enforced:
                 self.log.warning("%s: %s", self._log_name, self.limiter.reason)
             self._say("Starting JupyterLab")
-            url = await super().start()
+            try:
+                url = await super().start()
+            finally:
+                self.cmd = configured
         except BaseException:
             machine.ledger.release(self.owner_key)
             self.release_resources()
@@ -279,6 +299,23 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         self.audit("spawned", self.user_options, granted=plan.summary(),
                    gpus=env_extra.get("CUDA_VISIBLE_DEVICES"))
         return url
+
+    def site_cmd(self) -> bool:
+        """Whether the admin (config) or a hook of this start set ``cmd``; the Spawner
+        default, ``jupyterhub-singleuser``, would be the hub's own Python, not the environment's."""
+        if not self.cmd:
+            return False
+        sections = [cls.__name__ for cls in type(self).mro()]
+        if any(name in self.config and "cmd" in self.config[name] for name in sections):
+            return True
+        return list(self.cmd) != list(LocalProcessSpawner.class_traits()["cmd"].default())
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if os.geteuid() == 0 and not self.run_as_system_users:
+            # a hub run as root (e.g. in a container) runs the demo's servers as root too
+            args.append("--ServerApp.allow_root=True")
+        return args
 
     _env_extra: dict[str, str] = {}
     _join_limits: Any = None
@@ -290,10 +327,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
-        try:
-            await dataset_views.clear(self.workdir / paths.DATASETS)
-        except OSError as exc:
-            self.log.warning("%s: %s", self._log_name, exc)
+        await self._clear_datasets()
         self.machine.ledger.release(self.owner_key)
         self.release_resources()
         self.limiter.cleanup(self.owner_key)
@@ -332,8 +366,19 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             return Path(dataset.source.path)
         return None
 
-    async def _link_datasets(self, plan: Plan, workdir: Path) -> str:
-        """Build the server's datasets/ folder; return "1" when every dataset is read-only."""
+    async def _clear_datasets(self) -> None:
+        views = self.dataset_views()
+        try:
+            left = await asyncio.to_thread(views.clear)
+        except OSError as exc:
+            self.log.warning("%s: dataset views: %s", self._log_name, exc)
+            return
+        if left:
+            self.log.info("%s: left alone in the dataset views (not DCloud's): %s", self._log_name,
+                          ", ".join(left))
+
+    async def _link_datasets(self, plan: Plan, workdir: Path) -> dict[str, str]:
+        """Make the server's dataset views; return their environment variables."""
         sources = []
         for dataset in plan.datasets:
             source = self.dataset_path(dataset)
@@ -341,20 +386,32 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 self._say(f"Dataset {dataset.id} has no local copy on this machine; skipped")
                 continue
             sources.append((dataset.id, source))
+        views = self.dataset_views()
         try:
-            how = await dataset_views.build(workdir / paths.DATASETS, sources)
-        except OSError as exc:
-            self.log.warning("%s: datasets folder: %s", self._log_name, exc)
-            refusal = Refusal("The datasets folder in your working directory holds files of your own or "
-                              "changed while the server started; move it away and start again.",
-                              field="datasets", reason="datasets")
+            how = await asyncio.to_thread(views.build, sources)
+        except dataset_views.FolderTaken as exc:
+            refusal = Refusal(exc.strerror, field="datasets", reason="datasets")
+            self.refused(refusal, self.user_options)
             raise SpawnRefused.of(refusal) from None
-        if how:
-            self._say("Datasets: " + ", ".join(f"{k} ({v})" for k, v in how.items()))
+        except OSError as exc:
+            self.log.warning("%s: dataset views: %s", self._log_name, exc)
+            refusal = Refusal("The folder for your datasets changed while the server started; "
+                              "start again.", field="datasets", reason="datasets")
+            self.refused(refusal, self.user_options)
+            raise SpawnRefused.of(refusal) from None
+        folder = views.folder
+        if how and folder is not None:
+            where = folder.name
+            if where != paths.DATASETS:
+                where += f" ({paths.DATASETS} holds your own files, which DCloud never touches)"
+            self._say(f"Datasets in {where}: " + ", ".join(f"{k} ({v})" for k, v in how.items()))
         if "linked" in how.values():
             self.log.warning("%s: datasets are links, not read-only mounts (the hub cannot mount "
                              "here); the source directories' permissions decide writes", self._log_name)
-        return "1" if all(v == "read-only" for v in how.values()) else "0"
+        return {
+            "DCLOUD_DATASETS_READ_ONLY": "1" if all(v == "read-only" for v in how.values()) else "0",
+            "DCLOUD_DATASETS_DIR": str(folder) if how and folder is not None else "",
+        }
 
     def _package_env(self) -> dict[str, str]:
         """pip's environment: the server user's HOME and USER and an admin-chosen few of the
