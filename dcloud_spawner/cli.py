@@ -158,6 +158,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 "Security 'restricted' refuses; use a PVC or the NFS CSI driver on Kubernetes.",
                 file=sys.stderr,
             )
+    if getattr(args, "hub_config", None):
+        fatal = _check_hub_config(args.hub_config)
+        if fatal:
+            return EXIT_CATALOG
     try:
         shares = capacity(catalog)
     except ValueError:
@@ -165,6 +169,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for line in describe(catalog, shares):
         print(line if line.startswith(("warning:", "note:")) else f"queues: {line}")
     return 0
+
+
+def _check_hub_config(path: str) -> bool:
+    """Print what DCloud says of a hub configuration file; True when it could never run."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from .kube import DCloudSpawner
+
+    _fake_kubeconfig_if_needed()
+    config = PyFileConfigLoader(os.path.basename(path), os.path.dirname(os.path.abspath(path))).load_config()
+    problems = DCloudSpawner.config_problems_of(config)
+    for problem in problems:
+        fatal = problem.startswith("Refused:")
+        print(f"error: {problem.removeprefix('Refused: ')}" if fatal else f"warning: {problem}", file=sys.stderr)
+    return any(p.startswith("Refused:") for p in problems)
 
 
 def _groups(text: str | None) -> list[str]:
@@ -269,8 +288,10 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="dcloud", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="validate a catalog file")
+    check = sub.add_parser("check", help="validate a catalog file (and the hub's configuration)")
     check.add_argument("catalog")
+    check.add_argument("--hub-config", help="the hub's jupyterhub_config.py: report the KubeSpawner "
+                       "settings DCloud ignores or Kubernetes would refuse")
     check.set_defaults(run=_cmd_check)
 
     render = sub.add_parser("render", help="print the Kubernetes objects for a user's choice")

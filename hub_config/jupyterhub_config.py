@@ -96,3 +96,10 @@ c.JupyterHub.load_roles.append({
     "scopes": list(CULLER_SCOPES),
     "services": ["dcloud-idle-culler"],
 })
+
+# -- at hub start: warn about KubeSpawner settings DCloud ignores (profile_list), and stop
+# with one sentence on security settings Kubernetes would refuse (`dcloud check --hub-config`)
+if backend == "kube":
+    from dcloud_spawner.kube import DCloudSpawner  # noqa: E402
+
+    DCloudSpawner.check_hub_config(c)

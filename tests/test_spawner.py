@@ -56,7 +56,8 @@ async def test_an_admins_own_hooks_win():
     cfg.KubeSpawner.apply_user_options = custom_apply
     spawner = DCloudSpawner(user=OfflineUser("alice"), hub=offline_hub(), config=cfg)
     assert await spawner.get_options_form() == "<p>site form</p>"
-    assert spawner.apply_user_options is custom_apply
+    # the admin's hook runs, then the catalog's gate (the contract in hub/mixin.py)
+    assert spawner.apply_user_options is not custom_apply and spawner.apply_user_options._dcloud_gated
     assert spawner.options_from_form == spawner.dcloud_options_from_form  # not configured: DCloud's
 
 

@@ -156,6 +156,13 @@ class DCloudMixin(LoggingConfigurable):
         hook = self._trait_values.get("apply_user_options")
         return set(self.extra_option_fields) | getattr(hook, "_dcloud_fields", set())
 
+    # -- the site's configuration ----------------------------------------------------------
+
+    def config_problems(self) -> list[str]:
+        """Sentences for the admin about settings DCloud ignores or Kubernetes would refuse;
+        backends add theirs. Fatal ones start with "Refused:"."""
+        return []
+
     # -- inputs -----------------------------------------------------------------------
 
     @property

@@ -7,24 +7,19 @@ the traits it reads. Values derived from the plan never pass through a shell.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Any
 
 from ..core.catalog import PACKAGES_DIR  # the catalog keeps datasets off it
 from ..core.plan import Plan
 from ..core.quantity import format_memory
+from .security import RESTRICTED_CONTAINER, installer_uid
 
 LABEL_PREFIX = "dcloud.io"
 
-# Pod Security Standard "restricted" for every container, init containers included.
-RESTRICTED_CONTAINER = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-# Traits this module sets; their configured values are the base each plan starts from,
-# because one spawner object serves many starts with different choices.
+# Traits this module sets. One spawner object serves many starts with different choices,
+# so each start begins from their configured values (restored when JupyterHub clears the
+# state, before its hooks run); the hooks' changes are kept and the plan merged on top.
 PLANNED_TRAITS = (
     "image",
     "cpu_limit",
@@ -131,12 +126,18 @@ def labels_for(plan: Plan) -> dict[str, str]:
     return labels
 
 
-def apply_plan(spawner: Any, plan: Plan, base: dict[str, Any], image_path: str,
-               pip_args: list[str]) -> None:
-    """Set ``spawner``'s pod traits for ``plan``, starting from the configured ``base``."""
-    for trait in PLANNED_TRAITS:
-        setattr(spawner, trait, copy.deepcopy(base[trait]))
+def _without(entries: list, plan_entries: list, *keys: str) -> list:
+    """``entries`` less those that clash with the plan's on any of ``keys`` (the plan wins)."""
+    taken = {(key, entry.get(key)) for entry in plan_entries for key in keys if isinstance(entry, dict)}
+    return [e for e in entries if not (isinstance(e, dict) and any((k, e.get(k)) in taken for k in keys))]
 
+
+def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
+               gpu_resources: Collection[str] = ()) -> None:
+    """Merge ``plan`` onto ``spawner``'s pod traits as the admin's config and this start's
+    hooks left them. The plan wins on what the catalog owns: the image, CPU and memory,
+    GPU resources (``gpu_resources``: every class's, so no hook grants a GPU the plan did
+    not), and the plan's own environment variables, volumes, mounts, labels and annotations."""
     spawner.image = plan.image
     spawner.cpu_limit = plan.cpu_limit
     spawner.cpu_guarantee = plan.cpu_request
@@ -148,12 +149,15 @@ def apply_plan(spawner: Any, plan: Plan, base: dict[str, Any], image_path: str,
 
     tolerations = _as_list(spawner.tolerations)
     node_selector = dict(spawner.node_selector)
+    limits = {k: v for k, v in spawner.extra_resource_limits.items() if k not in gpu_resources}
+    guarantees = {k: v for k, v in spawner.extra_resource_guarantees.items() if k not in gpu_resources}
     if plan.gpu:
         count = str(plan.gpu_count)
-        spawner.extra_resource_limits = {**spawner.extra_resource_limits, plan.gpu.resource: count}
-        spawner.extra_resource_guarantees = {
-            **spawner.extra_resource_guarantees, plan.gpu.resource: count,
-        }
+        limits[plan.gpu.resource] = count
+        guarantees[plan.gpu.resource] = count
+    spawner.extra_resource_limits = limits
+    spawner.extra_resource_guarantees = guarantees
+    if plan.gpu:
         node_selector.update(plan.gpu.node_selector)
         tolerations += [t.manifest() for t in plan.gpu.tolerations]
     else:
@@ -162,8 +166,8 @@ def apply_plan(spawner: Any, plan: Plan, base: dict[str, Any], image_path: str,
     spawner.node_selector = node_selector
     spawner.tolerations = tolerations
 
-    volumes = _as_list(spawner.volumes)
-    mounts = _as_list(spawner.volume_mounts)
+    volumes: list = []
+    mounts: list = []
     volumes.append({
         "name": "dcloud-shm",
         "emptyDir": {"medium": "Memory", "sizeLimit": format_memory(plan.shm_bytes)},
@@ -174,17 +178,17 @@ def apply_plan(spawner: Any, plan: Plan, base: dict[str, Any], image_path: str,
         volumes.append(literal(dataset_volume(dataset, name)))
         mounts.append(literal({"name": name, "mountPath": dataset.path_in_pod, "readOnly": True}))
 
-    init_containers = _as_list(spawner.init_containers)
+    init_containers: list = []
     if plan.packages:
         volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": "10Gi"}})
         mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
-        uid = spawner.uid if isinstance(spawner.uid, int) else None
-        init_containers.append(literal(package_installer(plan, pip_args, uid)))
+        uid = spawner.uid(spawner) if callable(spawner.uid) else spawner.uid
+        init_containers.append(literal(package_installer(plan, pip_args, installer_uid(uid))))
         environment["PYTHONPATH"] = PACKAGES_DIR
         environment["PATH"] = literal(f"{PACKAGES_DIR}/bin:{image_path}")
-    spawner.volumes = volumes
-    spawner.volume_mounts = mounts
-    spawner.init_containers = init_containers
+    spawner.volumes = _without(_as_list(spawner.volumes), volumes, "name") + volumes
+    spawner.volume_mounts = _without(_as_list(spawner.volume_mounts), mounts, "name", "mountPath") + mounts
+    spawner.init_containers = _without(_as_list(spawner.init_containers), init_containers, "name") + init_containers
     spawner.environment = environment
 
     spawner.extra_labels = {**spawner.extra_labels, **labels_for(plan)}

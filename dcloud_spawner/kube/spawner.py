@@ -22,12 +22,14 @@ import copy
 import json
 import re
 import time
+import types
 from typing import Any, NamedTuple
 
 import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, List, Unicode, default
+from traitlets.log import get_logger
 
 from ..core.catalog import duration_words
 from ..core.errors import CapacityRefusal, Refusal
@@ -37,7 +39,8 @@ from ..core.queueing import ADMISSION_GATE, QUEUE_LABEL, Queue, ordinal, queue_f
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin, SpawnRefused
 from ..hub.state import hub_state
-from .pod import PACKAGE_INSTALLER, PLANNED_TRAITS, RESTRICTED_CONTAINER, apply_plan
+from . import security
+from .pod import PACKAGE_INSTALLER, PLANNED_TRAITS, apply_plan
 from .queue import KueueView, hold_reason, position
 from .watch import ClusterWatch
 
@@ -94,12 +97,14 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
         return 100
 
     @default("container_security_context")
-    def _csc_default(self) -> dict:
-        return copy.deepcopy(RESTRICTED_CONTAINER)
+    def _csc_default(self) -> Any:
+        # evaluated as the pod is built, so uid, privileged and allow_privilege_escalation
+        # (from the config or this start's hooks) take effect; see security.py
+        return security.container_context
 
     @default("pod_security_context")
-    def _psc_default(self) -> dict:
-        return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    def _psc_default(self) -> Any:
+        return security.pod_context
 
     @default("automount_service_account_token")
     def _no_token(self) -> bool:
@@ -122,8 +127,15 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     _dcloud_may_have_pod = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        mock = kwargs.get("_mock", False)
         super().__init__(*args, **kwargs)
+        checked = hub_state().part("kube.config_checked", set) if not mock else {True}
+        if not checked:  # once per hub, as its first spawner is made
+            checked.add(True)
+            for problem in self.config_problems():
+                self.log.warning("DCloud: %s", problem)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
+        self._dcloud_planned = False  # whether the traits hold a plan since they were restored
         self._base_start_timeout = self.start_timeout
         self._dcloud_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._dcloud_line: InLine | None = None  # this start's wait in Kueue's line, if queued
@@ -212,10 +224,55 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     async def load_user_options(self) -> None:
         """Set the pod traits from the validated plan (called by KubeSpawner's start)."""
         plan = self.planned()
-        apply_plan(self, plan, self._base_traits, self.image_path, list(self.package_install_args))
+        if self._dcloud_planned:  # a second start() without JupyterHub's clear_state between
+            self._restore_configured_traits()
+        gpu_resources = {gpu.resource for gpu in self.catalog.gpu_classes}
+        apply_plan(self, plan, self.image_path, list(self.package_install_args), gpu_resources)
+        self._dcloud_planned = True
         queue = self.dcloud_queue(plan)
         if queue is not None:
             self.extra_labels = {**self.extra_labels, QUEUE_LABEL: queue.name}
+
+    def config_problems(self) -> list[str]:
+        return super().config_problems() + _problems(self)
+
+    @classmethod
+    def check_hub_config(cls, config: Any, log: Any = None) -> None:
+        """Called from jupyterhub_config.py at hub start: warn about each setting DCloud
+        ignores, and stop the hub with the sentence when a setting could never run."""
+        log = log or get_logger()
+        problems = cls.config_problems_of(config)
+        for problem in problems:
+            log.warning("DCloud: %s", problem)
+        fatal = [p for p in problems if p.startswith("Refused:")]
+        if fatal:
+            raise SystemExit(fatal[0])
+
+    @classmethod
+    def config_problems_of(cls, config: Any) -> list[str]:
+        """:meth:`config_problems` of the settings in ``config`` alone: no spawner is made
+        (that needs a user and a cluster's credentials), each setting is read from the
+        sections KubeSpawner reads it from, the most specific winning."""
+        sections = [k.__name__ for k in reversed(cls.mro()) if k.__name__ in config]
+        traits = cls.class_traits()
+        settings = {}
+        for name in ("profile_list", "uid", "privileged", "container_security_context", "pod_security_context"):
+            value = traits[name].default() if name not in ("container_security_context",
+                                                           "pod_security_context") else None
+            for section in sections:
+                if name in config[section]:
+                    value = config[section][name]
+            settings[name] = value
+        return _problems(types.SimpleNamespace(**settings))
+
+    async def get_pod_manifest(self) -> Any:
+        pod = await super().get_pod_manifest()
+        problem = security.contradiction(pod)
+        if problem is not None:  # refused before anything is created, not a pod that never starts
+            refusal = Refusal(problem, reason="configuration")
+            self.refused(refusal, self.user_options)
+            raise SpawnRefused.of(refusal)
+        return pod
 
     async def refresh_live_data(self) -> None:
         await super().refresh_live_data()
@@ -440,11 +497,33 @@ class DCloudSpawner(DCloudMixin, KubeSpawner):
     def clear_state(self) -> None:
         super().clear_state()
         self._dcloud_may_have_pod = False
+        # JupyterHub clears the state before each start's hooks (auth_state_hook, group
+        # overrides, apply_user_options, pre_spawn_hook): they, then the plan, begin from the
+        # configured values, not from what the last start's plan left
+        self._restore_configured_traits()
+
+    def _restore_configured_traits(self) -> None:
+        for trait, value in getattr(self, "_base_traits", {}).items():  # none yet inside __init__
+            setattr(self, trait, copy.deepcopy(value))
+        self._dcloud_planned = False
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.load_dcloud_state(state)
         self.dcloud_last_stop = state.get("dcloud_last_stop") or self.dcloud_last_stop
+
+
+def _problems(settings: Any) -> list[str]:
+    """What DCloud says of a site's KubeSpawner settings (a spawner, or the config's values)."""
+    problems = []
+    profiles = settings.profile_list
+    if callable(profiles) or profiles:
+        problems.append("KubeSpawner.profile_list is set, but DCloud's catalog replaces profiles, so it is "
+                        "ignored: describe the environments, GPU classes and resources in the catalog instead.")
+    problem = security.static_contradiction(settings)
+    if problem:
+        problems.append(f"Refused: {problem}")
+    return problems
 
 
 def _container(pod: dict | None, name: str, kind: str = "containerStatuses") -> dict:
