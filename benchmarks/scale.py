@@ -189,6 +189,7 @@ def probe(
         str(args.seed),
         "--renders",
         str(args.renders),
+        *(["--python-gc"] if args.python_gc and mode == "dcloud" else []),
     ]
     burst = random.Random(args.seed).sample(plan.pods, BURST)
     nice = args.hub_nice
@@ -283,6 +284,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the simulated cluster on the same machine, as a hub with a CPU of its own would (default 0: "
         "they share the CPUs with it as equals)",
     )
+    parser.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="DCloud's watches leave the hub's garbage collector as Python has it (the hub's default); "
+        "without it they run with LeanReflector.tune_garbage_collection, as the README's figures were measured",
+    )
     parser.add_argument("--workers", type=int, default=16, help="threads creating nodes and pods (default 16)")
     parser.add_argument("--seed", type=int, default=500)
     parser.add_argument(
@@ -297,7 +304,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scales = sorted(int(s) for s in args.scales.split(","))
-    results: dict[str, Any] = {"machine": machine(), "hub_nice": args.hub_nice, "scales": []}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "hub_nice": args.hub_nice,
+        "tune_garbage_collection": not args.python_gc,
+        "scales": [],
+    }
     try:
         began = time.perf_counter()
         admin = cluster_command(args.run_dir, "up", "--no-build")

@@ -232,33 +232,49 @@ async def test_an_admins_watch_settings_reach_the_hub_wide_watches(offline_kubec
     assert NodeReflector(LiveAvailability(), None, config=watch.config).page_size == 45
 
 
-async def test_the_hubs_long_lived_objects_are_frozen_once_the_watches_have_loaded(api, monkeypatch):
-    """After the first lists, the collector's full collections no longer walk the hub's
-    long-lived objects (gc.freeze); an admin can keep Python's own behaviour."""
+async def test_the_hubs_garbage_collector_is_left_alone_unless_the_operator_opts_in(api, monkeypatch):
+    """By default the watches neither pause nor freeze the hub's collector (a plugin leaves its
+    host's runtime alone); with c.LeanReflector.tune_garbage_collection, pages and events are
+    parsed with collection paused and the hub's long-lived objects are frozen once, after the
+    first lists."""
     import gc
 
     from dcloud_spawner.kube import watch as watch_module
 
     await api.put("nodes", node("t4-0"))
+    await api.put("pods", pod("before", "t4-0", 1))
     gc.unfreeze()
     monkeypatch.setattr(watch_module, "_frozen", False)
-    config = Config()
-    config.ClusterPodReflector.freeze_after_first_list = False
-    kept = ClusterWatch(api_factory=api.watch._api_factory, config=config)
-    try:
-        assert await kept.ensure_started()
-        assert gc.get_freeze_count() == 0
-    finally:
-        await kept.stop()
-    freezes = []
-    freeze = gc.freeze
+    disables, freezes = [], []
+    disable, freeze = gc.disable, gc.freeze
+    monkeypatch.setattr(gc, "disable", lambda: (disables.append(1), disable()))
     monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), freeze()))
+
+    left_alone = ClusterWatch(api_factory=api.watch._api_factory)
     try:
-        assert await api.watch.ensure_started()
-        assert gc.get_freeze_count() > 10_000  # the modules, classes and functions of the process
-        api.watch.pods.relist()
-        await api.put("pods", pod("after", "t4-0", 1))
-        await until(lambda: "ns/after" in api.watch.pods.resources, what="the pod after the freeze")
-        assert api.watch.pods.lists == 2 and freezes == [1]  # once per process, not at every list
+        assert await left_alone.ensure_started()
+        await api.put("pods", pod("event", "t4-0", 1))
+        await until(lambda: "ns/event" in left_alone.pods.resources, what="an event, collector untouched")
+        assert not left_alone.pods.tune_garbage_collection and not left_alone.nodes.tune_garbage_collection
+        assert disables == [] and freezes == [] and gc.get_freeze_count() == 0 and gc.isenabled()
     finally:
+        await left_alone.stop()
+
+    config = Config()
+    config.LeanReflector.tune_garbage_collection = True  # both watches read it
+    tuned = ClusterWatch(api_factory=api.watch._api_factory, config=config)
+    try:
+        assert await tuned.ensure_started()
+        assert len(disables) >= 4  # each watch: a page and the swap
+        assert gc.get_freeze_count() > 10_000 and freezes == [1]  # the modules, classes and functions
+        listed = len(disables)
+        await api.put("pods", pod("after", "t4-0", 1))
+        await until(lambda: "ns/after" in tuned.pods.resources, what="an event, collector paused")
+        assert len(disables) > listed and gc.isenabled()
+        tuned.pods.relist()
+        await api.put("pods", pod("relisted", "t4-0", 1))
+        await until(lambda: "ns/relisted" in tuned.pods.resources, what="the pod after the freeze")
+        assert tuned.pods.lists == 2 and freezes == [1]  # once per process, not at every list
+    finally:
+        await tuned.stop()
         gc.unfreeze()

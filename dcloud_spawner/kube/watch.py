@@ -11,9 +11,10 @@ availability is simply unknown: the form works and says nothing about it.
 The hub is one event loop serving every user, so the watches never hold it for long: a
 list is read a page at a time (``page_size``), each page's parse and the final swap being a
 slice of its own, never two in one loop turn; a burst of events is folded in slices, each
-handing the loop back after ``slice_seconds``; no garbage collection runs while a page or
-event is parsed (one would walk all of the hub's objects), and once the watches have loaded,
-the hub's long-lived objects are frozen out of the collector's full collections. A re-list
+handing the loop back after ``slice_seconds``. The hub's garbage collector is Python's own
+unless the operator opts in (``tune_garbage_collection``): then no collection runs while a page
+or event is parsed, and once the watches have loaded the hub's long-lived objects are frozen out
+of the collector's full collections. A re-list
 builds the new copy beside the old one and swaps it in whole, so a reader sees either the old
 cluster or the new, never half of each.
 """
@@ -88,6 +89,17 @@ class LeanReflector(LoggingConfigurable):
         30.0, config=True, help="Longest wait between retries while the API server fails or refuses."
     )
     field_selector = Unicode("", config=True, help="Field selector of the list and the watch.")
+    tune_garbage_collection = Bool(
+        False,
+        config=True,
+        help="Let DCloud change how the hub process collects garbage, which it otherwise leaves as "
+        "Python has it: no collection while a page or event is parsed, and once the watches have "
+        "first loaded, the hub's objects alive at that moment moved to the permanent generation "
+        "(gc.freeze), so full collections stop walking them. Measured with 50,000 pods: a full "
+        "collection walked about 160,000 objects, some 100 ms of held event loop, and came every so "
+        "often whatever the watches did; frozen, it took 5-13 ms. The cost: a reference cycle among "
+        "the frozen objects is never reclaimed. Set it on LeanReflector (both watches read it).",
+    )
 
     def __init__(self, live: LiveAvailability, api: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -158,7 +170,8 @@ class LeanReflector(LoggingConfigurable):
             if not 200 <= response.status < 300:
                 raise ApiException(status=response.status, reason=_reason(response, body))
             await _own_turn()
-            with _list_slice():  # parse, fold, free: one slice, the page size bounds it
+            # parse, fold, free: one slice, the page size bounds it
+            with _list_slice(self.tune_garbage_collection):
                 page = json.loads(body)
                 del body
                 for raw in page["items"]:
@@ -169,7 +182,7 @@ class LeanReflector(LoggingConfigurable):
             if not token:
                 break
         await _own_turn()
-        with _list_slice():  # the swap is a slice of its own
+        with _list_slice(self.tune_garbage_collection):  # the swap is a slice of its own
             self.replace(items, extra)
         self.resource_version = version
         self.lists += 1
@@ -229,7 +242,7 @@ class LeanReflector(LoggingConfigurable):
                     return  # the server ended the watch (timeout_seconds): resume where it stopped
                 if self._relist.is_set():
                     return
-                with _collector_paused():
+                with _collector_paused(self.tune_garbage_collection):
                     self._event(json.loads(line))
                 if time.perf_counter() - began > self.slice_seconds:
                     await asyncio.sleep(0)
@@ -268,15 +281,16 @@ class LeanReflector(LoggingConfigurable):
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No garbage collection while a page or event is parsed and folded (no await inside).
+def _collector_paused(pause: bool) -> Iterator[None]:
+    """If ``pause`` (the operator's opt-in): no garbage collection while a page or event is
+    parsed and folded (no await inside).
 
     Parsing makes thousands of short-lived dicts; collections triggered meanwhile find them
     alive, move them to the oldest generation and so bring on full collections, which walk
     every object of the hub (hundreds of milliseconds with JupyterHub loaded). JSON makes no
     reference cycles, so what the parse made is freed by reference counting as it is dropped.
     """
-    if not gc.isenabled():
+    if not pause or not gc.isenabled():
         yield
         return
     gc.disable()
@@ -302,12 +316,12 @@ async def _own_turn() -> None:
 
 
 @contextmanager
-def _list_slice() -> Iterator[None]:
-    """One slice of a list (a page's parse, or the swap): no garbage collection meanwhile,
-    and its end noted for :func:`_own_turn`."""
+def _list_slice(pause_collector: bool) -> Iterator[None]:
+    """One slice of a list (a page's parse, or the swap), its end noted for :func:`_own_turn`;
+    no garbage collection meanwhile if ``pause_collector``."""
     global _slice_ended
     try:
-        with _collector_paused():
+        with _collector_paused(pause_collector):
             yield
     finally:
         _slice_ended = time.perf_counter()
@@ -316,10 +330,11 @@ def _list_slice() -> Iterator[None]:
 def freeze_long_lived() -> None:
     """Once per process: move every object alive now to the collector's permanent generation.
 
-    Called when the watches have loaded, so what is alive is the hub's long-lived part (its
-    modules, classes, configuration, the first copy of the caches). A full collection walks
-    every tracked object, about 100 ms in a hub process on a 2-core VM, and one comes every
-    so often whatever the watches do; frozen objects are not walked, which brings it to a few
+    Only where the operator opted in (``tune_garbage_collection``). Called when the watches
+    have loaded, so what is alive is the hub's long-lived part (its modules, classes,
+    configuration, the first copy of the caches). A full collection walks every tracked
+    object, about 100 ms in a hub process on a 2-core VM, and one comes every so often
+    whatever the watches do; frozen objects are not walked, which brings it to a few
     milliseconds. The cost: a reference cycle among objects alive now, should it ever become
     garbage, is not reclaimed; objects without cycles (the caches) are freed as usual.
     """
@@ -366,14 +381,6 @@ class ClusterPodReflector(LeanReflector):
     finishes, so a cluster full of completed Jobs costs the hub nothing.
     """
 
-    freeze_after_first_list = Bool(
-        True,
-        config=True,
-        help="Once the watches have first loaded, move the hub's objects alive at that moment to "
-        "Python's permanent generation (gc.freeze), so the collector's periodic full collections "
-        "stop walking them: measured with 50,000 pods, about 100 ms of held event loop down to "
-        "5-13 ms. Set False to leave the hub's garbage collection as Python has it.",
-    )
     kind = "pods"
     list_method_name = "list_pod_for_all_namespaces"
 
@@ -451,7 +458,7 @@ class ClusterWatch:
                 log.warning("DCloud: GPU availability is hidden from the form: %s", self.unavailable)
                 return False
             self.live, self.nodes, self.pods = live, nodes, pods
-            if pods.freeze_after_first_list:
+            if pods.tune_garbage_collection:
                 freeze_long_lived()
             return True
 
