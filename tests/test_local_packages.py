@@ -55,6 +55,12 @@ elif mode == "big":
     with open(os.path.join(target, "huge.bin"), "wb") as f:
         f.write(b"x" * (3 * 1024 * 1024))
     time.sleep(0.2)
+elif mode == "slow-big":  # grows past the limit while the hub measures it, as pip writes
+    for i in range(30):
+        with open(os.path.join(target, f"part-{{i}}.bin"), "wb") as f:
+            f.write(b"x" * (128 * 1024))
+        time.sleep(0.1)
+    time.sleep(300)
 """
 
 
@@ -379,7 +385,7 @@ def test_pip_runs_under_the_servers_cpu_and_memory_limits(spawner, tmp_path):
     assert (group / "cgroup.procs").read_text() == "0\n"  # pip's process joined it before exec
 
 
-def test_a_datasets_folder_of_the_users_own_is_refused_not_deleted(spawner, tmp_path):
+def test_a_datasets_folder_of_the_users_own_is_kept_and_the_views_go_beside_it(spawner, tmp_path):
     store = tmp_path / "store" / "coco"
     store.mkdir(parents=True)
     spawner.dataset_paths = {"coco": str(store)}
@@ -387,9 +393,55 @@ def test_a_datasets_folder_of_the_users_own_is_refused_not_deleted(spawner, tmp_
     mine.mkdir(parents=True)
     (mine / "thesis.txt").write_text("mine")
     plan = spawner.validate_options({"environment": "scipy", "datasets": ["coco"]})
-    with pytest.raises(SpawnRefused) as err:
-        asyncio.run(spawner._link_datasets(plan, spawner.workdir))
-    assert str(err.value.jupyterhub_message) == (
-        "The datasets folder in your working directory holds files of your own or changed while the "
-        "server started; move it away and start again.")
+    try:
+        env = asyncio.run(spawner._link_datasets(plan, spawner.workdir))
+        assert env["DCLOUD_DATASETS_DIR"] == str(spawner.workdir / ".dcloud-datasets")
+        (spawner.workdir / ".dcloud-datasets" / "more-of-mine").mkdir()  # now both names are taken
+        with pytest.raises(SpawnRefused) as err:
+            asyncio.run(spawner._link_datasets(plan, spawner.workdir))
+        assert str(err.value.jupyterhub_message).startswith(
+            "Your working directory already has datasets and .dcloud-datasets of your own")
+    finally:
+        spawner.dataset_views().clear()
     assert (mine / "thesis.txt").read_text() == "mine"
+    assert (spawner.workdir / ".dcloud-datasets" / "more-of-mine").is_dir()
+
+
+def test_the_overlay_is_measured_removed_and_limited_off_the_event_loop(spawner, tmp_path, monkeypatch):
+    """The overlay walks (its size every half second while pip runs, its removal) and the
+    limiter's cgroup writes run in worker threads: on the event loop they would hold every other
+    user of the hub for as long as a walk of up to package_overlay_max_bytes takes."""
+    from dcloud_spawner.local import paths
+
+    def on_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+            return True
+        except RuntimeError:
+            return False
+
+    calls: list[tuple[str, bool]] = []
+
+    def recorded(name: str, function: Callable) -> Callable:
+        def call(*args, **kwargs):
+            calls.append((name, on_loop()))
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(paths, "tree_size", recorded("tree_size", paths.tree_size))
+    monkeypatch.setattr(paths, "remove_entry", recorded("remove_entry", paths.remove_entry))
+    groups = tmp_path / "cgroup"
+    groups.mkdir()
+    limiter = limits.Limiter("cgroup2", "stand-in", groups)
+    for name in ("prepare", "kill", "cleanup"):
+        monkeypatch.setattr(limiter, name, recorded(name, getattr(limiter, name)))
+    spawner.machine._limiter = limiter
+    spawner.package_overlay_max_bytes = 1024 * 1024
+    python, _ = fake_python(tmp_path, "slow-big")
+    with pytest.raises(SpawnRefused) as err:
+        install(spawner, python)
+    assert "more than the 1 MiB" in str(err.value.jupyterhub_message)  # refused while pip still ran
+    assert not os.path.lexists(spawner.workdir / OVERLAY)
+    names = [name for name, _ in calls]
+    assert names.count("tree_size") >= 2 and {"remove_entry", "prepare", "kill", "cleanup"} <= set(names)
+    assert [name for name, looped in calls if looped] == []

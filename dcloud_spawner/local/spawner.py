@@ -277,7 +277,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             env_extra["DCLOUD_LIMITS_ENFORCED"] = "1" if self.limiter.enforced else "0"
             env_extra.update(datasets_env)
             self._env_extra = env_extra
-            self._join_limits = self.limiter.prepare(self.owner_key, plan.cpu_limit, plan.memory_limit)
+            self._join_limits = await asyncio.to_thread(self.limiter.prepare, self.owner_key, plan.cpu_limit,
+                                                        plan.memory_limit)
             # The site's own command (a wrapper that loads modules or activates conda) wins;
             # the environment's Python runs jupyterhub-singleuser only where there is none.
             command = list(self.cmd) if self.site_cmd() else [python, "-m", "jupyterhub.singleuser"]
@@ -330,7 +331,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         await self._clear_datasets()
         self.machine.ledger.release(self.owner_key)
         self.release_resources()
-        self.limiter.cleanup(self.owner_key)
+        await asyncio.to_thread(self.limiter.cleanup, self.owner_key)
         self._gpu_uuids = []
         self.audit("stopped", self.user_options)
 
@@ -427,7 +428,9 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
         Every write in the workdir is made by pip's own process (the server's uid, its
         limits, a minimal environment); the hub only measures the overlay without following
-        links, and removes it with fd-based calls that never leave it.
+        links, and removes it with fd-based calls that never leave it. Both walk a tree of up
+        to ``package_overlay_max_bytes``, and the limiter writes to the cgroup file system: a
+        worker thread does each, so the hub's event loop serves every other user meanwhile.
         """
         overlay = workdir / paths.OVERLAY
         self._say(f"Installing {len(plan.packages)} extra package(s) into this server's overlay")
@@ -440,7 +443,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         owner = f"{self.owner_key}/packages"
         argv = self.limiter.wrap(["/bin/sh", "-c", script, str(overlay), *pip], owner,
                                  plan.cpu_limit, plan.memory_limit)
-        join = self.limiter.prepare(owner, plan.cpu_limit, plan.memory_limit)
+        join = await asyncio.to_thread(self.limiter.prepare, owner, plan.cpu_limit, plan.memory_limit)
         refusal: Refusal | None = None
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -470,7 +473,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                         f"Installing the extra packages took longer than {self.package_install_timeout:g} "
                         "seconds and was stopped; ask for fewer or smaller packages.",
                         field="packages", reason="packages")
-                elif limit and paths.tree_size(workdir, paths.OVERLAY, stop_at=limit) > limit:
+                elif limit and await self._overlay_size(workdir, limit) > limit:
                     refusal = self._overlay_too_big()
                 if refusal is not None:
                     _kill_group(proc.pid)
@@ -483,21 +486,29 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(proc.wait(), 5)  # reap it: no zombie, no open pipe
-            paths.remove_entry(workdir, paths.OVERLAY)
+            await _to_the_end(paths.remove_entry, workdir, paths.OVERLAY)
             raise
         finally:
-            self.limiter.kill(owner)
-            self.limiter.cleanup(owner)
+            await _to_the_end(self._end_limits, owner)
         if refusal is None and proc.returncode != 0:
             refusal = Refusal(plan.install_failure(output.decode(errors="replace")), field="packages",
                               reason="packages")
-        if refusal is None and limit and paths.tree_size(workdir, paths.OVERLAY, stop_at=limit) > limit:
+        if refusal is None and limit and await self._overlay_size(workdir, limit) > limit:
             refusal = self._overlay_too_big()
         if refusal is not None:
-            paths.remove_entry(workdir, paths.OVERLAY)
+            await _to_the_end(paths.remove_entry, workdir, paths.OVERLAY)
             raise SpawnRefused.of(refusal)
-        paths.remove_entry(workdir / paths.OVERLAY, ".tmp")
+        await _to_the_end(paths.remove_entry, workdir / paths.OVERLAY, ".tmp")
         return overlay
+
+    @staticmethod
+    async def _overlay_size(workdir: Path, limit: int) -> int:
+        """The overlay's size (counted up to just past ``limit``), walked in a worker thread."""
+        return await asyncio.to_thread(paths.tree_size, workdir, paths.OVERLAY, stop_at=limit)
+
+    def _end_limits(self, owner: str) -> None:
+        self.limiter.kill(owner)
+        self.limiter.cleanup(owner)
 
     def _overlay_too_big(self) -> Refusal:
         size = paths.format_bytes(self.package_overlay_max_bytes)
@@ -511,6 +522,12 @@ _PR_SET_PDEATHSIG = 1
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
+
+
+async def _to_the_end(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a worker thread, off the event loop; a cancellation of the caller
+    meanwhile (the spawn stopped) does not stop it, so a removal or cleanup is never left half-done."""
+    return await asyncio.shield(asyncio.to_thread(function, *args))
 
 
 def _kill_group(pid: int) -> None:
