@@ -45,12 +45,13 @@ from kubespawner.clients import shared_client
 from traitlets.config import Config
 
 from benchmarks import simulated_fleet as sim
-from dcloud_spawner.core.availability import GpuAvailability, compute
+from dcloud_spawner.core.availability import GpuAvailability
 from dcloud_spawner.core.catalog import Catalog, GpuClass
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import close_hub_state
 from dcloud_spawner.kube import DCloudSpawner
+from dcloud_spawner.kube.facts import compute
 
 USER, GROUPS = "bench-user", ("researchers",)  # researchers may use every GPU class
 HUB_NAMESPACE = "dcloud"

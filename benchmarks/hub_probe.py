@@ -54,10 +54,11 @@ from benchmarks.form_render import (
     render,
     static_profiles,
 )
-from dcloud_spawner.core.availability import GpuAvailability, LiveAvailability, compute
+from dcloud_spawner.core.availability import GpuAvailability, LiveAvailability
 from dcloud_spawner.core.catalog import Catalog
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.state import close_hub_state, hub_state
+from dcloud_spawner.kube.facts import compute
 from dcloud_spawner.kube.watch import ClusterPodReflector, ClusterWatch, NodeReflector, freeze_long_lived
 
 BURST = 1000

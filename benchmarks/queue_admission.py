@@ -37,6 +37,7 @@ from kubernetes_asyncio import config as kube_config
 from traitlets.config import Config
 
 from benchmarks.form_render import cluster_command, machine, percentile, point_kubespawner_at
+from dcloud_spawner.core.queueing import ADMISSION_GATE, QUEUE_LABEL
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import close_hub_state
@@ -44,7 +45,6 @@ from dcloud_spawner.kube import DCloudSpawner
 
 NAMESPACE = "dcloud"
 QUEUE = "dcloud-researchers"
-GATE = "kueue.x-k8s.io/admission"
 SHARE = 4  # the researchers' A100s
 POLL = 0.05
 A100_SELECTOR = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
@@ -98,7 +98,7 @@ def plain_pod(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": QUEUE, "dcloud.bench/queue": "floor"}},
+        "metadata": {"name": name, "labels": {QUEUE_LABEL: QUEUE, "dcloud.bench/queue": "floor"}},
         "spec": {
             "restartPolicy": "Never",
             "nodeSelector": A100_SELECTOR,
@@ -124,7 +124,7 @@ async def pod_state(core: client.CoreV1Api, name: str) -> tuple[str | None, bool
         if exc.status == 404:
             return None, False
         raise
-    gated = any(g.name == GATE for g in pod.spec.scheduling_gates or [])
+    gated = any(g.name == ADMISSION_GATE for g in pod.spec.scheduling_gates or [])
     return pod.status.phase, gated
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from .core.catalog import Catalog, CatalogError
 from .core.errors import RequestError, printable
-from .core.queueing import capacity, describe, kueue_objects
+from .core.queueing import capacity, describe
 from .core.request import MAX_FILE_BYTES, json_schema, load_options_file
 from .core.validation import validate
 
@@ -234,7 +234,7 @@ async def _cluster_capacity(catalog: Catalog) -> dict[str, int]:
     """GPUs of each class on the Ready nodes of the cluster the kubeconfig points at."""
     from kubernetes_asyncio import client, config
 
-    from .core.availability import compute
+    from .kube.facts import compute
 
     await config.load_kube_config()
     async with client.ApiClient() as api:
@@ -245,6 +245,8 @@ async def _cluster_capacity(catalog: Catalog) -> dict[str, int]:
 
 @_reporting
 def _cmd_kueue(args: argparse.Namespace) -> str:
+    from .kube.kueue_objects import kueue_objects
+
     catalog = _load_catalog(args.catalog)
     given = dict(args.capacity or [])
     unknown = sorted(set(given) - {g.id for g in catalog.gpu_classes})

@@ -8,14 +8,8 @@ watches feed). Random change sequences must never make them differ.
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcloud_spawner.core.availability import (
-    GpuAvailability,
-    LiveAvailability,
-    compute,
-    node_facts,
-    pod_facts,
-    pod_request,
-)
+from dcloud_spawner.core.availability import GpuAvailability, LiveAvailability
+from dcloud_spawner.kube.facts import compute, node_facts, pod_facts, pod_request
 
 
 def node(name, labels, gpus, resource="nvidia.com/gpu", ready=True, taint=True, unschedulable=False):

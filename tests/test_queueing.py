@@ -21,14 +21,14 @@ from dcloud_spawner.core.queueing import (
     Shares,
     capacity,
     describe,
-    kueue_objects,
     ordinal,
     queue_for,
-    workload_class,
 )
 from dcloud_spawner.core.validation import validate
 from dcloud_spawner.hub.form import FormContext, render_form, request_from_form
 from dcloud_spawner.hub.metrics import Metrics
+from dcloud_spawner.kube.kueue_objects import kueue_objects
+from dcloud_spawner.kube.workloads import workload_class
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 GIB = 1024**3
@@ -286,6 +286,17 @@ def test_a_batch_job_asking_only_for_a_resource(queued):
     ambiguous = {"spec": {"podSets": [pod_set("nvidia.com/gpu", 1)]}}
     assert workload_class(queued, ambiguous) == (None, 0)  # A100 or T4: not counted as either
     assert workload_class(queued, {"spec": {"podSets": [pod_set("cpu", 4)]}}) == (None, 0)
+
+
+def test_a_workloads_gpus_are_its_pods_effective_request(queued):
+    """As Kueue counts them (and the scheduler): the larger of the containers' sum and the
+    largest init container, the same rule as the availability counts."""
+    job = {"spec": {"podSets": [{**pod_set("nvidia.com/mig-1g.10gb", 1), "count": 2}]}}
+    spec = job["spec"]["podSets"][0]["template"]["spec"]
+    spec["containers"].append({"name": "d", "resources": {"limits": {"nvidia.com/mig-1g.10gb": "2"}}})
+    assert workload_class(queued, job) == ("a100-mig-1g", 6)  # (1 + 2) per pod, 2 pods
+    spec["initContainers"] = [{"name": "i", "resources": {"requests": {"nvidia.com/mig-1g.10gb": "4"}}}]
+    assert workload_class(queued, job) == ("a100-mig-1g", 8)  # the init container's 4 per pod
 
 
 @pytest.mark.parametrize("n, said", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"),

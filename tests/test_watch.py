@@ -16,7 +16,8 @@ import time
 import pytest
 from traitlets.config import Config
 
-from dcloud_spawner.core.availability import GpuAvailability, compute
+from dcloud_spawner.core.availability import GpuAvailability
+from dcloud_spawner.kube.facts import compute
 from dcloud_spawner.kube.watch import ClusterWatch
 from tests.fake_kube_api import FakeKubeApi, serve
 

@@ -1,17 +1,17 @@
-"""Waiting in line for GPUs: the catalog's quotas as Kueue objects, and which queue a server joins.
+"""Waiting in line for GPUs: which queues the catalog's quotas make, and which one a server joins.
 
 Pure. Kueue (sigs.k8s.io/kueue) does the queueing and the fair sharing; DCloud only says
-what the queues are and puts each notebook pod in one:
+what the queues are and puts each notebook pod in one (``kube/kueue_objects.py`` writes
+them as Kueue's objects):
 
-- one ResourceFlavor per GPU class (its node labels and tolerations), and one for CPU and
-  memory, which any node serves;
 - one ClusterQueue per group with a quota in ``quotas.groups``, whose nominal quota is the
   group's share (``max_gpus_per_class``, else ``max_gpus``, per class; ``max_cpu``,
   ``max_memory``) and which may not borrow beyond it; and one, ``<cohort>-everyone``, for
   everyone else, with no quota of its own and no borrowing limit;
 - a Cohort holding what the groups' shares leave of the cluster's capacity; every queue is in
   it, so an idle group's GPUs are lent to the others;
-- one LocalQueue per ClusterQueue in the notebook namespace, named like it.
+- one LocalQueue per ClusterQueue in the notebook namespace, named like it; one ResourceFlavor
+  per GPU class, and one for CPU and memory.
 
 A group's quota is therefore enforced cluster-wide by Kueue, for batch jobs in its queue too.
 """
@@ -27,7 +27,6 @@ from typing import Any
 from .catalog import Catalog, GpuClass, Totals
 from .quantity import format_memory
 
-KUEUE_API = "kueue.x-k8s.io/v1beta2"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ADMISSION_GATE = "kueue.x-k8s.io/admission"
 EVERYONE = "everyone"
@@ -37,12 +36,12 @@ UNLIMITED_CPU = 100_000
 UNLIMITED_MEMORY = 1024**5  # 1 PiB
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A group name as part of a Kubernetes object name; a hash keeps altered names distinct."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].strip("-")
-    if slug != name:
-        slug = f"{slug or 'group'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
-    return slug
+    part = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].strip("-")
+    if part != name:
+        part = f"{part or 'group'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return part
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def queues(catalog: Catalog) -> list[Queue]:
         choice = policy.gpu_classes if policy is not None else []
         return frozenset(every if choice == "*" else choice)
 
-    named = [Queue(f"{cohort}-{_slug(group)}", group, totals, allowed(group))
+    named = [Queue(f"{cohort}-{slug(group)}", group, totals, allowed(group))
              for group, totals in catalog.quotas.groups.items()]
     return [*named, Queue(f"{cohort}-{EVERYONE}", None, None, frozenset(every))]
 
@@ -112,10 +111,6 @@ def _allows(choice: Any, gpu: GpuClass) -> bool:
     return choice == "*" or gpu.id in choice
 
 
-def flavor_name(catalog: Catalog, gpu: GpuClass | None) -> str:
-    return f"{catalog.queueing.cohort}-{gpu.id if gpu else 'cpu'}"
-
-
 @dataclass(frozen=True)
 class Shares:
     """What the ``kueue`` command needs beyond the catalog: the cluster's size."""
@@ -140,98 +135,6 @@ def capacity(catalog: Catalog, measured: Mapping[str, int] | None = None,
         gpus[gpu.id] = known
     q = catalog.queueing
     return Shares(gpus, q.cpu_capacity or UNLIMITED_CPU, q.memory_capacity or UNLIMITED_MEMORY)
-
-
-def _resource_groups(catalog: Catalog, amount: Any) -> list[dict[str, Any]]:
-    """Kueue resource groups: CPU and memory in one, each GPU resource name in its own, every
-    class of that resource a flavor. ``amount(gpu_or_None, resource)`` gives each quota."""
-    groups = [{
-        "coveredResources": ["cpu", "memory"],
-        "flavors": [{"name": flavor_name(catalog, None), "resources": [
-            {"name": r, **amount(None, r)} for r in ("cpu", "memory")]}],
-    }]
-    by_resource: dict[str, list[GpuClass]] = {}
-    for gpu in catalog.gpu_classes:
-        by_resource.setdefault(gpu.resource, []).append(gpu)
-    for resource, classes in by_resource.items():
-        groups.append({
-            "coveredResources": [resource],
-            "flavors": [{"name": flavor_name(catalog, g), "resources": [{"name": resource, **amount(g, resource)}]}
-                        for g in classes],
-        })
-    return groups
-
-
-def _quantity(resource: str, value: float) -> str | int:
-    if resource == "memory":
-        return format_memory(int(value))
-    if resource == "cpu":
-        return f"{value:g}"
-    return int(value)
-
-
-def kueue_objects(catalog: Catalog, namespace: str, shares: Shares) -> list[dict[str, Any]]:
-    """The Kueue objects that make the catalog's group quotas real (see the module's doc)."""
-    q = catalog.queueing
-    labels = {"app.kubernetes.io/managed-by": "dcloud"}
-    flavors: list[dict[str, Any]] = [{
-        "apiVersion": KUEUE_API, "kind": "ResourceFlavor",
-        "metadata": {"name": flavor_name(catalog, None), "labels": labels}, "spec": {},
-    }]
-    for gpu in catalog.gpu_classes:
-        spec: dict[str, Any] = {}
-        if gpu.node_selector:
-            spec["nodeLabels"] = dict(gpu.node_selector)
-        if gpu.tolerations:
-            spec["tolerations"] = [t.model_dump(exclude_none=True) for t in gpu.tolerations]
-        flavors.append({"apiVersion": KUEUE_API, "kind": "ResourceFlavor",
-                        "metadata": {"name": flavor_name(catalog, gpu), "labels": labels}, "spec": spec})
-
-    all_queues = queues(catalog)
-
-    def share(queue: Queue, gpu: GpuClass | None, resource: str) -> float | None:
-        if queue.quota is None:
-            return None
-        if gpu is not None:
-            return queue.gpu_share(gpu)
-        return queue.quota.max_cpu if resource == "cpu" else queue.quota.max_memory
-
-    def whole(gpu: GpuClass | None, resource: str) -> float:
-        if gpu is not None:
-            return shares.gpus[gpu.id]
-        return shares.cpu if resource == "cpu" else shares.memory
-
-    def pool(gpu: GpuClass | None, resource: str) -> dict[str, Any]:
-        given = sum(s for queue in all_queues if (s := share(queue, gpu, resource)) is not None)
-        return {"nominalQuota": _quantity(resource, max(0, whole(gpu, resource) - given))}
-
-    cohort = {"apiVersion": KUEUE_API, "kind": "Cohort", "metadata": {"name": q.cohort, "labels": labels},
-              "spec": {"resourceGroups": _resource_groups(catalog, pool)}}
-    objects: list[dict[str, Any]] = [*flavors, cohort]
-    for queue in all_queues:
-        def amount(gpu: GpuClass | None, resource: str, queue: Queue = queue) -> dict[str, Any]:
-            own = share(queue, gpu, resource)
-            if own is None:  # no quota: borrow freely from the cohort
-                return {"nominalQuota": _quantity(resource, 0)}
-            return {"nominalQuota": _quantity(resource, own), "borrowingLimit": _quantity(resource, 0)}
-
-        spec = {
-            "cohortName": q.cohort,
-            "namespaceSelector": {},  # batch jobs of the group's other namespaces share the quota
-            "queueingStrategy": q.strategy,
-            "resourceGroups": _resource_groups(catalog, amount),
-            "preemption": ({"reclaimWithinCohort": "Any", "withinClusterQueue": "Never",
-                            "borrowWithinCohort": {"policy": "Never"}} if q.preemption else
-                           {"reclaimWithinCohort": "Never", "withinClusterQueue": "Never",
-                            "borrowWithinCohort": {"policy": "Never"}}),
-        }
-        group_label = {"dcloud.io/group": _slug(queue.group or EVERYONE)}
-        objects.append({"apiVersion": KUEUE_API, "kind": "ClusterQueue",
-                        "metadata": {"name": queue.name, "labels": {**labels, **group_label}}, "spec": spec})
-        objects.append({"apiVersion": KUEUE_API, "kind": "LocalQueue",
-                        "metadata": {"name": queue.name, "namespace": namespace, "labels": labels},
-                        "spec": {"clusterQueue": queue.name}})
-    return objects
 
 
 def describe(catalog: Catalog, shares: Shares | None = None) -> list[str]:
@@ -268,64 +171,6 @@ def describe(catalog: Catalog, shares: Shares | None = None) -> list[str]:
                 lines.append(f"warning: the groups' shares of {gpu.id} add up to {given}, more than the "
                              f"{shares.gpus[gpu.id]} in the cluster; Kueue may admit servers no node can hold")
     return lines
-
-
-# -- reading Kueue's objects -------------------------------------------------------------
-
-def workload_class(catalog: Catalog, workload: Mapping[str, Any]) -> tuple[str | None, int]:
-    """The GPU class and GPU count a Workload asks for (None, 0 for a CPU workload).
-
-    An admitted workload names its flavor; a pending one is matched by resource name and
-    node selector (a batch job that only asks for the resource matches the one class of it).
-    """
-    spec = workload.get("spec") or {}
-    assigned: dict[str, str] = {}
-    for assignment in ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []:
-        assigned.update(assignment.get("flavors") or {})
-    by_flavor = {flavor_name(catalog, g): g for g in catalog.gpu_classes}
-    count_total = 0
-    found: str | None = None
-    for pod_set in spec.get("podSets") or []:
-        pod_spec = ((pod_set.get("template") or {}).get("spec")) or {}
-        count = int(pod_set.get("count") or 1)
-        for gpu_resource in {g.resource for g in catalog.gpu_classes}:
-            per_pod = _gpu_request(pod_spec, gpu_resource)
-            if not per_pod:
-                continue
-            gpu = by_flavor.get(assigned.get(gpu_resource, "")) or _match(catalog, gpu_resource, pod_spec)
-            if gpu is not None:
-                found = found or gpu.id
-                count_total += per_pod * count
-    return found, count_total
-
-
-def _gpu_request(pod_spec: Mapping[str, Any], resource: str) -> int:
-    total = 0
-    for container in pod_spec.get("containers") or []:
-        res = container.get("resources") or {}
-        value = (res.get("requests") or {}).get(resource) or (res.get("limits") or {}).get(resource)
-        if value is not None and str(value).isdigit():
-            total += int(value)
-    return total
-
-
-def _match(catalog: Catalog, resource: str, pod_spec: Mapping[str, Any]) -> GpuClass | None:
-    selector = pod_spec.get("nodeSelector") or {}
-    classes = [g for g in catalog.gpu_classes if g.resource == resource]
-    matching = [g for g in classes if g.node_selector and
-                all(selector.get(k) == v for k, v in g.node_selector.items())]
-    if len(matching) == 1:
-        return matching[0]
-    return classes[0] if len(classes) == 1 else None
-
-
-def admitted(workload: Mapping[str, Any]) -> bool:
-    return bool((workload.get("status") or {}).get("admission"))
-
-
-def finished(workload: Mapping[str, Any]) -> bool:
-    conditions = (workload.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Finished" and c.get("status") == "True" for c in conditions)
 
 
 def ordinal(n: int) -> str:

@@ -19,11 +19,11 @@ from kubernetes_asyncio.client import ApiException, CustomObjectsApi
 from kubespawner.clients import shared_client
 
 from ..core.catalog import Catalog
-from ..core.queueing import admitted, finished, workload_class
+from .kueue_objects import GROUP, VERSION, VISIBILITY_API, flavor_name
+from .workloads import admitted, finished, workload_class
 
 log = logging.getLogger("dcloud")
-GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
-VISIBILITY = "/apis/visibility.kueue.x-k8s.io/v1beta2"
+VISIBILITY = f"/apis/{VISIBILITY_API}"
 
 
 def _owner_pod(workload: dict[str, Any]) -> str | None:
@@ -116,7 +116,7 @@ class KueueView:
         return None
 
     def rows(self, catalog: Catalog) -> list[QueueRow]:
-        by_flavor = {f"{catalog.queueing.cohort}-{g.id}": g for g in catalog.gpu_classes}
+        by_flavor = {flavor_name(catalog, g): g for g in catalog.gpu_classes}
         rows = []
         for queue in sorted(self.cluster_queues, key=lambda q: q["metadata"]["name"]):
             status = queue.get("status") or {}

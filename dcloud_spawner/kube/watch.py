@@ -36,16 +36,9 @@ from kubespawner.clients import shared_client
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
-from ..core.availability import (
-    GpuAvailability,
-    LiveAvailability,
-    NodeFacts,
-    PodFacts,
-    add_held,
-    node_facts,
-    pod_facts,
-)
+from ..core.availability import GpuAvailability, LiveAvailability, NodeFacts, PodFacts, add_held
 from ..core.catalog import Catalog
+from .facts import node_facts, pod_facts
 
 log = logging.getLogger("dcloud")
 
