@@ -104,15 +104,22 @@ def settings_table() -> str:
     """The README's settings table, made from the traits' own ``help`` so it cannot drift."""
     from .hub.mixin import DCloudMixin
     from .kube import DCloudSpawner
+    from .kube.watch import LeanReflector
     from .local import DCloudLocalSpawner
 
+    sections = [
+        (spawner.__name__, {**DCloudMixin.class_own_traits(config=True), **spawner.class_own_traits(config=True)})
+        for spawner in (DCloudSpawner, DCloudLocalSpawner)
+    ]
+    # the hub-wide Node and Pod watches (c.LeanReflector.* reaches both); each sets its own field selector
+    watches = LeanReflector.class_own_traits(config=True)
+    sections.append((LeanReflector.__name__, {k: v for k, v in watches.items() if k != "field_selector"}))
     rows = ["| setting | default | what it does |", "| --- | --- | --- |"]
-    for spawner in (DCloudSpawner, DCloudLocalSpawner):
-        traits = {**DCloudMixin.class_own_traits(config=True), **spawner.class_own_traits(config=True)}
+    for section, traits in sections:
         for name, trait in sorted(traits.items()):
             text = " ".join((trait.help or "").split()).replace("|", "\\|")
             shown = trait.default_value_repr().strip("'")
-            rows.append(f"| `{spawner.__name__}.{name}` | `{shown}` | {text} |")
+            rows.append(f"| `{section}.{name}` | `{shown}` | {text} |")
     return "\n".join(rows) + "\n"
 
 
