@@ -73,7 +73,7 @@ def kueue_objects(catalog: Catalog, namespace: str, shares: Shares) -> list[dict
         if gpu.node_selector:
             spec["nodeLabels"] = dict(gpu.node_selector)
         if gpu.tolerations:
-            spec["tolerations"] = [t.model_dump(exclude_none=True) for t in gpu.tolerations]
+            spec["tolerations"] = [t.manifest() for t in gpu.tolerations]
         flavors.append({"apiVersion": KUEUE_API, "kind": "ResourceFlavor",
                         "metadata": {"name": flavor_name(catalog, gpu), "labels": labels}, "spec": spec})
 
