@@ -3,6 +3,9 @@
 Two mechanisms, tried in order: a cgroup v2 child group the hub can manage itself, or a
 transient systemd scope (``systemd-run --scope``). Where neither works, nothing is
 enforced and ``reason`` says so in words the form and log can show.
+
+``prepare``, ``kill`` and ``cleanup`` write to the cgroup file system (a write can wait on the
+kernel's cgroup lock): the spawner calls them in a worker thread, off the hub's event loop.
 """
 
 from __future__ import annotations

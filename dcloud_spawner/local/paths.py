@@ -4,6 +4,9 @@ The server's user may replace anything in its working directory with a symbolic 
 moment (in its home directory it owns the folder). So the hub, often root, never resolves a
 path there by name: it opens each level with ``O_NOFOLLOW`` relative to the level above
 and acts on the open directory, so a link is seen as a link, never as its target.
+
+Walking or removing a tree (an overlay of up to 2 GiB is tens of thousands of files) blocks for
+as long as it takes: the hub calls these in a worker thread, never on its event loop.
 """
 
 from __future__ import annotations
