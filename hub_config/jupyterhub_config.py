@@ -7,7 +7,8 @@ Environment variables choose the parts:
 - DCLOUD_BACKEND   ``local`` (default: servers are local processes) or ``kube`` (pods,
                    with the hub's kubeconfig or in-cluster credentials)
 - DCLOUD_CATALOG   catalog path (default: catalog.yaml beside this file)
-- DCLOUD_AUTH      ``dummy`` (default: any listed user, password DCLOUD_PASSWORD) or
+- DCLOUD_AUTH      ``shared-password`` (default: the listed users, password DCLOUD_PASSWORD;
+                   ``admin`` with DCLOUD_ADMIN_PASSWORD, 32 characters or more) or
                    ``oidc`` (Keycloak or any OpenID Connect provider with a groups claim)
 
 For the Zero to JupyterHub chart, helm-values/values.yaml carries the same settings.
@@ -35,13 +36,9 @@ else:
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 3
 
-# GPU allocations by class, user and group for hub admins: /hub/dcloud/allocations
-from dcloud_spawner.hub.admin import handlers  # noqa: E402
-
-c.JupyterHub.extra_handlers = handlers()
-
 # -- who logs in, and their groups ---------------------------------------------------
-if os.environ.get("DCLOUD_AUTH", "dummy") == "oidc":
+oidc = os.environ.get("DCLOUD_AUTH", "shared-password") == "oidc"
+if oidc:
     # Keycloak realm "lab"; the client maps group membership into a "groups" claim.
     issuer = os.environ.get("OIDC_ISSUER", "https://keycloak.example.org/realms/lab")
     # GenericOAuthenticator with a readable page when the provider is down and no error
@@ -64,8 +61,11 @@ if os.environ.get("DCLOUD_AUTH", "dummy") == "oidc":
     c.GenericOAuthenticator.allow_all = True
     c.GenericOAuthenticator.admin_groups = {"dcloud-admins"}
 else:
-    c.JupyterHub.authenticator_class = "dummy"
-    c.DummyAuthenticator.password = os.environ.get("DCLOUD_PASSWORD", "change-me")
+    # One password for the listed users; the admin has one of its own (JupyterHub keeps them apart).
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = os.environ.get("DCLOUD_PASSWORD", "change-me")
+    if os.environ.get("DCLOUD_ADMIN_PASSWORD"):
+        c.SharedPasswordAuthenticator.admin_password = os.environ["DCLOUD_ADMIN_PASSWORD"]
     c.Authenticator.allowed_users = {"student", "researcher", "guest", "admin"}
     c.Authenticator.admin_users = {"admin"}
     c.JupyterHub.load_groups = {
@@ -73,6 +73,14 @@ else:
         "researchers": {"users": ["researcher"]},
         "medical": {"users": ["researcher"]},
     }
+
+# -- DCloud's admin pages: GPU allocations by class, user and group, at /services/dcloud/allocations
+# A JupyterHub service whose server runs in this hub process (it reads the hub's live state); the
+# hub logs browsers in to it and lets in holders of custom:dcloud-admin:read (docs/admin-service.md).
+from dcloud_spawner.hub.service import admin_role, admin_service  # noqa: E402
+
+admin_service(c)
+c.JupyterHub.load_roles.append(admin_role(groups=["dcloud-admins"]) if oidc else admin_role(users=["admin"]))
 
 # -- idle culling: GPUs come back --------------------------------------------------
 # jupyterhub-idle-culler runs as a hub-managed service with idle_culler_config.py

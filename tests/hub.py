@@ -29,6 +29,7 @@ class DemoHub:
     password: str
     state: Path
     process: subprocess.Popen
+    admin_password: str = ""  # the hub admin's, where the hub keeps it apart (SharedPasswordAuthenticator)
 
     def api(self, method: str, path: str, body: object | None = None) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else None
@@ -95,11 +96,15 @@ def start_demo_hub(state: Path, simulate_gpus: str = "") -> DemoHub:
     port = free_port()
     token = secrets.token_hex(16)
     password = secrets.token_hex(8)
-    env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
+    admin_password = secrets.token_hex(16)
+    env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token,
+           "DCLOUD_DEMO_ADMIN_PASSWORD": admin_password}
     argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port), f"--password={password}"]
     if simulate_gpus:
         argv += ["--simulate-gpus", simulate_gpus]
-    return launch_hub(argv, state, env, token, password, port)
+    hub = launch_hub(argv, state, env, token, password, port)
+    hub.admin_password = admin_password
+    return hub
 
 
 def launch_hub(argv: list[str], state: Path, env: dict[str, str], token: str, password: str,

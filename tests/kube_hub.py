@@ -26,8 +26,8 @@ c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{{settings['proxy_port']}}"
 c.ConfigurableHTTPProxy.command = settings["proxy"]
 c.JupyterHub.db_url = "sqlite:///" + settings["state"] + "/hub.sqlite"
 c.JupyterHub.cookie_secret_file = settings["state"] + "/cookie_secret"
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = settings["password"]
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = settings["password"]
 c.Authenticator.allowed_users = set(settings["users"]) | {{"admin"}}
 c.Authenticator.admin_users = {{"admin"}}
 groups = {{}}
@@ -36,12 +36,13 @@ for user, user_groups in settings["users"].items():
         groups.setdefault(group, {{"users": []}})["users"].append(user)
 c.JupyterHub.load_groups = groups
 c.JupyterHub.allow_named_servers = True
+from dcloud_spawner.hub.service import ADMIN_SCOPE, admin_role, admin_service
 c.JupyterHub.services = [{{"name": "tests", "api_token": settings["token"]}}]
 c.JupyterHub.load_roles = [{{"name": "tests", "services": ["tests"],
                              "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "tokens",
-                                        "servers", "access:servers", "read:metrics"]}}]
-from dcloud_spawner.hub.admin import handlers
-c.JupyterHub.extra_handlers = handlers()
+                                        "servers", "access:servers", "read:metrics", ADMIN_SCOPE]}}]
+admin_service(c)
+c.JupyterHub.load_roles.append(admin_role(users=["admin"]))
 c.JupyterHub.spawner_class = "dcloud"
 c.DCloudSpawner.namespace = settings["namespace"]
 for name, value in settings["spawner"].items():

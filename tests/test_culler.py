@@ -206,8 +206,8 @@ def test_hub_config_adds_to_services_and_roles_already_configured(monkeypatch):
     c.JupyterHub.services = [{"name": "other", "url": "http://127.0.0.1:10101"}]
     c.JupyterHub.load_roles = [{"name": "other", "scopes": ["read:users"], "services": ["other"]}]
     services, roles = hub_services_and_roles(load_hub_config(monkeypatch, c))
-    assert [s["name"] for s in services] == ["other", "dcloud-idle-culler"]
-    assert [r["name"] for r in roles] == ["other", "dcloud-idle-culler"]
+    assert [s["name"] for s in services] == ["other", "dcloud", "dcloud-idle-culler"]
+    assert [r["name"] for r in roles] == ["other", "dcloud-admin", "dcloud-idle-culler"]
 
 
 def test_culler_scopes_are_jupyterhub_scopes():

@@ -194,7 +194,7 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
 
     # the admin page and the metrics show the same numbers; non-admins are refused
     admin = user_token(quota_hub, "admin")
-    status, body = quota_hub.get("/hub/dcloud/allocations.json", admin)
+    status, body = quota_hub.get("/services/dcloud/allocations.json", admin)
     assert status == 200
     import json
 
@@ -203,19 +203,20 @@ def test_twenty_concurrent_spawns_against_a_group_quota_of_four(quota_hub, kube_
     assert page["catalog_error"] is None
     assert sorted(s["user"] for s in page["servers"]) == sorted(
         f"stu{i:02d}" for i, r in enumerate(results) if r[0] in (201, 202))
-    status, html = quota_hub.get("/hub/dcloud/allocations", admin)
+    status, html = quota_hub.get("/services/dcloud/allocations", admin)
     assert status == 200 and b"GPU allocations" in html and b"<svg" in html
     assert re.search(rb'data-class="t4"><td>NVIDIA T4 16GB</td><td>4</td>', html)
     status, metrics = quota_hub.get("/hub/metrics", admin)
     assert status == 200
     assert re.search(rb'^dcloud_gpus_allocated\{gpu_class="t4"\} 4\.0$', metrics, re.M), metrics[-2000:]
     assert re.search(rb'^dcloud_spawns_refused_total\{reason="quota"\} 16\.0$', metrics, re.M)
-    status, _ = quota_hub.get("/hub/dcloud/allocations", user_token(quota_hub, "stu00"))
+    status, _ = quota_hub.get("/services/dcloud/allocations", user_token(quota_hub, "stu00"))
     assert status == 403
-    # the page is guarded by a scope, not by the admin flag: a token holding read:servers
-    # for all servers may read it, an admin's token without that scope may not
-    status, body = quota_hub.get("/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:servers"]))
+    # the page is guarded by a scope, not by the admin flag: a token holding
+    # custom:dcloud-admin:read may read it, an admin's token without that scope may not
+    status, body = quota_hub.get("/services/dcloud/allocations.json",
+                                 user_token(quota_hub, "admin", ["custom:dcloud-admin:read"]))
     assert status == 200 and json.loads(body)["by_class"]["t4"] == 4
-    status, body = quota_hub.get("/hub/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:users"]))
+    status, body = quota_hub.get("/services/dcloud/allocations.json", user_token(quota_hub, "admin", ["read:servers"]))
     assert status == 403  # as JSON, like JupyterHub's REST API (issue 11 item 9)
-    assert json.loads(body)["status"] == 403 and "read:servers" in json.loads(body)["message"]
+    assert json.loads(body)["status"] == 403 and "custom:dcloud-admin:read" in json.loads(body)["message"]

@@ -119,7 +119,7 @@ def test_rest_spawn_creates_a_pod_on_a_kwok_node(kube_cluster, release):
 
 def test_admin_page_and_metrics_answer(release):
     hub = release.hub
-    status, body = hub.get("/hub/dcloud/allocations.json")
+    status, body = hub.get("/services/dcloud/allocations.json")
     assert status == 200, body
     assert "catalog_error" in json.loads(body)
     status, body = hub.get("/hub/metrics")

@@ -53,11 +53,33 @@ def test_demo_groups_match_the_catalog(monkeypatch, catalog):
     assert set(c.JupyterHub.load_groups) == set(catalog.policies.groups)
 
 
-def test_admin_page_is_mounted(monkeypatch):
-    from dcloud_spawner.hub.admin import AllocationsHandler
+@pytest.mark.parametrize("auth, holders", [("shared-password", {"users": ["admin"], "groups": []}),
+                                           ("oidc", {"users": [], "groups": ["dcloud-admins"]})])
+def test_admin_pages_are_a_service_guarded_by_a_custom_scope(monkeypatch, auth, holders):
+    from jupyterhub.app import JupyterHub
 
-    c = load(monkeypatch)
-    assert (r"/dcloud/allocations(\.json)?", AllocationsHandler) in c.JupyterHub.extra_handlers
+    from dcloud_spawner.hub.service import ADMIN_SCOPE
+
+    hub = JupyterHub(config=load(monkeypatch, DCLOUD_AUTH=auth))
+    assert not hub.extra_handlers  # deprecated since JupyterHub 3.1
+    (service,) = [s for s in hub.services if s["name"] == "dcloud"]
+    assert service["url"].startswith("http://127.0.0.1:") and service["api_token"]
+    assert service["oauth_client_allowed_scopes"] == [ADMIN_SCOPE]
+    assert service["display"] is True and service["oauth_no_confirm"] is True
+    assert ADMIN_SCOPE in hub.custom_scopes
+    (role,) = [r for r in hub.load_roles if r["name"] == "dcloud-admin"]
+    assert set(role["scopes"]) == {ADMIN_SCOPE, "access:services!service=dcloud"}
+    assert {"users": role["users"], "groups": role["groups"]} == holders
+    if auth == "oidc":
+        assert set(role["groups"]) == set(hub.config.GenericOAuthenticator.admin_groups)
+
+
+def test_example_logs_in_with_shared_passwords(monkeypatch):
+    c = load(monkeypatch, DCLOUD_PASSWORD="students-pw", DCLOUD_ADMIN_PASSWORD="a" * 32)
+    assert c.JupyterHub.authenticator_class == "shared-password"
+    assert "DummyAuthenticator" not in c
+    assert c.SharedPasswordAuthenticator.user_password == "students-pw"
+    assert c.SharedPasswordAuthenticator.admin_password == "a" * 32
 
 
 def test_oidc_example_logs_in_as_the_helm_values_do(monkeypatch):

@@ -9,22 +9,18 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
-from jinja2 import DictLoader, Environment
-from jupyterhub.scopes import parse_scopes
+from jupyterhub.services.auth import HubOAuth
 from kubespawner import KubeSpawner
 from tornado import web
-from tornado.concurrent import Future
-from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from traitlets.config import Config
 
 from dcloud_spawner.core.catalog import CatalogError
-from dcloud_spawner.hub.admin import AllocationsHandler
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
+from dcloud_spawner.hub.service import ADMIN_SCOPE, AdminServer
 from dcloud_spawner.hub.state import hub_state
 from dcloud_spawner.kube import DCloudSpawner
 from tests.conftest import EXAMPLE_CATALOG
@@ -300,7 +296,7 @@ def test_a_real_hub_keeps_serving_the_last_valid_catalog(tmp_path):
     hub = start_kube_hub(tmp_path / "hub", cluster, catalog=path)
 
     def admin_json() -> dict:
-        request = urllib.request.Request(f"{hub.url}/hub/dcloud/allocations.json",
+        request = urllib.request.Request(f"{hub.url}/services/dcloud/allocations.json",
                                          headers={"Authorization": f"token {hub.token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
@@ -358,93 +354,86 @@ async def test_a_catalog_removed_mid_save_keeps_the_last_valid_one(tmp_path):
 # -- the allocations page and its JSON -------------------------------------------------------
 
 
-class Connection:
-    """Collects what a tornado handler sends."""
+class ScopedHubOAuth(HubOAuth):
+    """The service's OAuth client, with the hub's answer about the requester given."""
 
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: HTTPHeaders | None = None
-        self.body = b""
+    model: dict | None = None
 
-    def set_close_callback(self, callback) -> None:
-        pass
+    def get_user(self, handler, *, sync=True):
+        async def user():
+            return self.model
 
-    def _done(self) -> Future:
-        future: Future = Future()
-        future.set_result(None)
-        return future
-
-    def write_headers(self, start_line, headers, chunk=None) -> Future:
-        self.status, self.headers = start_line.code, headers
-        self.body += chunk or b""
-        return self._done()
-
-    def write(self, chunk) -> Future:
-        self.body += chunk
-        return self._done()
-
-    def finish(self) -> None:
-        pass
+        return user()
 
 
-class PageHandler(AllocationsHandler):
-    template_namespace: dict = {}  # JupyterHub's page variables; its page.html is a stub here
+class Answer:
+    def __init__(self, status: int, headers, body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
 
 
-async def allocations(path: str, scopes: set[str] | None) -> Connection:
-    """GET ``path`` from the allocations handler as a user holding ``scopes`` (None: no login)."""
-    connection = Connection()
-    request = HTTPServerRequest(start_line=RequestStartLine("GET", path, "HTTP/1.1"),
-                                headers=HTTPHeaders({"Host": "hub"}), connection=connection)
-    jinja = Environment(loader=DictLoader({"page.html": "{% block main %}{% endblock %}"}), enable_async=True)
-    app = web.Application(hub=offline_hub(), login_url="/hub/login", db=SimpleNamespace(dirty=False),
-                          jinja2_env=jinja, cookie_secret="test")
-    handler = PageHandler(app, request)
-    handler._transforms = []
-    handler._jupyterhub_user = None if scopes is None else SimpleNamespace(name="admin")
-    handler.expanded_scopes = scopes or set()
-    handler.parsed_scopes = parse_scopes(scopes or set())
+async def allocations(path: str, scopes: set[str] | None) -> Answer:
+    """GET ``path`` from DCloud's service as a user holding ``scopes`` (None: no login)."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+    server = _service_server()
+    server.hub_auth.model = None if scopes is None else {"name": "admin", "kind": "user", "scopes": sorted(scopes)}
     try:
-        await handler.get(".json" if path.endswith(".json") else "")
-    except web.HTTPError as exc:
-        handler.send_error(exc.status_code, exc_info=sys.exc_info())
-    else:
-        if not handler._finished:
-            handler.finish()
-    return connection
+        response = await AsyncHTTPClient().fetch(server.url + path, follow_redirects=False)
+    except HTTPClientError as exc:
+        response = exc.response
+    return Answer(response.code, response.headers, response.body)
+
+
+_server: list = []
+
+
+def _service_server():
+    if not _server:
+        server = AdminServer("dcloud", {"name": "dcloud", "url": "http://127.0.0.1:0", "api_token": "t"})
+        server.listen("http://127.0.0.1:0")
+        server.hub_auth = ScopedHubOAuth(api_token="t", oauth_client_id="service-dcloud",
+                                         base_url="/services/dcloud/", hub_prefix="/hub/",
+                                         api_url="http://127.0.0.1:9/hub/api")
+        _server.append(server)
+    return _server[0]
 
 
 async def test_allocations_json_answers_errors_as_json():
-    answer = await allocations("/hub/dcloud/allocations.json", None)
+    answer = await allocations("/services/dcloud/allocations.json", None)
     assert answer.status == 403 and answer.headers["Content-Type"] == "application/json"
     assert json.loads(answer.body) == {"status": 403, "message": "Missing or invalid credentials."}
 
-    answer = await allocations("/hub/dcloud/allocations.json", {"read:users"})
+    # hub admins hold read:servers, but the page asks for its own scope
+    answer = await allocations("/services/dcloud/allocations.json", {"read:servers", "admin:users"})
     assert answer.status == 403
-    assert "read:servers" in json.loads(answer.body)["message"]
+    assert json.loads(answer.body) == {
+        "status": 403, "message": "The user admin does not hold the scope custom:dcloud-admin:read."}
 
-    answer = await allocations("/hub/dcloud/allocations.json", {"read:servers"})
+    answer = await allocations("/services/dcloud/allocations.json", {ADMIN_SCOPE})
     assert answer.status == 503
     assert json.loads(answer.body) == {"status": 503, "message": "No DCloud spawner has started in this hub yet."}
 
-    answer = await allocations("/hub/dcloud/allocations", None)  # a browser: the login page first
-    assert answer.status == 302 and answer.headers["Location"].startswith("/hub/login")
+    # a browser: the hub's OAuth (and its login page) first, then back here
+    answer = await allocations("/services/dcloud/allocations", None)
+    assert answer.status == 302
+    assert answer.headers["Location"].startswith("/hub/api/oauth2/authorize?client_id=service-dcloud")
+    assert "redirect_uri=%2Fservices%2Fdcloud%2Foauth_callback" in answer.headers["Location"]
 
 
 async def test_allocations_say_what_is_wrong_with_the_catalog(tmp_path):
     path = tmp_path / "catalog.yaml"
     edit(path, EXAMPLE_CATALOG.read_text())
     spawner_from_db(OrmSpawner(), catalog=path).catalog  # noqa: B018 - a spawner has started
-    answer = await allocations("/hub/dcloud/allocations.json", {"read:servers"})
+    answer = await allocations("/services/dcloud/allocations.json", {ADMIN_SCOPE})
     assert answer.status == 200 and json.loads(answer.body)["catalog_error"] is None
 
     edit(path, "environments: [unclosed\n")
-    answer = await allocations("/hub/dcloud/allocations.json", {"read:servers"})
+    answer = await allocations("/services/dcloud/allocations.json", {ADMIN_SCOPE})
     assert answer.status == 200
     payload = json.loads(answer.body)
     assert "not valid YAML (line 2)" in payload["catalog_error"]
     assert set(payload["by_class"]) == {"a100", "t4", "a100-mig-1g"}  # the last valid catalog's
-    answer = await allocations("/hub/dcloud/allocations", {"read:servers"})
+    answer = await allocations("/services/dcloud/allocations", {ADMIN_SCOPE})
     assert answer.status == 200
     assert b'id="dcloud-catalog-error"' in answer.body and b"last valid version" in answer.body
     assert str(path).encode() in answer.body

@@ -89,7 +89,7 @@ def test_a_hub_killed_and_restarted_keeps_its_servers_and_counts_them_once(kube_
             assert status_through_proxy(hub, "/user/rita/one/api/status") == 200
 
             # the ledger, through the admin page's JSON: each server counted once
-            request = urllib.request.Request(f"{hub.url}/hub/dcloud/allocations.json",
+            request = urllib.request.Request(f"{hub.url}/services/dcloud/allocations.json",
                                              headers={"Authorization": f"token {hub.token}"})
             with urllib.request.urlopen(request, timeout=20) as response:
                 page = json.loads(response.read())

@@ -33,7 +33,7 @@ def alive(pid: int) -> bool:
 
 
 def allocations(hub: DemoHub) -> dict:
-    status, body = hub.get("/hub/dcloud/allocations.json")
+    status, body = hub.get("/services/dcloud/allocations.json")
     assert status == 200, body
     return json.loads(body)
 

@@ -1,7 +1,8 @@
 """``dcloud demo``: JupyterHub on this machine with the example catalog and the local backend.
 
 Demo users: ``student`` (group students), ``researcher`` (groups researchers and medical),
-``guest`` (no group) and ``admin`` (hub admin, no group); one shared password.
+``guest`` (no group), who share one password, and ``admin`` (hub admin, no group), who logs
+in with the admin password (JupyterHub's SharedPasswordAuthenticator keeps the two apart).
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from ..core.catalog import Catalog, CatalogError
+from ..hub.service import ADMIN_SCOPE, SERVICE_NAME, admin_role, admin_service
 
 # The example catalog ships inside the package, so `dcloud demo` works outside a checkout
 # (hub_config/catalog.yaml in the repository is a link to this file).
 DEMO_CATALOG = Path(__file__).with_name("catalog.yaml")
 USERS = {"student": ["students"], "researcher": ["researchers", "medical"], "guest": [], "admin": []}
+# SharedPasswordAuthenticator's minimum lengths for user_password and admin_password
+MIN_PASSWORD = 8
+MIN_ADMIN_PASSWORD = 32
 
 
 def _free_port() -> int:
@@ -103,7 +108,7 @@ def sample_datasets(state: Path, catalog: Catalog) -> dict[str, str]:
 
 
 def demo_settings(port: int, password: str, catalog_path: Path, state: Path,
-                  simulated_gpus: list[str] | None = None) -> dict[str, Any]:
+                  simulated_gpus: list[str] | None = None, admin_password: str = "") -> dict[str, Any]:
     """Everything the demo's jupyterhub_config.py applies, as plain data."""
     catalog = Catalog.from_path(catalog_path)
     ports = internal_ports(state)
@@ -116,6 +121,7 @@ def demo_settings(port: int, password: str, catalog_path: Path, state: Path,
         "api_token": os.environ.get("DCLOUD_DEMO_API_TOKEN") or None,
         "port": port,
         "password": password,
+        "admin_password": admin_password,
         "catalog": str(catalog_path),
         "state": str(state),
         "hub_port": ports["hub"],
@@ -139,8 +145,10 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.cleanup_servers = True
 
-    c.JupyterHub.authenticator_class = "dummy"
-    c.DummyAuthenticator.password = settings["password"]
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = settings["password"]
+    if settings.get("admin_password"):
+        c.SharedPasswordAuthenticator.admin_password = settings["admin_password"]
     c.Authenticator.allowed_users = set(settings["users"])
     c.Authenticator.admin_users = {"admin"}
     groups: dict[str, dict[str, list[str]]] = {}
@@ -149,9 +157,10 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
             groups.setdefault(group, {"users": []})["users"].append(user)
     c.JupyterHub.load_groups = groups
 
-    from ..hub.admin import handlers
-
-    c.JupyterHub.extra_handlers = handlers()  # /hub/dcloud/allocations for admins
+    # DCloud's admin pages, /services/dcloud/allocations, as a JupyterHub service in this process
+    c.JupyterHub.services = []
+    c.JupyterHub.load_roles = [admin_role(users=["admin"])]
+    admin_service(c)
     c.JupyterHub.spawner_class = "dcloud-local"
     c.DCloudLocalSpawner.catalog_path = settings["catalog"]
     c.DCloudLocalSpawner.server_root = str(state / "servers")
@@ -160,13 +169,14 @@ def apply_demo_config(c: Any, settings: dict[str, Any]) -> None:
     if settings.get("local_gpus"):
         c.DCloudLocalSpawner.local_gpus = settings["local_gpus"]
     if settings.get("api_token"):
-        c.JupyterHub.services = [{"name": "dcloud-automation", "api_token": settings["api_token"]}]
-        c.JupyterHub.load_roles = [{
+        c.JupyterHub.services.append({"name": "dcloud-automation", "api_token": settings["api_token"]})
+        c.JupyterHub.load_roles.append({
             "name": "dcloud-automation",
             "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens", "list:users",
-                       "read:users", "servers", "access:servers"],
+                       "read:users", "servers", "access:servers", ADMIN_SCOPE,
+                       f"access:services!service={SERVICE_NAME}"],
             "services": ["dcloud-automation"],
-        }]
+        })
     c.DCloudLocalSpawner.package_install_timeout = 100  # below start_timeout: pip's refusal comes first
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 90
@@ -197,13 +207,27 @@ def run_demo(port: int = 8000, password: str | None = None, catalog: str | None 
     state.mkdir(parents=True, exist_ok=True)
     generated = password is None
     password = password or secrets.token_urlsafe(9)
-    settings = demo_settings(port, password, catalog_path.resolve(), state, simulated_gpus)
+    if len(password) < MIN_PASSWORD:
+        print(f"error: the password must be at least {MIN_PASSWORD} characters (JupyterHub's "
+              "SharedPasswordAuthenticator asks that much)", file=sys.stderr)
+        return 1
+    admin_password = os.environ.get("DCLOUD_DEMO_ADMIN_PASSWORD") or secrets.token_urlsafe(24)
+    if len(admin_password) < MIN_ADMIN_PASSWORD or admin_password == password:
+        print(f"error: DCLOUD_DEMO_ADMIN_PASSWORD must be at least {MIN_ADMIN_PASSWORD} characters "
+              "and differ from the users' password", file=sys.stderr)
+        return 1
+    settings = demo_settings(port, password, catalog_path.resolve(), state, simulated_gpus, admin_password)
     config_file = state / "jupyterhub_config.py"
     config_file.write_text(CONFIG_TEMPLATE.format(settings=json.dumps(settings)))
 
     print(f"DCloud demo: http://127.0.0.1:{port}/")
-    print(f"  users: {', '.join(USERS)}  password: {password}"
+    users = [name for name in USERS if name != "admin"]
+    print(f"  users: {', '.join(users)}  password: {password}"
           + ("  (random; choose one with --password)" if generated else ""))
+    chosen = "DCLOUD_DEMO_ADMIN_PASSWORD" in os.environ
+    print(f"  admin: admin  password: {admin_password}"
+          + ("" if chosen else "  (random; choose one with DCLOUD_DEMO_ADMIN_PASSWORD)"))
+    print(f"  admin pages: http://127.0.0.1:{port}/services/{SERVICE_NAME}/allocations")
     print(f"  catalog: {catalog_path}  state: {state}")
     if simulated_gpus:
         print(f"  simulated GPUs (no real device behind them): {', '.join(simulated_gpus)}")

@@ -1,15 +1,16 @@
 """The admin page: current GPU allocations by class, user and group, with a chart.
 
-Served by the hub at /hub/dcloud/allocations (HTML) and /hub/dcloud/allocations.json to
-whoever holds the ``read:servers`` scope for all servers (hub admins, or an API token or
-service given that scope); everyone else gets 403. Enable it in jupyterhub_config.py::
+Served by DCloud's JupyterHub service (hub/service.py) at /services/dcloud/allocations (HTML)
+and /services/dcloud/allocations.json to holders of the ``custom:dcloud-admin:read`` scope
+(the ``dcloud-admin`` role, or an API token given that scope); everyone else gets 403.
+Enable it in jupyterhub_config.py::
 
-    from dcloud_spawner.hub.admin import handlers
-    c.JupyterHub.extra_handlers = handlers()
+    from dcloud_spawner.hub.service import admin_role, admin_service
+    admin_service(c)
+    c.JupyterHub.load_roles.append(admin_role(users=["admin"]))
 
-(JupyterHub 3.1+ logs that extra_handlers is deprecated in favour of services; a service
-runs in another process and could not read the hub's allocation ledger, so DCloud keeps
-the page in the hub, next to /hub/metrics, whose numbers it matches.)
+The service's server runs inside the hub process, so the page reads the hub's live state
+(the allocation ledger, live availability, the Kueue view); docs/admin-service.md says why.
 """
 
 from __future__ import annotations
@@ -18,34 +19,19 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from jupyterhub.apihandlers.base import APIHandler
-from jupyterhub.handlers.base import BaseHandler
-from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from ..core.quantity import format_memory
 from .form import templates
 from .metrics import Allocations, allocations
+from .service import ServicePage
 from .state import hub_state
 
 
-class AllocationsHandler(BaseHandler):
-    """Who holds which GPUs, for holders of the unfiltered ``read:servers`` scope."""
+class AllocationsPage(ServicePage):
+    """Who holds which GPUs, for holders of ``custom:dcloud-admin:read``."""
 
-    # read-only page and JSON: an API token with the scope works as well as the login cookie
-    _accept_token_auth = True
-
-    async def get(self, fmt: str = "") -> None:
-        # an API client asking for JSON gets a JSON 403 rather than the login page
-        if fmt == ".json" or self._logged_in():
-            await self._show(fmt)
-
-    @web.authenticated  # a browser without a login goes to the login page first (None)
-    def _logged_in(self) -> bool:
-        return True
-
-    @needs_scope("read:servers")
-    async def _show(self, fmt: str) -> None:
+    async def get(self, fmt: str | None = None) -> None:
         state = hub_state()
         if state.live is not None:
             await state.live.refresh()
@@ -61,16 +47,10 @@ class AllocationsHandler(BaseHandler):
             self.set_header("Content-Type", "application/json")
             self.write(json.dumps({**json_payload(current, catalog_error), "queues": queues}, sort_keys=True))
             return
-        self.write(await self._page(catalog, current, catalog_error, queues))
+        self.write(self._page(catalog, current, catalog_error, queues))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if self.request.path.endswith(".json"):  # errors as JupyterHub's REST API words them
-            APIHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
-        else:
-            super().write_error(status_code, **kwargs)
-
-    async def _page(self, catalog: Any, current: Allocations, catalog_error: str | None,
-                    queues: list[dict[str, Any]] | None) -> str:
+    def _page(self, catalog: Any, current: Allocations, catalog_error: str | None,
+              queues: list[dict[str, Any]] | None) -> str:
         live = current.availability or {}
         scale = max([live[g.id].total for g in catalog.gpu_classes if g.id in live] +
                     [current.by_class.get(g.id, 0) for g in catalog.gpu_classes] + [1])
@@ -93,12 +73,9 @@ class AllocationsHandler(BaseHandler):
             return [(name, {**t, "cpu": f"{t['cpu']:g}", "memory": format_memory(int(t["memory"]))})
                     for name, t in sorted(totals.items())]
 
-        # the hub's own page layout around DCloud's table (its jinja environment has page.html)
-        source = templates.loader.get_source(templates, "allocations.html")[0]  # type: ignore[union-attr]
-        template = self.settings["jinja2_env"].from_string(source)
-        ns = {**self.template_namespace, "xsrf_token": self.xsrf_token.decode("ascii")}
-        return await template.render_async(
-            **ns, classes=rows, users=readable(current.by_user), groups=readable(current.by_group),
+        return templates.get_template("allocations.html").render(
+            user=self.current_user["name"], hub_prefix=self.hub_prefix(), prefix=self.hub_auth.base_url,
+            classes=rows, users=readable(current.by_user), groups=readable(current.by_group),
             queues=queues, gpu_ids=[g.id for g in catalog.gpu_classes],
             catalog_error=catalog_error and CATALOG_WARNING.format(path=hub_state().catalog_path, error=catalog_error),
             unavailable=None if current.availability is not None
@@ -117,7 +94,3 @@ def json_payload(current: Allocations, catalog_error: str | None) -> dict[str, A
     payload["catalog_error"] = catalog_error
     return payload
 
-
-def handlers() -> list[tuple[str, type]]:
-    """Tornado routes for ``c.JupyterHub.extra_handlers`` (mounted under /hub/)."""
-    return [(r"/dcloud/allocations(\.json)?", AllocationsHandler)]

@@ -70,6 +70,6 @@ def shot(page, name: str) -> None:
 def login(page, hub, user: str) -> None:
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", user)
-    page.fill("#password_input", hub.password)
+    page.fill("#password_input", hub.admin_password if user == "admin" and hub.admin_password else hub.password)
     page.click("#login_submit")
     page.wait_for_url("**/hub/**")
