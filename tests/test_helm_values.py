@@ -341,6 +341,33 @@ def test_culler_service_gets_its_token_and_exactly_its_scopes(hub_config, render
     assert role["services"] == [CULLER]
 
 
+def test_admin_service_gets_its_token_its_scope_and_the_admins(hub_config, rendered):
+    from dcloud_spawner.hub.service import ADMIN_SCOPE
+
+    hub = hub_config["JupyterHub"]
+    assert "extra_handlers" not in hub  # deprecated since JupyterHub 3.1
+    (service,) = [s for s in hub["services"] if s["name"] == "dcloud"]
+    assert service["api_token"] == secret_files(rendered)["hub.services.dcloud.apiToken"]
+    assert service["url"] == "http://hub:10101"
+    assert service["oauth_client_allowed_scopes"] == [ADMIN_SCOPE]
+    assert ADMIN_SCOPE in hub["custom_scopes"]
+    (role,) = [r for r in hub["load_roles"] if r["name"] == "dcloud-admin"]
+    assert set(role["scopes"]) == {ADMIN_SCOPE, "access:services!service=dcloud"}
+    assert role["groups"] == hub_config["GenericOAuthenticator"]["admin_groups"]
+
+
+def test_the_proxy_reaches_the_admin_service_through_the_hub_service(rendered):
+    ports = {p["name"]: p for p in find(rendered, "Service", "hub")["spec"]["ports"]}
+    assert ports["dcloud"]["port"] == 10101 and ports["dcloud"]["targetPort"] == 10101
+    ingress = find(rendered, "NetworkPolicy", "hub")["spec"]["ingress"]
+    (rule,) = [r for r in ingress if {"port": 10101} in r.get("ports", [])]
+    (source,) = rule["from"]
+    proxy_labels = find(rendered, "Deployment", "proxy")["spec"]["template"]["metadata"]["labels"]
+    assert source["podSelector"]["matchLabels"].items() <= proxy_labels.items()
+    user_labels = {"app.kubernetes.io/component": "singleuser-server"}  # user pods reach it only via the proxy
+    assert not source["podSelector"]["matchLabels"].items() <= user_labels.items()
+
+
 def test_user_pods_get_no_privileged_init_container(hub_config):
     assert not hub_config.get("KubeSpawner", {}).get("init_containers")
 

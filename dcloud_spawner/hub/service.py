@@ -81,7 +81,10 @@ def admin_service(c: Any, name: str = SERVICE_NAME, url: str = "http://127.0.0.1
     spec.setdefault("oauth_client_allowed_scopes", [ADMIN_SCOPE])
     spec.setdefault("display", True)  # listed in the hub's Services menu for whoever may access it
     spec.setdefault("info", {"pages": {f"/services/{name}/{page}": what for page, what in PAGES.items()}})
-    c.JupyterHub.custom_scopes.update({ADMIN_SCOPE: {"description": SCOPE_DESCRIPTION}})
+    scopes = c.JupyterHub.custom_scopes
+    if isinstance(scopes, LazyConfigValue):
+        scopes = scopes.get_value({})
+    c.JupyterHub.custom_scopes = {**scopes, ADMIN_SCOPE: {"description": SCOPE_DESCRIPTION}}
 
     try:
         asyncio.get_running_loop()
@@ -104,7 +107,8 @@ def _bind_address(url: str) -> str:
     host = parsed.hostname or ""
     is_ip = re.fullmatch(r"[\d.]+|[0-9a-fA-F:]*:[0-9a-fA-F:.]*", host) is not None
     port = parsed.port if parsed.port is not None else {"https": 443}.get(parsed.scheme, 80)
-    return f"{parsed.scheme}://{host if is_ip else ''}:{port}"
+    host = (f"[{host}]" if ":" in host else host) if is_ip else ""
+    return f"{parsed.scheme}://{host}:{port}"
 
 
 class AdminServer:
