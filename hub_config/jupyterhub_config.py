@@ -108,6 +108,6 @@ c.JupyterHub.load_roles.append({
 # -- at hub start: warn about KubeSpawner settings DCloud ignores (profile_list), and stop
 # with one sentence on security settings Kubernetes would refuse (`dcloud check --hub-config`)
 if backend == "kube":
-    from dcloud_spawner.kube import DCloudSpawner  # noqa: E402
+    from dcloud_spawner.kube import DCloudSpawner
 
     DCloudSpawner.check_hub_config(c)
