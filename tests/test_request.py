@@ -44,7 +44,8 @@ def test_non_mapping_options():
 def test_schema_forbids_unknown_fields():
     schema = json_schema()
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"environment", "gpu", "cpu", "memory", "datasets", "packages", "wait"}
+    assert set(schema["properties"]) == {"environment", "gpu", "cpu", "memory", "home", "scratch", "datasets",
+                                         "packages", "wait"}
     json.dumps(schema)
 
 

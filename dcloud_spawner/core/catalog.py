@@ -44,7 +44,9 @@ _KIND = {"environments": "environment", "gpu_classes": "GPU class", "datasets": 
 # Where DCloud itself mounts in a notebook container (and the kernel's own file systems):
 # a dataset mounted over or inside one of them would hide it or fail the pod.
 PACKAGES_DIR = "/opt/dcloud/packages"
+SCRATCH_DIR = "/scratch"
 OWN_MOUNTS = {PACKAGES_DIR: "the extra packages", "/dev/shm": "shared memory", "/home/jovyan": "the home directory",
+              SCRATCH_DIR: "the scratch disk",
               "/proc": "the kernel's files", "/sys": "the kernel's files"}
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
@@ -197,6 +199,60 @@ class Resources(_Strict):
     memory: MemoryRange = MemoryRange(min="512Mi", max="512Gi", default="2Gi")
 
 
+_STORAGE_CLASS = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class HomeStorage(_Strict):
+    """One persistent home volume per user; it only ever grows."""
+
+    storage_class: str | None = Field(
+        None, pattern=_STORAGE_CLASS,
+        description="StorageClass of the home volumes (null: the cluster's default); it must allow "
+        "expansion for a user to grow their home.")
+    min: Memory = Field(1024**3, description="Smallest size a user may ask for.")
+    default: Memory = Field(10 * 1024**3, description="Size of a new home volume when the user asks for none.")
+    max: Memory = Field(100 * 1024**3, description="Largest size anyone may grow a home volume to.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HomeStorage:
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+class ScratchStorage(_Range):
+    """Per-server scratch disk at /scratch, gone with the server."""
+
+    storage_class: str | None = Field(
+        None, pattern=_STORAGE_CLASS,
+        description="StorageClass of a generic ephemeral volume; null: an emptyDir with a sizeLimit.")
+    min: Memory = 1024**3
+    max: Memory = 100 * 1024**3
+    default: Memory = 10 * 1024**3
+
+
+class EphemeralStorage(_Strict):
+    """``ephemeral-storage`` of every container: its writable layer and logs."""
+
+    request: Memory = Field(1024**3, description="What the scheduler reserves on the node.")
+    limit: Memory = Field(10 * 1024**3, description="Beyond this the kubelet evicts the server.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EphemeralStorage:
+        if self.request > self.limit:
+            raise ValueError("needs request <= limit")
+        return self
+
+
+class Storage(_Strict):
+    home: HomeStorage | None = Field(None, description="Null: no home size to choose (the site's own volume, if any).")
+    scratch: ScratchStorage | None = Field(None, description="Null: no /scratch.")
+    ephemeral: EphemeralStorage | None = Field(None, description="Null: no ephemeral-storage requests or limits.")
+    package_environments: int = Field(
+        3, ge=1, le=50,
+        description="Package environments kept on a user's home volume; older ones are removed.")
+
+
 class PvcSource(_Strict):
     type: Literal["pvc"]
     claim_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -265,6 +321,8 @@ class Totals(_Strict):
     max_gpus_per_class: dict[str, int] = Field(default_factory=dict)
     max_cpu: float | None = Field(None, gt=0)
     max_memory: Memory | None = None
+    max_scratch: Memory | None = Field(None, description="Scratch disk over the servers.")
+    max_home: Memory | None = Field(None, description="Group quotas only: home volumes of the group's members.")
 
 
 class Quotas(_Strict):
@@ -331,6 +389,8 @@ class Policy(_Strict):
     max_gpus: int = Field(0, ge=0)
     max_cpu: float | None = Field(None, gt=0)
     max_memory: Memory | None = None
+    max_home: Memory | None = Field(None, description="Largest home volume a member may grow to.")
+    max_scratch: Memory | None = Field(None, description="Largest scratch disk of one server.")
     totals: Totals | None = Field(None, description="Per-user totals across all of the user's servers.")
 
 
@@ -351,6 +411,10 @@ class Allowance:
     max_memory: int
     default_cpu: float  # the catalog's default, within this user's maximum
     default_memory: int
+    max_home: int | None = None  # None: the catalog offers no choice of it
+    default_home: int | None = None
+    max_scratch: int | None = None
+    default_scratch: int | None = None
 
 
 class Catalog(_Strict):
@@ -358,6 +422,7 @@ class Catalog(_Strict):
     gpu_classes: list[GpuClass] = Field(default_factory=list)
     resources: Resources = Resources()
     shared_memory: Memory = 1024**3
+    storage: Storage = Storage()
     datasets: list[Dataset] = Field(default_factory=list)
     packages: Packages = Packages()
     policies: Policies = Policies()
@@ -456,6 +521,9 @@ class Catalog(_Strict):
         max_mems = [p.max_memory for p in policies if p.max_memory is not None]
         max_cpu = min(max(max_cpus), cpu.max) if max_cpus else cpu.max
         max_memory = min(max(max_mems), memory.max) if max_mems else memory.max
+        home, scratch = self.storage.home, self.storage.scratch
+        max_home = _most([p.max_home for p in policies], home.max) if home else None
+        max_scratch = _most([p.max_scratch for p in policies], scratch.max) if scratch else None
         return Allowance(
             environments=union("environments", [e.id for e in self.environments]),
             gpu_classes=union("gpu_classes", [g.id for g in self.gpu_classes]),
@@ -465,6 +533,10 @@ class Catalog(_Strict):
             max_memory=max_memory,
             default_cpu=min(cpu.default, max_cpu),
             default_memory=min(memory.default, max_memory),
+            max_home=max_home,
+            default_home=min(home.default, max_home) if home and max_home is not None else None,
+            max_scratch=max_scratch,
+            default_scratch=min(scratch.default, max_scratch) if scratch and max_scratch is not None else None,
         )
 
     # -- loading ------------------------------------------------------------------------
@@ -502,6 +574,12 @@ class Catalog(_Strict):
             raise CatalogError([f"{path}: line {line}: the catalog is not UTF-8 text "
                                 f"(byte 0x{data[exc.start]:02x}); save it as UTF-8"]) from None
         return cls.from_yaml(text)
+
+
+def _most(limits: list[int | None], ceiling: int) -> int:
+    """The most permissive of the policies' limits (None: no limit of its own), within ``ceiling``."""
+    given = [v for v in limits if v is not None]
+    return min(max(given), ceiling) if given else ceiling
 
 
 def _overlap(a: str, b: str) -> bool:

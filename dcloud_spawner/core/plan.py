@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .catalog import Dataset, Environment, GpuClass
+from .catalog import Dataset, Environment, GpuClass, Storage
 from .errors import clip
 from .quantity import format_memory
 
@@ -40,6 +40,9 @@ class Plan:
     packages: tuple[str, ...]
     package_index_url: str | None
     wait: bool = False  # may wait in line (Kueue) when the GPUs are not free now
+    home_bytes: int | None = None  # the home volume's size; None: the catalog offers no choice
+    scratch_bytes: int | None = None  # /scratch; None: no scratch disk
+    storage: Storage | None = None  # the catalog's storage settings (classes, ephemeral limits)
 
     @property
     def gpu_id(self) -> str | None:
@@ -58,6 +61,10 @@ class Plan:
             options["gpu"] = {"type": self.gpu.id, "count": self.gpu_count}
         if self.wait:
             options["wait"] = True
+        if self.home_bytes is not None:
+            options["home"] = format_memory(self.home_bytes)
+        if self.scratch_bytes is not None:
+            options["scratch"] = format_memory(self.scratch_bytes)
         return options
 
     def environment_variables(self) -> dict[str, str]:
@@ -69,6 +76,8 @@ class Plan:
             "DCLOUD_CPU_LIMIT": f"{self.cpu_limit:g}",
             "DCLOUD_MEMORY_LIMIT": format_memory(self.memory_limit),
             "DCLOUD_DATASETS": ",".join(d.id for d in self.datasets),
+            **({"DCLOUD_HOME_SIZE": format_memory(self.home_bytes)} if self.home_bytes is not None else {}),
+            **({"DCLOUD_SCRATCH_SIZE": format_memory(self.scratch_bytes)} if self.scratch_bytes is not None else {}),
         }
 
     def pip_install_command(self, python: str = "python", target: str | None = None,
@@ -125,6 +134,10 @@ class Plan:
             f"{self.cpu_limit:g} CPU",
             format_memory(self.memory_limit),
         ]
+        if self.home_bytes is not None:
+            parts.append(f"{format_memory(self.home_bytes)} home")
+        if self.scratch_bytes is not None:
+            parts.append(f"{format_memory(self.scratch_bytes)} scratch")
         if self.datasets:
             parts.append("datasets " + ", ".join(d.id for d in self.datasets))
         if self.packages:

@@ -30,11 +30,12 @@ class Claim:
     gpus: int
     cpu: float
     memory: int
+    scratch: int = 0
 
     @classmethod
     def of(cls, user: str, server: str, groups: Iterable[str], plan: Plan) -> Claim:
         return cls(user, server, tuple(sorted(groups)), plan.gpu_id, plan.gpu_count, plan.cpu_limit,
-                   plan.memory_limit)
+                   plan.memory_limit, plan.scratch_bytes or 0)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -48,6 +49,7 @@ class Totals:
     gpus_by_class: dict[str, int]
     cpu: float
     memory: int
+    scratch: int = 0
 
     @classmethod
     def of(cls, claims: Iterable[Claim]) -> Totals:
@@ -57,7 +59,7 @@ class Totals:
             if c.gpu_class:
                 by_class[c.gpu_class] += c.gpus
         return cls(len(claims), sum(c.gpus for c in claims), dict(by_class), sum(c.cpu for c in claims),
-                   sum(c.memory for c in claims))
+                   sum(c.memory for c in claims), sum(c.scratch for c in claims))
 
     def describe(self) -> str:
         if self.servers == 0:
@@ -67,7 +69,8 @@ class Totals:
             detail = ", ".join(f"{n} × {k}" for k, n in sorted(self.gpus_by_class.items()))
             gpus = f"{self.gpus} GPU{'s' if self.gpus > 1 else ''} ({detail})"
         servers = f"{self.servers} server{'s' if self.servers > 1 else ''}"
-        return f"{servers} with {gpus}, {self.cpu:g} CPU and {format_memory(self.memory)}"
+        scratch = f" and {format_memory(self.scratch)} of scratch" if self.scratch else ""
+        return f"{servers} with {gpus}, {self.cpu:g} CPU and {format_memory(self.memory)}{scratch}"
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,14 @@ class Limits:
     gpus_by_class: dict[str, int]
     cpu: float | None
     memory: int | None
+    scratch: int | None = None
 
 
 def user_limits(catalog: Catalog, groups: Iterable[str]) -> Limits:
     """The most permissive per-user totals over 'everyone' and the user's groups."""
     quotas = [p.totals for p in catalog.policies_for(groups) if p.totals is not None]
     if not quotas:
-        return Limits(None, {}, None, None)
+        return Limits(None, {}, None, None, None)
 
     def most(values: list) -> object:
         return None if any(v is None for v in values) else max(values)
@@ -100,6 +104,7 @@ def user_limits(catalog: Catalog, groups: Iterable[str]) -> Limits:
         gpus_by_class=by_class,
         cpu=most([q.max_cpu for q in quotas]),  # type: ignore[arg-type]
         memory=most([q.max_memory for q in quotas]),  # type: ignore[arg-type]
+        scratch=most([q.max_scratch for q in quotas]),  # type: ignore[arg-type]
     )
 
 
@@ -107,7 +112,8 @@ def group_limits(catalog: Catalog, group: str) -> Limits | None:
     quota = catalog.quotas.groups.get(group)
     if quota is None:
         return None
-    return Limits(quota.max_gpus, dict(quota.max_gpus_per_class), quota.max_cpu, quota.max_memory)
+    return Limits(quota.max_gpus, dict(quota.max_gpus_per_class), quota.max_cpu, quota.max_memory,
+                  quota.max_scratch)
 
 
 def _exceeded(limits: Limits, held: Totals, claim: Claim) -> list[str]:
@@ -123,6 +129,8 @@ def _exceeded(limits: Limits, held: Totals, claim: Claim) -> list[str]:
         over.append(f"{limits.cpu:g} CPU")
     if limits.memory is not None and held.memory + claim.memory > limits.memory:
         over.append(f"{format_memory(limits.memory)} of memory")
+    if limits.scratch is not None and claim.scratch and held.scratch + claim.scratch > limits.scratch:
+        over.append(f"{format_memory(limits.scratch)} of scratch")
     return over
 
 
@@ -134,6 +142,8 @@ def _room(limits: Limits, held: Totals) -> str:
         parts.append(f"{max(0.0, limits.cpu - held.cpu):g} CPU")
     if limits.memory is not None:
         parts.append(format_memory(max(0, limits.memory - held.memory)))
+    if limits.scratch is not None:
+        parts.append(f"{format_memory(max(0, limits.scratch - held.scratch))} of scratch")
     return ", ".join(parts) or "no more"
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from .errors import RequestError, clip, input_path
 from .loading import Limits, LoadProblem, SyntaxProblem, load_json, load_yaml
 
-FIELDS = ("environment", "gpu", "cpu", "memory", "datasets", "packages", "wait")
+FIELDS = ("environment", "gpu", "cpu", "memory", "home", "scratch", "datasets", "packages", "wait")
 
 # Limits on uploaded configuration files: small, shallow, no anchors.
 MAX_FILE_BYTES = 16 * 1024
@@ -69,6 +69,12 @@ class ServerRequest(BaseModel):
     memory: Annotated[str | int | None, NotBool] = Field(
         None, description="Memory as a Kubernetes quantity, e.g. 16Gi."
     )
+    home: Annotated[str | int | None, NotBool] = Field(
+        None, description="Size of your persistent home volume as a Kubernetes quantity, e.g. 20Gi; "
+        "it only grows (hubs whose catalog offers it).")
+    scratch: Annotated[str | int | None, NotBool] = Field(
+        None, description="Size of this server's scratch disk at /scratch, e.g. 50Gi; gone when the server "
+        "stops (hubs whose catalog offers it).")
     datasets: list[str] = Field(default_factory=list, max_length=50)
     packages: list[str] = Field(
         default_factory=list, max_length=100, description="pip requirement specifiers (PEP 508)."
@@ -106,6 +112,8 @@ _READABLE = {
     "gpu.count": "GPU count",
     "cpu": "CPU cores",
     "memory": "Memory",
+    "home": "Home size",
+    "scratch": "Scratch size",
     "datasets": "Datasets",
     "packages": "Extra packages",
     "wait": "Wait in line",

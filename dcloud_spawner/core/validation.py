@@ -109,6 +109,12 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
             "for you.",
         )
 
+    # storage
+    home = _size(request.home, "home", "Home size", catalog.storage.home, allowance.max_home,
+                 allowance.default_home)
+    scratch = _size(request.scratch, "scratch", "Scratch size", catalog.storage.scratch, allowance.max_scratch,
+                    allowance.default_scratch)
+
     # datasets
     chosen: list[str] = []
     for dataset_id in request.datasets:
@@ -145,7 +151,29 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         packages=packages,
         package_index_url=catalog.packages.index_url,
         wait=request.wait,
+        home_bytes=home,
+        scratch_bytes=scratch,
+        storage=catalog.storage,
     )
+
+
+def _size(asked: str | int | None, field: str, name: str, offered: Any, most: int | None,
+          default: int | None) -> int | None:
+    """A storage size the user asked for (or the default), within what they may have."""
+    if offered is None or most is None:
+        if asked is not None:
+            raise RequestError(field, f"{name} is not a choice on this hub; leave it out.")
+        return None
+    if asked is None:
+        return default
+    try:
+        size = memory_bytes(asked)
+    except ValueError:
+        raise RequestError(field, f"{name} '{clip(str(asked))}' is not a quantity such as 20Gi or 512Mi.") from None
+    if not offered.min <= size <= most:
+        raise RequestError(field, f"{name} must be between {format_memory(offered.min)} and "
+                                  f"{format_memory(most)} for you.")
+    return size
 
 
 def _packages(specs: list[str], catalog: Catalog) -> tuple[str, ...]:
