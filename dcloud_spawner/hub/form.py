@@ -32,6 +32,8 @@ class FormContext:
     stale_since: float | None = None  # availability is a copy from before the cluster stopped answering
     waiting: Mapping[str, int] | None = None  # GPU class id -> requests waiting in line (Kueue)
     can_queue: bool = False  # the backend queues (Kubernetes with Kueue), so the form offers to wait
+    home_size: int | None = None  # the user's home volume as it is now (it only grows)
+    home_used: int | None = None  # bytes used on it, where the backend can read it
 
 
 def _num(value: float) -> str:
@@ -51,6 +53,9 @@ def form_values(catalog: Catalog, allowance: Allowance, options: Mapping[str, An
         "gpu_count": str(gpu.get("count") or 1),
         "cpu": str(options["cpu"] if options.get("cpu") is not None else _num(allowance.default_cpu)),
         "memory": str(options.get("memory") or format_memory(allowance.default_memory)),
+        "home": str(options.get("home") or (format_memory(allowance.default_home) if allowance.default_home else "")),
+        "scratch": str(options.get("scratch")
+                       or (format_memory(allowance.default_scratch) if allowance.default_scratch else "")),
         "datasets": [str(d) for d in datasets] if isinstance(datasets, list) else [],
         "packages": "\n".join(str(p) for p in packages) if isinstance(packages, list) else "",
         "wait": options.get("wait") is True or options.get("wait") == "on",
@@ -123,6 +128,8 @@ def render_form(
         gpu_help=gpu_help,
         cpu={"min": _num(catalog.resources.cpu.min), "max": _num(allowance.max_cpu)},
         memory={"min": format_memory(memory_range.min), "max": format_memory(allowance.max_memory)},
+        home=_storage_field(catalog.storage.home, allowance.max_home, context),
+        scratch=_storage_field(catalog.storage.scratch, allowance.max_scratch, None),
         datasets=[catalog.dataset(d) for d in allowance.datasets],
         packages=catalog.packages,
         values=values,
@@ -132,6 +139,21 @@ def render_form(
         queueing={"enabled": offer_wait and bool(gpu_classes), "wait": queueing.wait_words(),
                   "preemption": queueing.preemption},
     )
+
+
+def _storage_field(offered: Any, most: int | None, context: FormContext | None) -> dict[str, str] | None:
+    """A storage size field's range and help; None when the catalog offers no choice."""
+    if offered is None or most is None:
+        return None
+    low = offered.min
+    note = ""
+    if context is not None and context.home_size is not None:
+        low = max(low, context.home_size)
+        note = f"Your home volume is {format_memory(context.home_size)} now"
+        if context.home_used is not None:
+            note += f", {format_memory(context.home_used)} used"
+        note += "; it only grows."
+    return {"min": format_memory(low), "max": format_memory(most), "note": note}
 
 
 def _first(formdata: Mapping[str, list[Any]], key: str) -> str:
@@ -155,6 +177,9 @@ def request_from_form(formdata: Mapping[str, list[Any]]) -> dict[str, Any]:
         request["cpu"] = _first(formdata, "cpu")
     if _first(formdata, "memory"):
         request["memory"] = _first(formdata, "memory")
+    for size in ("home", "scratch"):
+        if _first(formdata, size):
+            request[size] = _first(formdata, size)
     request["datasets"] = [str(d) for d in formdata.get("datasets", []) if str(d).strip()]
     lines = "\n".join(str(p) for p in formdata.get("packages", []))
     request["packages"] = [line.strip() for line in lines.splitlines() if line.strip()]

@@ -1,0 +1,113 @@
+"""Storage as a resource: the catalog's home and scratch sizes, per group, in the one gate,
+the quotas and the form (the Kubernetes and local wiring are tested with their backends)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dcloud_spawner.core import quotas as quota
+from dcloud_spawner.core.catalog import Catalog, CatalogError
+from dcloud_spawner.core.errors import RequestError
+from dcloud_spawner.core.request import json_schema
+from dcloud_spawner.core.validation import validate
+from dcloud_spawner.hub.form import FormContext, render_form, request_from_form
+
+STORAGE = {
+    "home": {"storage_class": "standard", "min": "1Gi", "default": "5Gi", "max": "50Gi"},
+    "scratch": {"min": "1Gi", "default": "2Gi", "max": "100Gi"},
+    "ephemeral": {"request": "1Gi", "limit": "5Gi"},
+}
+
+
+@pytest.fixture
+def with_storage(catalog_data) -> Catalog:
+    data = dict(catalog_data)
+    data["storage"] = STORAGE
+    policies = data["policies"]
+    policies["groups"]["students"] = {**policies["groups"]["students"], "max_home": "10Gi", "max_scratch": "4Gi",
+                                      "totals": {**policies["groups"]["students"]["totals"], "max_scratch": "6Gi"}}
+    # a total no policy of the user's names is no limit: everyone's totals name one too
+    policies["everyone"] = {**policies["everyone"], "totals": {**policies["everyone"]["totals"], "max_scratch": "2Gi"}}
+    data["quotas"] = {"groups": {**data.get("quotas", {}).get("groups", {}), "students": {"max_scratch": "8Gi"}}}
+    return Catalog.from_data(data)
+
+
+def test_sizes_are_chosen_within_the_groups_limits(with_storage):
+    plan = validate({"home": "8Gi", "scratch": "3Gi"}, with_storage, ["students"])
+    assert (plan.home_bytes, plan.scratch_bytes) == (8 * 1024**3, 3 * 1024**3)
+    assert plan.user_options()["home"] == "8Gi" and plan.user_options()["scratch"] == "3Gi"
+    assert plan.environment_variables()["DCLOUD_SCRATCH_SIZE"] == "3Gi"
+    defaults = validate({}, with_storage, ["students"])
+    assert (defaults.home_bytes, defaults.scratch_bytes) == (5 * 1024**3, 2 * 1024**3)
+    # researchers have no max of their own: the catalog's maximum
+    assert validate({"home": "50Gi"}, with_storage, ["researchers"]).home_bytes == 50 * 1024**3
+
+
+@pytest.mark.parametrize("options, field, sentence", [
+    ({"home": "11Gi"}, "home", "Home size must be between 1Gi and 10Gi for you."),
+    ({"scratch": "512Mi"}, "scratch", "Scratch size must be between 1Gi and 4Gi for you."),
+    ({"scratch": "lots"}, "scratch", "Scratch size 'lots' is not a quantity such as 20Gi or 512Mi."),
+    ({"home": True}, "home", None),
+    ({"home": "-1Gi"}, "home", None),
+])
+def test_bad_sizes_are_one_sentence_naming_the_field(with_storage, options, field, sentence):
+    with pytest.raises(RequestError) as err:
+        validate(options, with_storage, ["students"])
+    assert err.value.field == field
+    if sentence:
+        assert err.value.sentence == sentence
+    assert "\n" not in err.value.sentence
+
+
+def test_without_storage_in_the_catalog_sizes_are_refused(catalog):
+    with pytest.raises(RequestError) as err:
+        validate({"scratch": "2Gi"}, catalog, ["students"])
+    assert err.value.sentence == "Scratch size is not a choice on this hub; leave it out."
+    plan = validate({}, catalog, ["students"])
+    assert plan.home_bytes is None and "home" not in plan.user_options()
+
+
+def test_catalog_storage_is_checked(catalog_data):
+    data = dict(catalog_data, storage={"home": {"min": "10Gi", "default": "5Gi", "max": "50Gi"}})
+    with pytest.raises(CatalogError, match=r"storage\.home: needs min <= default <= max"):
+        Catalog.from_data(data)
+    data = dict(catalog_data, storage={"scratch": {"storage_class": "Bad Class!", "min": "1Gi", "default": "1Gi",
+                                                   "max": "2Gi"}})
+    with pytest.raises(CatalogError, match=r"storage\.scratch\.storage_class"):
+        Catalog.from_data(data)
+
+
+def test_scratch_counts_toward_user_totals_and_group_quotas(with_storage):
+    ledger = quota.Ledger()
+
+    def claim(user, server, scratch):
+        plan = validate({"scratch": scratch}, with_storage, ["students"])
+        return quota.Claim.of(user, server, ["students"], plan)
+
+    ledger.claim(with_storage, claim("sam", "a", "4Gi"))
+    with pytest.raises(quota.QuotaExceeded) as err:
+        ledger.claim(with_storage, claim("sam", "b", "3Gi"))
+    assert "you would exceed 6Gi of scratch" in err.value.sentence and "2Gi of scratch" in err.value.sentence
+    ledger.claim(with_storage, claim("sam", "b", "2Gi"))
+    with pytest.raises(quota.QuotaExceeded) as err:
+        ledger.claim(with_storage, claim("kim", "a", "3Gi"))
+    assert err.value.sentence.startswith("Quota of group 'students'") and "8Gi of scratch" in err.value.sentence
+
+
+def test_the_form_offers_the_sizes_and_reads_them(with_storage):
+    allowance = with_storage.allowance(["students"])
+    html = render_form(with_storage, allowance, {}, FormContext(home_size=6 * 1024**3, home_used=1024**3))
+    assert 'name="home"' in html and 'name="scratch"' in html
+    assert "6Gi to 10Gi" in html and "Your home volume is 6Gi now, 1Gi used; it only grows." in html
+    assert "1Gi to 4Gi at /scratch" in html
+    assert request_from_form({"home": ["8Gi"], "scratch": ["3Gi"]})["scratch"] == "3Gi"
+
+
+def test_the_form_has_no_size_fields_without_storage(catalog):
+    html = render_form(catalog, catalog.allowance(["students"]), {})
+    assert 'name="home"' not in html and 'name="scratch"' not in html
+
+
+def test_the_schema_documents_the_fields():
+    properties = json_schema()["properties"]
+    assert "only grows" in properties["home"]["description"] and "/scratch" in properties["scratch"]["description"]
