@@ -111,3 +111,54 @@ def test_the_form_has_no_size_fields_without_storage(catalog):
 def test_the_schema_documents_the_fields():
     properties = json_schema()["properties"]
     assert "only grows" in properties["home"]["description"] and "/scratch" in properties["scratch"]["description"]
+
+
+# -- what Kubernetes receives -------------------------------------------------------------
+
+
+@pytest.fixture
+def storage_catalog_file(tmp_path, catalog_data):
+    import yaml
+
+    def write(**storage) -> str:
+        path = tmp_path / "catalog.yaml"
+        path.write_text(yaml.safe_dump({**catalog_data, "storage": {**STORAGE, **storage}}))
+        return str(path)
+    return write
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_the_pod_gets_scratch_ephemeral_limits_and_the_home_size(storage_catalog_file):
+    from tests.spawners import pod_for
+
+    pod = await pod_for({"scratch": "3Gi", "home": "8Gi", "packages": ["tqdm"]}, ["students"],
+                        catalog_path=storage_catalog_file())
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "dcloud-scratch")
+    assert scratch == {"name": "dcloud-scratch", "emptyDir": {"sizeLimit": "3Gi"}}
+    assert {"name": "dcloud-scratch", "mountPath": "/scratch"} in notebook["volumeMounts"]
+    # the writable layer's 5Gi, plus the emptyDir scratch and the package emptyDir, which the
+    # kubelet counts against the containers' limits
+    assert notebook["resources"]["limits"]["ephemeral-storage"] == "18Gi"
+    assert notebook["resources"]["requests"]["ephemeral-storage"] == "4Gi"
+    installer = pod["spec"]["initContainers"][0]["resources"]
+    assert installer["limits"]["ephemeral-storage"] == "5Gi" and installer["requests"]["ephemeral-storage"] == "1Gi"
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_scratch_on_a_storage_class_is_a_generic_ephemeral_volume(storage_catalog_file):
+    from tests.spawners import make_spawner, pod_for
+
+    path = storage_catalog_file(scratch={"storage_class": "fast", "min": "1Gi", "default": "2Gi", "max": "100Gi"})
+    pod = await pod_for({"scratch": "50Gi"}, ["researchers"], catalog_path=path)
+    scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "dcloud-scratch")
+    claim = scratch["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                     "resources": {"requests": {"storage": "50Gi"}}}
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    assert notebook["resources"]["limits"]["ephemeral-storage"] == "5Gi"  # the claim is not the node's disk
+
+    spawner = make_spawner(["researchers"], catalog_path=path)
+    spawner.dcloud_plan = spawner.validate_options({"home": "20Gi"})
+    await spawner.load_user_options()
+    assert spawner.storage_capacity == "20Gi" and spawner.storage_class == "standard"

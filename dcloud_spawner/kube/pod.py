@@ -10,7 +10,7 @@ import copy
 from collections.abc import Collection
 from typing import Any
 
-from ..core.catalog import PACKAGES_DIR  # the catalog keeps datasets off it
+from ..core.catalog import PACKAGES_DIR, SCRATCH_DIR  # the catalog keeps datasets off them
 from ..core.plan import Plan
 from ..core.quantity import format_memory
 from .security import RESTRICTED_CONTAINER, installer_uid
@@ -36,7 +36,12 @@ PLANNED_TRAITS = (
     "environment",
     "extra_labels",
     "extra_annotations",
+    "storage_capacity",
+    "storage_class",
 )
+
+EPHEMERAL = "ephemeral-storage"
+PACKAGES_SIZE = 10 * 1024**3  # the package emptyDir's sizeLimit
 
 
 def literal(value: Any) -> Any:
@@ -112,6 +117,39 @@ def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[
     }
 
 
+def scratch_volume(plan: Plan) -> dict[str, Any] | None:
+    """/scratch: a generic ephemeral volume on the catalog's class (a claim made and deleted
+    with the pod), else an emptyDir whose sizeLimit the kubelet enforces by eviction."""
+    if plan.scratch_bytes is None or plan.storage is None or plan.storage.scratch is None:
+        return None
+    size = format_memory(plan.scratch_bytes)
+    storage_class = plan.storage.scratch.storage_class
+    if storage_class is None:
+        return {"name": "dcloud-scratch", "emptyDir": {"sizeLimit": size}}
+    return {"name": "dcloud-scratch", "ephemeral": {"volumeClaimTemplate": {
+        "metadata": {"labels": {f"{LABEL_PREFIX}/volume": "scratch"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+                 "resources": {"requests": {"storage": size}}},
+    }}}
+
+
+def ephemeral_storage(plan: Plan) -> tuple[str, str] | None:
+    """The notebook container's ephemeral-storage (limit, request). The kubelet evicts a pod
+    whose containers and emptyDirs together use more than its containers' limits, so an
+    emptyDir scratch disk and the package emptyDir are added to the catalog's allowance
+    for the writable layer and logs (the scheduler then reserves the scratch on the node)."""
+    if plan.storage is None or plan.storage.ephemeral is None:
+        return None
+    limit, request = plan.storage.ephemeral.limit, plan.storage.ephemeral.request
+    scratch = scratch_volume(plan)
+    if scratch is not None and "emptyDir" in scratch:
+        limit += plan.scratch_bytes or 0
+        request += plan.scratch_bytes or 0
+    if plan.packages:
+        limit += PACKAGES_SIZE
+    return format_memory(limit), format_memory(request)
+
+
 def labels_for(plan: Plan) -> dict[str, str]:
     """Label values must match [A-Za-z0-9_.-]{0,63}; catalog ids already do."""
     labels = {f"{LABEL_PREFIX}/environment": plan.environment.id}
@@ -180,12 +218,30 @@ def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
 
     init_containers: list = []
     if plan.packages:
-        volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": "10Gi"}})
+        volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": format_memory(PACKAGES_SIZE)}})
         mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
         uid = spawner.uid(spawner) if callable(spawner.uid) else spawner.uid
         init_containers.append(literal(package_installer(plan, pip_args, installer_uid(uid))))
         environment["PYTHONPATH"] = PACKAGES_DIR
         environment["PATH"] = literal(f"{PACKAGES_DIR}/bin:{image_path}")
+    scratch = scratch_volume(plan)
+    if scratch is not None:
+        volumes.append(scratch)
+        mounts.append({"name": "dcloud-scratch", "mountPath": SCRATCH_DIR})
+    ephemeral = ephemeral_storage(plan)
+    if ephemeral is not None:
+        limits[EPHEMERAL], guarantees[EPHEMERAL] = ephemeral
+        spawner.extra_resource_limits = limits
+        spawner.extra_resource_guarantees = guarantees
+        for container in init_containers:
+            container["resources"]["limits"][EPHEMERAL] = format_memory(plan.storage.ephemeral.limit)
+            container["resources"]["requests"][EPHEMERAL] = format_memory(plan.storage.ephemeral.request)
+    if plan.home_bytes is not None:
+        # KubeSpawner's own home volume claim (storage_pvc_ensure): the size the user chose,
+        # on the catalog's class; a claim that exists already is grown before the pod (admission)
+        spawner.storage_capacity = format_memory(plan.home_bytes)
+        if plan.storage.home.storage_class:
+            spawner.storage_class = plan.storage.home.storage_class
     spawner.volumes = _without(_as_list(spawner.volumes), volumes, "name") + volumes
     spawner.volume_mounts = _without(_as_list(spawner.volume_mounts), mounts, "name", "mountPath") + mounts
     spawner.init_containers = _without(_as_list(spawner.init_containers), init_containers, "name") + init_containers
