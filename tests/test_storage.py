@@ -162,3 +162,33 @@ async def test_scratch_on_a_storage_class_is_a_generic_ephemeral_volume(storage_
     spawner.dcloud_plan = spawner.validate_options({"home": "20Gi"})
     await spawner.load_user_options()
     assert spawner.storage_capacity == "20Gi" and spawner.storage_class == "standard"
+
+
+def test_every_queue_covers_ephemeral_storage(with_storage):
+    from dcloud_spawner.core.queueing import capacity
+    from dcloud_spawner.kube.kueue_objects import kueue_objects
+
+    catalog = with_storage.model_copy(update={"queueing": with_storage.queueing.model_copy(
+        update={"enabled": True, "capacity": {g.id: 8 for g in with_storage.gpu_classes},
+                "cpu_capacity": 64, "memory_capacity": 256 * 1024**3})})
+    objects = kueue_objects(catalog, "dcloud", capacity(catalog))
+    queues = [o for o in objects if o["kind"] in ("ClusterQueue", "Cohort")]
+    assert queues
+    for queue in queues:
+        plain = queue["spec"]["resourceGroups"][0]
+        assert plain["coveredResources"] == ["cpu", "memory", "ephemeral-storage"], queue["metadata"]["name"]
+        (entry,) = [r for r in plain["flavors"][0]["resources"] if r["name"] == "ephemeral-storage"]
+        assert "borrowingLimit" not in entry  # never what keeps a notebook waiting
+
+
+def test_with_queueing_the_hub_still_counts_group_scratch(with_storage):
+    catalog = with_storage.model_copy(update={"queueing": with_storage.queueing.model_copy(update={"enabled": True})})
+    ledger = quota.Ledger()
+
+    def claim(user: str, scratch: str) -> quota.Claim:
+        return quota.Claim.of(user, "", ["students"], validate({"scratch": scratch}, catalog, ["students"]))
+
+    ledger.claim(catalog, claim("sam", "4Gi"))
+    ledger.claim(catalog, claim("kim", "4Gi"))
+    with pytest.raises(quota.QuotaExceeded, match="8Gi of scratch"):
+        ledger.claim(catalog, claim("lee", "1Gi"))

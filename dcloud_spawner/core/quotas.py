@@ -158,12 +158,14 @@ def check(catalog: Catalog, claims: Iterable[Claim], claim: Claim) -> None:
             f"Quota: you already run {mine.describe()}; with this server you would exceed "
             f"{' and '.join(over)}, so you may still ask for {_room(limits, mine)}."
         )
-    if catalog.queueing.enabled:
-        return  # group quotas are Kueue's (its ClusterQueues), cluster-wide; the user's stay here
     for group in claim.groups:
         glimits = group_limits(catalog, group)
         if glimits is None:
             continue
+        if catalog.queueing.enabled:
+            # GPU, CPU and memory quotas of groups are Kueue's (its ClusterQueues), cluster-wide;
+            # scratch disk Kueue does not ration, so the hub keeps that one
+            glimits = Limits(None, {}, None, None, glimits.scratch)
         held = Totals.of(c for c in others if group in c.groups)
         over = _exceeded(glimits, held, claim)
         if over:

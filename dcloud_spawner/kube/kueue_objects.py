@@ -32,13 +32,29 @@ def flavor_name(catalog: Catalog, gpu: GpuClass | None) -> str:
     return f"{catalog.queueing.cohort}-{gpu.id if gpu else 'cpu'}"
 
 
+EPHEMERAL = "ephemeral-storage"
+# Kueue admits a workload only if its queue covers every resource it requests. Notebooks ask
+# for ephemeral-storage where the catalog sets it; the queues cover it without rationing it
+# (this much in the cohort, every queue borrowing freely): node disk is the kubelet's to
+# enforce, per pod, and scratch quotas are the hub's (core/quotas.py), with or without Kueue.
+EPHEMERAL_POOL = 1024**5
+
+
+def _plain_resources(catalog: Catalog) -> tuple[str, ...]:
+    if catalog.storage.ephemeral is not None or catalog.storage.scratch is not None:
+        return ("cpu", "memory", EPHEMERAL)
+    return ("cpu", "memory")
+
+
 def _resource_groups(catalog: Catalog, amount: Any) -> list[dict[str, Any]]:
-    """Kueue resource groups: CPU and memory in one, each GPU resource name in its own, every
-    class of that resource a flavor. ``amount(gpu_or_None, resource)`` gives each quota."""
+    """Kueue resource groups: CPU and memory (and ephemeral-storage) in one, each GPU resource
+    name in its own, every class of that resource a flavor. ``amount(gpu_or_None, resource)``
+    gives each quota."""
+    plain = _plain_resources(catalog)
     groups = [{
-        "coveredResources": ["cpu", "memory"],
+        "coveredResources": list(plain),
         "flavors": [{"name": flavor_name(catalog, None), "resources": [
-            {"name": r, **amount(None, r)} for r in ("cpu", "memory")]}],
+            {"name": r, **amount(None, r)} for r in plain]}],
     }]
     by_resource: dict[str, list[GpuClass]] = {}
     for gpu in catalog.gpu_classes:
@@ -53,7 +69,7 @@ def _resource_groups(catalog: Catalog, amount: Any) -> list[dict[str, Any]]:
 
 
 def _quantity(resource: str, value: float) -> str | int:
-    if resource == "memory":
+    if resource in ("memory", EPHEMERAL):
         return format_memory(int(value))
     if resource == "cpu":
         return f"{value:g}"
@@ -84,11 +100,15 @@ def kueue_objects(catalog: Catalog, namespace: str, shares: Shares) -> list[dict
             return None
         if gpu is not None:
             return queue.gpu_share(gpu)
+        if resource == EPHEMERAL:
+            return None  # not rationed by the queue (see EPHEMERAL_POOL)
         return queue.quota.max_cpu if resource == "cpu" else queue.quota.max_memory
 
     def whole(gpu: GpuClass | None, resource: str) -> float:
         if gpu is not None:
             return shares.gpus[gpu.id]
+        if resource == EPHEMERAL:
+            return EPHEMERAL_POOL
         return shares.cpu if resource == "cpu" else shares.memory
 
     def pool(gpu: GpuClass | None, resource: str) -> dict[str, Any]:
