@@ -192,3 +192,28 @@ def test_with_queueing_the_hub_still_counts_group_scratch(with_storage):
     ledger.claim(catalog, claim("kim", "4Gi"))
     with pytest.raises(quota.QuotaExceeded, match="8Gi of scratch"):
         ledger.claim(catalog, claim("lee", "1Gi"))
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_packages_go_to_an_environment_on_the_home_volume(storage_catalog_file):
+    from tests.spawners import pod_for
+
+    home = {"volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+            "volume_mounts": [{"name": "home", "mountPath": "/home/jovyan"}]}
+    pod = await pod_for({"packages": ["tqdm", "rich>=13"]}, ["students"], catalog_path=storage_catalog_file(),
+                        **home)
+    again = await pod_for({"packages": ["rich>=13", "tqdm"]}, ["students"], catalog_path=storage_catalog_file(),
+                          **home)
+    (installer,) = pod["spec"]["initContainers"]
+    assert installer["volumeMounts"] == [{"name": "home", "mountPath": "/home/jovyan"}]
+    assert installer["command"][:2] == ["python", "-c"]
+    envs_dir, key, keep, separator = installer["command"][3:7]
+    assert (envs_dir, keep, separator) == ("/home/jovyan/.dcloud/envs", "3", "--")
+    assert installer["command"][-3:] == ["--", "tqdm", "rich>=13"]  # the user's values only after --
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    env = {e["name"]: e.get("value") for e in notebook["env"]}
+    assert env["PYTHONPATH"] == f"/home/jovyan/.dcloud/envs/{key}"
+    assert env["PATH"].startswith(f"/home/jovyan/.dcloud/envs/{key}/bin:")
+    assert "dcloud-packages" not in [v["name"] for v in pod["spec"]["volumes"]]
+    assert again["spec"]["initContainers"][0]["command"][4] == key  # the same set, the same environment
+    assert notebook["resources"]["limits"]["ephemeral-storage"] == "7Gi"  # no package emptyDir to count

@@ -45,7 +45,8 @@ _KIND = {"environments": "environment", "gpu_classes": "GPU class", "datasets": 
 # a dataset mounted over or inside one of them would hide it or fail the pod.
 PACKAGES_DIR = "/opt/dcloud/packages"
 SCRATCH_DIR = "/scratch"
-OWN_MOUNTS = {PACKAGES_DIR: "the extra packages", "/dev/shm": "shared memory", "/home/jovyan": "the home directory",
+HOME_DIR = "/home/jovyan"  # the notebook images' home, where the chart mounts the home volume
+OWN_MOUNTS = {PACKAGES_DIR: "the extra packages", "/dev/shm": "shared memory", HOME_DIR: "the home directory",
               SCRATCH_DIR: "the scratch disk",
               "/proc": "the kernel's files", "/sys": "the kernel's files"}
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")

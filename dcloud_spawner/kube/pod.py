@@ -10,7 +10,8 @@ import copy
 from collections.abc import Collection
 from typing import Any
 
-from ..core.catalog import PACKAGES_DIR, SCRATCH_DIR  # the catalog keeps datasets off them
+from ..core import package_envs
+from ..core.catalog import HOME_DIR, PACKAGES_DIR, SCRATCH_DIR  # the catalog keeps datasets off them
 from ..core.plan import Plan
 from ..core.quantity import format_memory
 from .security import RESTRICTED_CONTAINER, installer_uid
@@ -117,6 +118,42 @@ def package_installer(plan: Plan, pip_args: list[str], uid: int | None) -> dict[
     }
 
 
+def home_package_installer(plan: Plan, pip_args: list[str], uid: int | None, home: dict[str, Any]) -> dict[str, Any]:
+    """Init container that makes (or reuses) the plan's package environment on the user's home
+    volume (``home``: the notebook's mount of it), so packages persist across starts."""
+    key = package_env_key(plan, pip_args)
+    envs = f"{HOME_DIR}/{package_envs.ENVS_DIR}"
+    keep = plan.storage.package_environments if plan.storage is not None else 3
+    pip = plan.pip_install_command(admin_args=pip_args, cache=True)
+    mount = {"name": home["name"], "mountPath": HOME_DIR}
+    if home.get("subPath"):
+        mount["subPath"] = home["subPath"]
+    container = package_installer(plan, pip_args, uid)
+    container.update(
+        command=package_envs.installer_argv("python", envs, key, keep, pip),
+        env=[
+            {"name": "HOME", "value": HOME_DIR},
+            {"name": "PIP_CACHE_DIR", "value": f"{HOME_DIR}/{package_envs.PIP_CACHE_DIR}"},
+            {"name": "PIP_NO_WARN_SCRIPT_LOCATION", "value": "1"},
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"},
+            # "built <key>" or "reused <key>" becomes the container's termination message
+            {"name": "DCLOUD_INSTALL_REPORT", "value": "/dev/termination-log"},
+        ],
+        volumeMounts=[mount],
+    )
+    return container
+
+
+def package_env_key(plan: Plan, pip_args: list[str]) -> str:
+    return package_envs.env_key(plan.image, plan.packages, plan.package_index_url, pip_args)
+
+
+def home_mount(spawner: Any) -> dict[str, Any] | None:
+    """The notebook's mount of a volume at the home directory (the chart's home claim), if any."""
+    return next((m for m in _as_list(spawner.volume_mounts)
+                 if isinstance(m, dict) and m.get("mountPath") == HOME_DIR and m.get("name")), None)
+
+
 def scratch_volume(plan: Plan) -> dict[str, Any] | None:
     """/scratch: a generic ephemeral volume on the catalog's class (a claim made and deleted
     with the pod), else an emptyDir whose sizeLimit the kubelet enforces by eviction."""
@@ -133,7 +170,7 @@ def scratch_volume(plan: Plan) -> dict[str, Any] | None:
     }}}
 
 
-def ephemeral_storage(plan: Plan) -> tuple[str, str] | None:
+def ephemeral_storage(plan: Plan, packages_in_pod: bool = True) -> tuple[str, str] | None:
     """The notebook container's ephemeral-storage (limit, request). The kubelet evicts a pod
     whose containers and emptyDirs together use more than its containers' limits, so an
     emptyDir scratch disk and the package emptyDir are added to the catalog's allowance
@@ -145,7 +182,7 @@ def ephemeral_storage(plan: Plan) -> tuple[str, str] | None:
     if scratch is not None and "emptyDir" in scratch:
         limit += plan.scratch_bytes or 0
         request += plan.scratch_bytes or 0
-    if plan.packages:
+    if plan.packages and packages_in_pod:
         limit += PACKAGES_SIZE
     return format_memory(limit), format_memory(request)
 
@@ -217,18 +254,24 @@ def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
         mounts.append(literal({"name": name, "mountPath": dataset.path_in_pod, "readOnly": True}))
 
     init_containers: list = []
+    home = home_mount(spawner)
     if plan.packages:
-        volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": format_memory(PACKAGES_SIZE)}})
-        mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
         uid = spawner.uid(spawner) if callable(spawner.uid) else spawner.uid
-        init_containers.append(literal(package_installer(plan, pip_args, installer_uid(uid))))
-        environment["PYTHONPATH"] = PACKAGES_DIR
-        environment["PATH"] = literal(f"{PACKAGES_DIR}/bin:{image_path}")
+        if home is not None:  # persistent: built once on the home volume, reused after
+            init_containers.append(literal(home_package_installer(plan, pip_args, installer_uid(uid), home)))
+            where = f"{HOME_DIR}/{package_envs.ENVS_DIR}/{package_env_key(plan, pip_args)}"
+        else:  # no home volume: installed at every start into a volume of the pod's own
+            volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": format_memory(PACKAGES_SIZE)}})
+            mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
+            init_containers.append(literal(package_installer(plan, pip_args, installer_uid(uid))))
+            where = PACKAGES_DIR
+        environment["PYTHONPATH"] = where
+        environment["PATH"] = literal(f"{where}/bin:{image_path}")
     scratch = scratch_volume(plan)
     if scratch is not None:
         volumes.append(scratch)
         mounts.append({"name": "dcloud-scratch", "mountPath": SCRATCH_DIR})
-    ephemeral = ephemeral_storage(plan)
+    ephemeral = ephemeral_storage(plan, packages_in_pod=home is None)
     if ephemeral is not None:
         limits[EPHEMERAL], guarantees[EPHEMERAL] = ephemeral
         spawner.extra_resource_limits = limits
