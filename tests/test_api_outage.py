@@ -14,7 +14,7 @@ import time
 import pytest
 from jupyterhub.spawner import SpawnException
 
-from dcloud_spawner.kube.spawner import UNREACHABLE
+from dcloud_spawner.core.refusals import UNREACHABLE
 from tests.cluster.control_plane import api_server_stopped
 from tests.cluster.layout import RunDir, default_run_dir
 from tests.kube_spawners import cluster_spawner

@@ -155,7 +155,7 @@ async def test_pod_never_restarts_and_the_installer_reports_pips_words():
 
 def test_a_failed_package_install_is_told_with_the_package_named(catalog):
     from dcloud_spawner.core.validation import validate
-    from dcloud_spawner.kube.spawner import package_failure
+    from dcloud_spawner.kube.failures import package_failure
 
     plan = validate({"packages": ["NoSuch_Pkg==1.0", "timm"]}, catalog, ["students"])
     pod = {"status": {"initContainerStatuses": [{"name": "dcloud-packages", "state": {"terminated": {
@@ -176,7 +176,7 @@ def test_a_failed_package_install_is_told_with_the_package_named(catalog):
 
 def test_an_oom_killed_notebook_is_told_in_words(catalog):
     from dcloud_spawner.core.validation import validate
-    from dcloud_spawner.kube.spawner import out_of_memory
+    from dcloud_spawner.kube.failures import out_of_memory
 
     plan = validate({"memory": "2Gi"}, catalog, ["students"])
     killed = {"status": {"containerStatuses": [{"name": "notebook", "state": {"terminated": {

@@ -15,7 +15,7 @@ import pytest
 from jupyterhub.spawner import SpawnException
 from kubernetes import client
 
-from dcloud_spawner.kube.spawner import QUEUE_DOWN
+from dcloud_spawner.core.refusals import QUEUE_DOWN
 from tests.cluster import kueue
 from tests.cluster.control_plane import KEEP_RUNNING_LABEL
 from tests.hub import stop_demo_hub

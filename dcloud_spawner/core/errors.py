@@ -53,7 +53,6 @@ class CapacityRefusal(Refusal):
             field="gpu.count", reason=reason,
         )
 
-
     @classmethod
     def too_few_gpus(cls, display_name: str, count: int, total: int, *, where: str = "machine",
                      reason: str | None = None) -> CapacityRefusal:
@@ -65,6 +64,15 @@ class CapacityRefusal(Refusal):
         plural = "s" if total > 1 else ""
         return cls(f"{holder} has only {total} {display_name} GPU{plural}; ask for at most {total}.",
                    field="gpu.count", reason=reason)
+
+    @classmethod
+    def short_of_gpus(cls, display_name: str, count: int, total: int, detail: str = "", *,
+                      where: str = "machine", reason: str | None = None) -> CapacityRefusal:
+        """``count`` GPUs of a class do not fit: too few exist (waiting would not help), or too
+        few are free now (``detail`` says how many)."""
+        if total < count:
+            return cls.too_few_gpus(display_name, count, total, where=where, reason=reason)
+        return cls.no_free_gpus(display_name, count, detail, where=where, reason=reason)
 
 
 class QuotaExceeded(Refusal):

@@ -13,8 +13,14 @@ and an admin's own ``apply_user_options`` (callable or dict) runs first, on the 
 sent; the catalog gate then runs on them all the same, so nothing reaches a server that the
 catalog did not allow. Fields the admin's own hooks handle are declared in
 ``extra_option_fields`` (a dict-form ``apply_user_options`` declares its keys itself); the
-gate leaves them to those hooks and refuses any other field it does not know. Every refusal
-is a 400 with one sentence naming the field.
+gate leaves them to those hooks and refuses any other field it does not know.
+
+**Every refusal leaves through** :meth:`DCloudMixin.refuse`: it counts the refusal in
+``dcloud_spawns_refused_total{reason}``, writes its audit line and raises :class:`SpawnRefused`,
+JupyterHub's own ``SpawnException``: a 400 whose body is the one sentence, and whose
+``reason`` JupyterHub puts in ``server_spawn_duration_seconds{status="failure", reason}``
+(a bare ``HTTPError`` would be relabelled ``error`` by ``User.spawn``). Sentences live in
+``core/`` (``core/refusals.py`` and the rules' own modules).
 
 A backend reads ``self.dcloud_plan`` in ``start`` and nothing else of the request.
 """
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any
+from typing import Any, NoReturn
 
 import traitlets
 from jupyterhub.spawner import SpawnException
@@ -31,14 +37,17 @@ from tornado import web
 from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..core import refusals
 from ..core.catalog import Catalog
-from ..core.errors import Refusal, RequestError, clip
+from ..core.errors import Refusal, RequestError
 from ..core.plan import Plan
 from ..core.quotas import Claim
 from ..core.validation import validate
 from . import audit
 from .form import FormContext, render_form, request_from_form, uploaded_options
 from .state import HubState, LiveData, hub_state
+
+_THIS_START = object()  # refuse()'s default: audit the options of the start being refused
 
 
 class SpawnRefused(SpawnException):
@@ -91,6 +100,14 @@ class DCloudMixin(LoggingConfigurable):
         still owns its own fields (environment, GPUs, CPU, memory, datasets, packages).""",
     )
 
+    package_install_args = List(
+        Unicode(),
+        config=True,
+        help="""Extra pip arguments for installing users' extra packages (the Kubernetes
+        backend's package init container, the local backend's pip), set by the admin (e.g.
+        ["--trusted-host", "pypi.internal"]). Users can never add pip options.""",
+    )
+
     dcloud_plan: Plan | None = None
     _dcloud_last_valid: dict[str, Any] | None = None
 
@@ -137,9 +154,8 @@ class DCloudMixin(LoggingConfigurable):
                 raise  # the admin's hook chose its answer
             except Exception as exc:
                 self.log.exception("%s: the site's apply_user_options failed", self._log_name)
-                refusal = Refusal(f"These options could not be applied: {clip(str(exc), 200)}",
-                                  reason="invalid_options")
-                raise self.refusal_error(refusal, user_options) from None
+                self._keep_last_valid_options()
+                self.refuse(refusals.options_not_applied(str(exc)), user_options)
             await self.dcloud_apply_user_options(spawner, user_options)
 
         gated._dcloud_gated = True  # type: ignore[attr-defined]
@@ -197,8 +213,7 @@ class DCloudMixin(LoggingConfigurable):
             try:
                 self.dcloud_plan = self.validate_options(self.user_options)
             except Refusal as exc:
-                self.refused(exc, self.user_options)
-                raise SpawnRefused.of(exc) from None
+                self.refuse(exc)
         return self.dcloud_plan
 
     # -- what backends add --------------------------------------------------------------
@@ -247,8 +262,8 @@ class DCloudMixin(LoggingConfigurable):
                 attempts.remember(self.user.name, raw)
             plan = self.validate_options(raw)
         except RequestError as exc:
-            self.refused(exc, raw)
-            raise
+            # no spawn began: JupyterHub shows the form again with the sentence
+            self.refuse(exc, raw, as_raised=True)
         attempts.forget(self.user.name)
         return plan.user_options()
 
@@ -260,26 +275,22 @@ class DCloudMixin(LoggingConfigurable):
             self.check_capacity(plan)
             self.claim_resources(plan)
         except Refusal as exc:
-            raise self.refusal_error(exc, user_options) from None
+            self._keep_last_valid_options()
+            self.refuse(exc, user_options)
         self.dcloud_plan = plan
         extra = self.extra_fields()
         kept = {k: v for k, v in (user_options or {}).items() if k in extra} if isinstance(user_options, dict) else {}
         self.user_options = {**plan.user_options(), **kept}
         self._dcloud_last_valid = copy.deepcopy(self.user_options)
 
-    def refusal_error(self, refusal: Refusal, options: Any) -> web.HTTPError:
-        """Audit and count ``refusal``; the 400 that tells the user its sentence."""
-        # JupyterHub stored these options before asking us; put back the last good ones
-        # so a bad REST call cannot poison the next form or restart.
+    def _keep_last_valid_options(self) -> None:
+        """JupyterHub stored a refused request's options before asking us; put back the last
+        good ones, so a bad REST call cannot poison the next form or restart."""
         previous = copy.deepcopy(self._dcloud_last_valid or {})
         self.user_options = previous
         orm = getattr(self, "orm_spawner", None)
         if orm is not None:
             orm.user_options = previous
-        self.refused(refusal, options)
-        error = web.HTTPError(400, refusal.sentence)
-        error.jupyterhub_message = refusal.sentence  # type: ignore[attr-defined]
-        return error
 
     # -- quotas -----------------------------------------------------------------------
 
@@ -317,10 +328,18 @@ class DCloudMixin(LoggingConfigurable):
 
     # -- audit and metrics ----------------------------------------------------------------
 
-    def refused(self, refusal: Refusal, options: Any, **fields: Any) -> None:
-        """Count a refusal by its reason and write its audit line."""
+    def refuse(self, refusal: Refusal, options: Any = _THIS_START, *, as_raised: bool = False,
+               **fields: Any) -> NoReturn:
+        """The one way out of a refused start: count ``refusal`` by its reason, write its audit
+        line (``options`` as asked, this start's by default; ``fields`` added), and raise it as
+        :class:`SpawnRefused`. ``as_raised``: raise ``refusal`` itself (the form's own path,
+        where JupyterHub shows the form again rather than failing a spawn)."""
         self.hub_state.metrics.refused(refusal.reason)
-        self.audit("refused", options, reason=refusal.sentence, **fields)
+        self.audit("refused", self.user_options if options is _THIS_START else options,
+                   reason=refusal.sentence, **fields)
+        if as_raised:
+            raise refusal
+        raise SpawnRefused.of(refusal) from None
 
     def audit(self, event: str, options: Any, **fields: Any) -> None:
         """One JSON line per spawn, refusal and stop: who, what was asked, the outcome."""

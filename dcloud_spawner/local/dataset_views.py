@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..core import refusals
 from .paths import DATASETS
 
 FOLDER_NAMES = (DATASETS, ".dcloud-datasets")  # the first one free (or DCloud's own) is used
@@ -50,6 +51,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class FolderTaken(OSError):
     """Every name DCloud may use for the views holds the user's own data."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        super().__init__(errno.EEXIST, refusals.dataset_folders_taken(names).sentence)
 
 
 def _fd_path(fd: int) -> bytes:
@@ -269,12 +274,7 @@ class DatasetViews:
                 os.lstat(name, dir_fd=parent)
             except FileNotFoundError:
                 return name
-        raise FolderTaken(
-            errno.EEXIST,
-            f"Your working directory already has {' and '.join(FOLDER_NAMES)} of your own, so the chosen "
-            f"datasets have nowhere to appear; rename one of them (nothing in them was touched) or start "
-            f"without datasets.",
-        )
+        raise FolderTaken(FOLDER_NAMES)
 
     def build(self, sources: Iterable[tuple[str, Path]]) -> dict[str, str]:
         """Make one view per (id, source directory); return id -> "read-only" or "linked".

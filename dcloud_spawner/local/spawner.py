@@ -32,10 +32,11 @@ from urllib.parse import quote
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
+from ..core import refusals
 from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..hub.form import FormContext
-from ..hub.mixin import DCloudMixin, SpawnRefused
+from ..hub.mixin import DCloudMixin
 from ..hub.state import hub_state
 from . import dataset_views, gpus, limits, paths
 from .machine import LocalMachine
@@ -85,13 +86,6 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         help="""Directory of the hub's own records of what it made in users' working
         directories (the dataset views), so that it removes exactly that and never a file
         of the user's, also after a crash. Only the hub's user should be able to write it.""",
-    )
-
-    package_install_args = List(
-        Unicode(),
-        config=True,
-        help="""Extra pip arguments for installing users' packages, set by the admin (e.g.
-        ["--trusted-host", "pypi.internal"]). Users can never add pip options.""",
     )
 
     package_install_timeout = Float(
@@ -158,10 +152,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
     def _no_free_gpus(self, plan: Plan, free: int, total: int, reason: str | None = None) -> CapacityRefusal:
         assert plan.gpu is not None
-        if total < plan.gpu_count:  # even an idle machine could not: "try again" would mislead
-            return CapacityRefusal.too_few_gpus(plan.gpu.display_name, plan.gpu_count, total, reason=reason)
-        return CapacityRefusal.no_free_gpus(plan.gpu.display_name, plan.gpu_count, f"{free} of {total} free",
-                                            where="machine", reason=reason)
+        return CapacityRefusal.short_of_gpus(plan.gpu.display_name, plan.gpu_count, total, f"{free} of {total} free",
+                                             reason=reason)
 
     def check_capacity(self, plan: Plan) -> None:
         if plan.gpu is None:
@@ -255,9 +247,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             try:
                 chosen = machine.ledger.reserve(self.owner_key, candidates, plan.gpu_count)
             except gpus.NotEnoughGpus as exc:
-                refusal = self._no_free_gpus(plan, exc.free, exc.total, reason="gpu_unavailable")
-                self.refused(refusal, self.user_options)
-                raise SpawnRefused.of(refusal) from None
+                self.refuse(self._no_free_gpus(plan, exc.free, exc.total, reason="gpu_unavailable"))
             self._gpu_uuids = [g.uuid for g in chosen]
             env_extra["CUDA_VISIBLE_DEVICES"] = ",".join(str(g.index) for g in chosen)
             env_extra["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in chosen)
@@ -391,15 +381,10 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         try:
             how = await asyncio.to_thread(views.build, sources)
         except dataset_views.FolderTaken as exc:
-            refusal = Refusal(exc.strerror, field="datasets", reason="datasets")
-            self.refused(refusal, self.user_options)
-            raise SpawnRefused.of(refusal) from None
+            self.refuse(refusals.dataset_folders_taken(exc.names))
         except OSError as exc:
             self.log.warning("%s: dataset views: %s", self._log_name, exc)
-            refusal = Refusal("The folder for your datasets changed while the server started; "
-                              "start again.", field="datasets", reason="datasets")
-            self.refused(refusal, self.user_options)
-            raise SpawnRefused.of(refusal) from None
+            self.refuse(refusals.dataset_folder_changed())
         folder = views.folder
         if how and folder is not None:
             where = folder.name
@@ -469,10 +454,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 if proc.returncode is not None:
                     break
                 if time.monotonic() > deadline:
-                    refusal = Refusal(
-                        f"Installing the extra packages took longer than {self.package_install_timeout:g} "
-                        "seconds and was stopped; ask for fewer or smaller packages.",
-                        field="packages", reason="packages")
+                    refusal = refusals.packages_too_slow(self.package_install_timeout)
                 elif limit and await self._overlay_size(workdir, limit) > limit:
                     refusal = self._overlay_too_big()
                 if refusal is not None:
@@ -491,13 +473,12 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         finally:
             await _to_the_end(self._end_limits, owner)
         if refusal is None and proc.returncode != 0:
-            refusal = Refusal(plan.install_failure(output.decode(errors="replace")), field="packages",
-                              reason="packages")
+            refusal = refusals.packages_failed(plan.install_failure(output.decode(errors="replace")))
         if refusal is None and limit and await self._overlay_size(workdir, limit) > limit:
             refusal = self._overlay_too_big()
         if refusal is not None:
             await _to_the_end(paths.remove_entry, workdir, paths.OVERLAY)
-            raise SpawnRefused.of(refusal)
+            self.refuse(refusal)  # audited and counted like every refusal
         await _to_the_end(paths.remove_entry, workdir / paths.OVERLAY, ".tmp")
         return overlay
 
@@ -511,9 +492,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         self.limiter.cleanup(owner)
 
     def _overlay_too_big(self) -> Refusal:
-        size = paths.format_bytes(self.package_overlay_max_bytes)
-        return Refusal(f"The extra packages need more than the {size} this server may use for them; "
-                       "ask for fewer or smaller packages.", field="packages", reason="packages")
+        return refusals.packages_too_big(paths.format_bytes(self.package_overlay_max_bytes))
 
 
 _PR_SET_PDEATHSIG = 1

@@ -1,0 +1,107 @@
+"""What went wrong with a pod or the API, in the user's terms.
+
+Pure readings of Kubernetes' answers (a pod's statuses, the scheduler's FailedScheduling
+message, an API error); the sentences themselves live in ``core/refusals.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import aiohttp
+from kubernetes_asyncio.client.rest import ApiException
+
+from ..core import refusals
+from ..core.errors import Refusal
+from ..core.plan import Plan
+from ..core.quantity import format_memory
+from .pod import PACKAGE_INSTALLER
+
+_INSUFFICIENT = re.compile(r"Insufficient ([\w./-]+)")
+_QUOTA = re.compile(r"exceeded quota: ([\w.-]+), requested: (\S+), used: (\S+), limited: (\S+)")
+
+
+def _container(pod: dict | None, name: str, kind: str = "containerStatuses") -> dict:
+    for status in ((pod or {}).get("status") or {}).get(kind) or []:
+        if status.get("name") == name:
+            return status
+    return {}
+
+
+def package_failure(pod: dict | None, plan: Plan | None) -> str | None:
+    """Why the package init container failed, in words; None while it has not failed."""
+    if plan is None or not plan.packages:
+        return None
+    status = _container(pod, PACKAGE_INSTALLER, "initContainerStatuses")
+    ended = (status.get("state") or {}).get("terminated") or (status.get("lastState") or {}).get("terminated")
+    if not ended or ended.get("exitCode") == 0:
+        return None
+    return plan.install_failure(ended.get("message") or "")
+
+
+def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
+    """The sentence for a notebook container killed for using more memory than its limit."""
+    ended = (_container(pod, "notebook").get("state") or {}).get("terminated") or {}
+    if ended.get("reason") != "OOMKilled":
+        return None
+    limit = f" of {format_memory(plan.memory_limit)}" if plan else ""
+    return (f"Your last server was stopped because it ran out of memory: it used more than its "
+            f"limit{limit}, so the kernel killed it. Choose more memory below, or use less.")
+
+
+def webhook_failed(exc: ApiException) -> bool:
+    """Whether the API server refused the pod because an admission webhook did not answer."""
+    return exc.status is not None and exc.status >= 500 and "failed calling webhook" in str(exc.body or "")
+
+
+def explain_api_refusal(exc: ApiException) -> Refusal | None:
+    """A namespace ResourceQuota's refusal of the pod, in words; None for other errors."""
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = str(exc.body or "")
+    match = _QUOTA.search(message)
+    if exc.status != 403 or not match:
+        return None
+    name, requested, used, limited = match.groups()
+
+    def amounts(text: str) -> dict[str, str]:
+        return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+
+    asked, held, cap = amounts(requested), amounts(used), amounts(limited)
+    return refusals.namespace_quota(name, [
+        (key.removeprefix("requests.").removeprefix("limits."), value, held.get(key, "0"), cap.get(key, "?"))
+        for key, value in asked.items()])
+
+
+def explain_unschedulable(message: str, plan: Plan | None) -> Refusal:
+    """The scheduler's FailedScheduling message, said in terms of the user's choice."""
+    wrong_node = "didn't match Pod's node affinity/selector" in message or "untolerated taint" in message
+    return refusals.unschedulable(plan, set(_INSUFFICIENT.findall(message)), wrong_node,
+                                  message.split(". preemption:")[0])
+
+
+def cluster_unreachable(exc: BaseException, watch_stale: bool) -> bool:
+    """Whether a failed start is the API server not answering (not a fault of the request):
+    a connection error anywhere in the chain, or a timeout while the hub's watch is stale."""
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if any(isinstance(e, aiohttp.ClientConnectionError) for e in chain):
+        return True
+    return isinstance(chain[0], TimeoutError) and watch_stale
+
+
+def start_refusal(exc: BaseException, queued: bool, watch_stale: bool) -> Refusal | None:
+    """KubeSpawner's start failed with ``exc``: the refusal to tell, or None for a fault of
+    DCloud's or the cluster's own (raised as it is). ``queued``: the pod was to join Kueue's line."""
+    if isinstance(exc, ApiException):
+        refusal = explain_api_refusal(exc)
+        if refusal is None and queued and webhook_failed(exc):
+            return refusals.queue_unavailable()
+        return refusal
+    if cluster_unreachable(exc, watch_stale):
+        return refusals.cluster_unreachable()
+    return None
