@@ -120,6 +120,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._cmd_given = "cmd" in kwargs  # even when equal to the default: it was chosen
         self._progress: list[str] = []
         self._gpu_uuids: list[str] = []
 
@@ -296,6 +297,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         default, ``jupyterhub-singleuser``, would be the hub's own Python, not the environment's."""
         if not self.cmd:
             return False
+        if self._cmd_given:
+            return True
         sections = [cls.__name__ for cls in type(self).mro()]
         if any(name in self.config and "cmd" in self.config[name] for name in sections):
             return True
