@@ -12,7 +12,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .catalog import Catalog
+from .catalog import Allowance, Catalog, Dataset, Environment, GpuClass
 from .errors import RequestError, clip
 from .plan import Plan
 from .quantity import format_memory, memory_bytes
@@ -35,102 +35,16 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
     if not isinstance(request, ServerRequest):
         request = ServerRequest.parse(request)
     allowance = catalog.allowance(groups)
-
-    # environment
-    env_id = request.environment or (allowance.environments[0] if allowance.environments else None)
-    if env_id not in allowance.environments:
-        shown = clip(str(env_id))
-        raise RequestError(
-            "environment",
-            f"Environment '{shown}' is not available to you; you can use: "
-            f"{_listing(allowance.environments)}.",
-        )
-    environment = catalog.environment(env_id)
-
-    # GPU
-    gpu = None
-    gpu_count = 0
-    if request.gpu is not None:
-        if not allowance.gpu_classes or allowance.max_gpus == 0:
-            raise RequestError(
-                "gpu", "GPUs are not available to you; leave GPU type empty for a CPU-only server."
-            )
-        if request.gpu.type not in allowance.gpu_classes:
-            raise RequestError(
-                "gpu.type",
-                f"GPU class '{clip(request.gpu.type)}' is not available to you; you can use: "
-                f"{_listing(allowance.gpu_classes)}.",
-            )
-        gpu = catalog.gpu_class(request.gpu.type)
-        limit = min(gpu.max_count, allowance.max_gpus)
-        if request.gpu.count > limit:
-            raise RequestError(
-                "gpu.count",
-                f"GPU count {request.gpu.count} is more than you may use for {gpu.id}; "
-                f"choose 1 to {limit}.",
-            )
-        if not environment.has_gpu_image:
-            with_gpu = [e for e in allowance.environments if catalog.environment(e).has_gpu_image]
-            raise RequestError(
-                "environment",
-                f"Environment '{environment.id}' has no GPU image; for a GPU choose: "
-                f"{_listing(with_gpu)}.",
-            )
-        gpu_count = request.gpu.count
-
-    # CPU
-    cpu_range = catalog.resources.cpu
-    cpu_max = allowance.max_cpu
-    cpu = request.cpu if request.cpu is not None else allowance.default_cpu
-    if not cpu_range.min <= cpu <= cpu_max:
-        raise RequestError(
-            "cpu", f"CPU cores must be between {cpu_range.min:g} and {cpu_max:g} for you."
-        )
-    if Decimal(repr(cpu)).as_tuple().exponent < -3:  # the number as written, not its binary float
-        raise RequestError("cpu", "CPU cores can have at most three decimals, e.g. 0.5 or 1.25.")
-
-    # memory
-    mem_range = catalog.resources.memory
-    mem_min, mem_max = mem_range.min, allowance.max_memory
-    if request.memory is None:
-        memory = allowance.default_memory
-    else:
-        try:
-            memory = memory_bytes(request.memory)
-        except ValueError:
-            raise RequestError(
-                "memory",
-                f"Memory '{clip(str(request.memory))}' is not a quantity such as 16Gi or 512Mi.",
-            ) from None
-    if not mem_min <= memory <= mem_max:
-        raise RequestError(
-            "memory",
-            f"Memory must be between {format_memory(mem_min)} and {format_memory(mem_max)} "
-            "for you.",
-        )
-
-    # storage
+    environment = _environment(request, catalog, allowance)
+    gpu, gpu_count = _gpu(request, catalog, allowance, environment)
+    cpu = _cpu(request, catalog, allowance)
+    memory = _memory(request, catalog, allowance)
     home = _size(request.home, "home", "Home size", catalog.storage.home, allowance.max_home,
                  allowance.default_home)
     scratch = _size(request.scratch, "scratch", "Scratch size", catalog.storage.scratch, allowance.max_scratch,
                     allowance.default_scratch)
-
-    # datasets
-    chosen: list[str] = []
-    for dataset_id in request.datasets:
-        if dataset_id not in allowance.datasets:
-            raise RequestError(
-                "datasets",
-                f"Dataset '{clip(dataset_id)}' is not available to you; you can use: "
-                f"{_listing(allowance.datasets)}.",
-            )
-        if dataset_id not in chosen:
-            chosen.append(dataset_id)
-    datasets = tuple(catalog.dataset(d) for d in chosen)
-
-    # packages
+    datasets = _datasets(request, catalog, allowance)
     packages = _packages(request.packages, catalog)
-
     if request.wait and not catalog.queueing.enabled:
         raise RequestError("wait", "Wait in line is not available on this hub (queueing is off); "
                                    "leave it out, and start when GPUs are free.")
@@ -155,6 +69,98 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         scratch_bytes=scratch,
         storage=catalog.storage,
     )
+
+
+def _environment(request: ServerRequest, catalog: Catalog, allowance: Allowance) -> Environment:
+    env_id = request.environment or (allowance.environments[0] if allowance.environments else None)
+    if env_id not in allowance.environments:
+        shown = clip(str(env_id))
+        raise RequestError(
+            "environment",
+            f"Environment '{shown}' is not available to you; you can use: "
+            f"{_listing(allowance.environments)}.",
+        )
+    return catalog.environment(env_id)
+
+
+def _gpu(request: ServerRequest, catalog: Catalog, allowance: Allowance,
+         environment: Environment) -> tuple[GpuClass | None, int]:
+    if request.gpu is None:
+        return None, 0
+    if not allowance.gpu_classes or allowance.max_gpus == 0:
+        raise RequestError(
+            "gpu", "GPUs are not available to you; leave GPU type empty for a CPU-only server."
+        )
+    if request.gpu.type not in allowance.gpu_classes:
+        raise RequestError(
+            "gpu.type",
+            f"GPU class '{clip(request.gpu.type)}' is not available to you; you can use: "
+            f"{_listing(allowance.gpu_classes)}.",
+        )
+    gpu = catalog.gpu_class(request.gpu.type)
+    limit = min(gpu.max_count, allowance.max_gpus)
+    if request.gpu.count > limit:
+        raise RequestError(
+            "gpu.count",
+            f"GPU count {request.gpu.count} is more than you may use for {gpu.id}; "
+            f"choose 1 to {limit}.",
+        )
+    if not environment.has_gpu_image:
+        with_gpu = [e for e in allowance.environments if catalog.environment(e).has_gpu_image]
+        raise RequestError(
+            "environment",
+            f"Environment '{environment.id}' has no GPU image; for a GPU choose: "
+            f"{_listing(with_gpu)}.",
+        )
+    return gpu, request.gpu.count
+
+
+def _cpu(request: ServerRequest, catalog: Catalog, allowance: Allowance) -> float:
+    cpu_range = catalog.resources.cpu
+    cpu_max = allowance.max_cpu
+    cpu = request.cpu if request.cpu is not None else allowance.default_cpu
+    if not cpu_range.min <= cpu <= cpu_max:
+        raise RequestError(
+            "cpu", f"CPU cores must be between {cpu_range.min:g} and {cpu_max:g} for you."
+        )
+    if Decimal(repr(cpu)).as_tuple().exponent < -3:  # the number as written, not its binary float
+        raise RequestError("cpu", "CPU cores can have at most three decimals, e.g. 0.5 or 1.25.")
+    return cpu
+
+
+def _memory(request: ServerRequest, catalog: Catalog, allowance: Allowance) -> int:
+    mem_min, mem_max = catalog.resources.memory.min, allowance.max_memory
+    if request.memory is None:
+        memory = allowance.default_memory
+    else:
+        try:
+            memory = memory_bytes(request.memory)
+        except ValueError:
+            raise RequestError(
+                "memory",
+                f"Memory '{clip(str(request.memory))}' is not a quantity such as 16Gi or 512Mi.",
+            ) from None
+    if not mem_min <= memory <= mem_max:
+        raise RequestError(
+            "memory",
+            f"Memory must be between {format_memory(mem_min)} and {format_memory(mem_max)} "
+            "for you.",
+        )
+    return memory
+
+
+def _datasets(request: ServerRequest, catalog: Catalog, allowance: Allowance) -> tuple[Dataset, ...]:
+    chosen: list[str] = []
+    for dataset_id in request.datasets:
+        if dataset_id not in allowance.datasets:
+            raise RequestError(
+                "datasets",
+                f"Dataset '{clip(dataset_id)}' is not available to you; you can use: "
+                f"{_listing(allowance.datasets)}.",
+            )
+        if dataset_id not in chosen:
+            chosen.append(dataset_id)
+    return tuple(catalog.dataset(d) for d in chosen)
 
 
 def _size(asked: str | int | None, field: str, name: str, offered: Any, most: int | None,
