@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import package_envs
@@ -207,6 +208,18 @@ def _without(entries: list, plan_entries: list, *keys: str) -> list:
     return [e for e in entries if not (isinstance(e, dict) and any((k, e.get(k)) in taken for k in keys))]
 
 
+@dataclass
+class _Parts:
+    """What the plan adds to the pod, gathered before it is merged onto the traits."""
+
+    volumes: list = field(default_factory=list)
+    mounts: list = field(default_factory=list)
+    init_containers: list = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+    guarantees: dict = field(default_factory=dict)
+
+
 def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
                gpu_resources: Collection[str] = ()) -> None:
     """Merge ``plan`` onto ``spawner``'s pod traits as the admin's config and this start's
@@ -219,77 +232,24 @@ def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
     spawner.mem_limit = plan.memory_limit
     spawner.mem_guarantee = plan.memory_request
 
-    environment = dict(spawner.environment)
-    environment.update(literal(plan.environment_variables()))
-
-    tolerations = _as_list(spawner.tolerations)
-    node_selector = dict(spawner.node_selector)
-    limits = {k: v for k, v in spawner.extra_resource_limits.items() if k not in gpu_resources}
-    guarantees = {k: v for k, v in spawner.extra_resource_guarantees.items() if k not in gpu_resources}
-    if plan.gpu:
-        count = str(plan.gpu_count)
-        limits[plan.gpu.resource] = count
-        guarantees[plan.gpu.resource] = count
-    spawner.extra_resource_limits = limits
-    spawner.extra_resource_guarantees = guarantees
-    if plan.gpu:
-        node_selector.update(plan.gpu.node_selector)
-        tolerations += [t.manifest() for t in plan.gpu.tolerations]
-    else:
-        # A CPU server must not see GPUs even where the NVIDIA runtime is the default.
-        environment["NVIDIA_VISIBLE_DEVICES"] = "void"
-    spawner.node_selector = node_selector
-    spawner.tolerations = tolerations
-
-    volumes: list = []
-    mounts: list = []
-    volumes.append({
-        "name": "dcloud-shm",
-        "emptyDir": {"medium": "Memory", "sizeLimit": format_memory(plan.shm_bytes)},
-    })
-    mounts.append({"name": "dcloud-shm", "mountPath": "/dev/shm"})
-    for dataset in plan.datasets:
-        name = f"dataset-{dataset.id}"
-        volumes.append(literal(dataset_volume(dataset, name)))
-        mounts.append(literal({"name": name, "mountPath": dataset.path_in_pod, "readOnly": True}))
-
-    init_containers: list = []
+    parts = _Parts(environment=literal(plan.environment_variables()))
+    _place(spawner, plan, parts)
+    _mount_shm_and_datasets(plan, parts)
     home = home_mount(spawner)
     if plan.packages:
         uid = spawner.uid(spawner) if callable(spawner.uid) else spawner.uid
-        if home is not None:  # persistent: built once on the home volume, reused after
-            init_containers.append(literal(home_package_installer(plan, pip_args, installer_uid(uid), home)))
-            where = f"{HOME_DIR}/{package_envs.ENVS_DIR}/{package_env_key(plan, pip_args)}"
-        else:  # no home volume: installed at every start into a volume of the pod's own
-            volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": format_memory(PACKAGES_SIZE)}})
-            mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
-            init_containers.append(literal(package_installer(plan, pip_args, installer_uid(uid))))
-            where = PACKAGES_DIR
-        environment["PYTHONPATH"] = where
-        environment["PATH"] = literal(f"{where}/bin:{image_path}")
-    scratch = scratch_volume(plan)
-    if scratch is not None:
-        volumes.append(scratch)
-        mounts.append({"name": "dcloud-scratch", "mountPath": SCRATCH_DIR})
-    ephemeral = ephemeral_storage(plan, packages_in_pod=home is None)
-    if ephemeral is not None:
-        limits[EPHEMERAL], guarantees[EPHEMERAL] = ephemeral
-        spawner.extra_resource_limits = limits
-        spawner.extra_resource_guarantees = guarantees
-        for container in init_containers:
-            container["resources"]["limits"][EPHEMERAL] = format_memory(plan.storage.ephemeral.limit)
-            container["resources"]["requests"][EPHEMERAL] = format_memory(plan.storage.ephemeral.request)
-    if plan.home_bytes is not None:
-        # KubeSpawner's own home volume claim (storage_pvc_ensure): the size the user chose,
-        # on the catalog's class; a claim that exists already is grown before the pod (admission)
-        spawner.storage_capacity = format_memory(plan.home_bytes)
-        if plan.storage.home.storage_class:
-            spawner.storage_class = plan.storage.home.storage_class
-    spawner.volumes = _without(_as_list(spawner.volumes), volumes, "name") + volumes
-    spawner.volume_mounts = _without(_as_list(spawner.volume_mounts), mounts, "name", "mountPath") + mounts
-    spawner.init_containers = _without(_as_list(spawner.init_containers), init_containers, "name") + init_containers
-    spawner.environment = environment
+        _install_packages(plan, pip_args, installer_uid(uid), home, image_path, parts)
+    _add_storage(spawner, plan, packages_in_pod=home is None, parts=parts)
 
+    kept = {k: v for k, v in spawner.extra_resource_limits.items() if k not in gpu_resources}
+    spawner.extra_resource_limits = {**kept, **parts.limits}
+    kept = {k: v for k, v in spawner.extra_resource_guarantees.items() if k not in gpu_resources}
+    spawner.extra_resource_guarantees = {**kept, **parts.guarantees}
+    spawner.volumes = _without(_as_list(spawner.volumes), parts.volumes, "name") + parts.volumes
+    spawner.volume_mounts = _without(_as_list(spawner.volume_mounts), parts.mounts, "name", "mountPath") + parts.mounts
+    spawner.init_containers = (_without(_as_list(spawner.init_containers), parts.init_containers, "name")
+                               + parts.init_containers)
+    spawner.environment = {**spawner.environment, **parts.environment}
     spawner.extra_labels = {**spawner.extra_labels, **labels_for(plan)}
     spawner.extra_annotations = {
         **spawner.extra_annotations,
@@ -299,3 +259,60 @@ def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
             f"{LABEL_PREFIX}/summary": plan.summary(),
         }),
     }
+
+
+def _place(spawner: Any, plan: Plan, parts: _Parts) -> None:
+    """GPUs: the resource, the class's node selector and tolerations; none seen without one."""
+    if plan.gpu is None:
+        # A CPU server must not see GPUs even where the NVIDIA runtime is the default.
+        parts.environment["NVIDIA_VISIBLE_DEVICES"] = "void"
+        return
+    count = str(plan.gpu_count)
+    parts.limits[plan.gpu.resource] = parts.guarantees[plan.gpu.resource] = count
+    spawner.node_selector = {**spawner.node_selector, **plan.gpu.node_selector}
+    spawner.tolerations = _as_list(spawner.tolerations) + [t.manifest() for t in plan.gpu.tolerations]
+
+
+def _mount_shm_and_datasets(plan: Plan, parts: _Parts) -> None:
+    parts.volumes.append({
+        "name": "dcloud-shm",
+        "emptyDir": {"medium": "Memory", "sizeLimit": format_memory(plan.shm_bytes)},
+    })
+    parts.mounts.append({"name": "dcloud-shm", "mountPath": "/dev/shm"})
+    for dataset in plan.datasets:
+        name = f"dataset-{dataset.id}"
+        parts.volumes.append(literal(dataset_volume(dataset, name)))
+        parts.mounts.append(literal({"name": name, "mountPath": dataset.path_in_pod, "readOnly": True}))
+
+
+def _install_packages(plan: Plan, pip_args: list[str], uid: int | None, home: dict[str, Any] | None,
+                      image_path: str, parts: _Parts) -> None:
+    if home is not None:  # persistent: built once on the home volume, reused after
+        parts.init_containers.append(literal(home_package_installer(plan, pip_args, uid, home)))
+        where = f"{HOME_DIR}/{package_envs.ENVS_DIR}/{package_env_key(plan, pip_args)}"
+    else:  # no home volume: installed at every start into a volume of the pod's own
+        parts.volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": format_memory(PACKAGES_SIZE)}})
+        parts.mounts.append({"name": "dcloud-packages", "mountPath": PACKAGES_DIR, "readOnly": True})
+        parts.init_containers.append(literal(package_installer(plan, pip_args, uid)))
+        where = PACKAGES_DIR
+    parts.environment["PYTHONPATH"] = where
+    parts.environment["PATH"] = literal(f"{where}/bin:{image_path}")
+
+
+def _add_storage(spawner: Any, plan: Plan, packages_in_pod: bool, parts: _Parts) -> None:
+    scratch = scratch_volume(plan)
+    if scratch is not None:
+        parts.volumes.append(scratch)
+        parts.mounts.append({"name": "dcloud-scratch", "mountPath": SCRATCH_DIR})
+    ephemeral = ephemeral_storage(plan, packages_in_pod=packages_in_pod)
+    if ephemeral is not None and plan.storage is not None and plan.storage.ephemeral is not None:
+        parts.limits[EPHEMERAL], parts.guarantees[EPHEMERAL] = ephemeral
+        for container in parts.init_containers:
+            container["resources"]["limits"][EPHEMERAL] = format_memory(plan.storage.ephemeral.limit)
+            container["resources"]["requests"][EPHEMERAL] = format_memory(plan.storage.ephemeral.request)
+    if plan.home_bytes is not None and plan.storage is not None and plan.storage.home is not None:
+        # KubeSpawner's own home volume claim (storage_pvc_ensure): the size the user chose,
+        # on the catalog's class
+        spawner.storage_capacity = format_memory(plan.home_bytes)
+        if plan.storage.home.storage_class:
+            spawner.storage_class = plan.storage.home.storage_class
