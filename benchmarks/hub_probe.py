@@ -376,7 +376,7 @@ async def probe_dcloud(args: argparse.Namespace) -> dict[str, Any]:
     del seen  # a measuring aid, not part of a hub: the collector should not walk it
     log(f"caches hold {cache['nodes'] / len(live.nodes):.0f} bytes a node, {cache['pods'] / len(live.pods):.0f} a pod")
     # the spawners' form reads the hub-wide watch: hand it these reflectors
-    watch = hub_state().part("kube.watch", ClusterWatch)
+    watch = hub_state().part(ClusterWatch, ClusterWatch)
     watch.live, watch.nodes, watch.pods = live, nodes, pods
     checks = [await check("list", live, catalog, plan, [], args.admin_kubeconfig)]
 

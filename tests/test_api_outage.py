@@ -15,6 +15,7 @@ import pytest
 from jupyterhub.spawner import SpawnException
 
 from dcloud_spawner.core.refusals import UNREACHABLE
+from dcloud_spawner.hub.state import hub_state
 from tests.cluster.control_plane import api_server_stopped
 from tests.cluster.layout import RunDir, default_run_dir
 from tests.kube_spawners import cluster_spawner
@@ -49,7 +50,7 @@ async def test_an_api_server_outage_is_told_and_healed(cluster):
         with pytest.raises(SpawnException) as failed:
             await asyncio.wait_for(starter.start(), 60)
         assert failed.value.jupyterhub_message == UNREACHABLE
-        assert starter.hub_state.ledger.claims == []  # nothing held by the failed start
+        assert hub_state().ledger.claims == []  # nothing held by the failed start
         await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - began)))
 
     healed = time.monotonic()

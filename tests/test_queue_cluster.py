@@ -16,6 +16,7 @@ from jupyterhub.spawner import SpawnException
 from kubernetes import client
 
 from dcloud_spawner.core.refusals import QUEUE_DOWN
+from dcloud_spawner.hub.state import hub_state
 from tests.cluster import kueue
 from tests.cluster.control_plane import KEEP_RUNNING_LABEL
 from tests.hub import stop_demo_hub
@@ -235,7 +236,7 @@ def test_the_admin_page_and_metrics_show_the_queues(hub, core, kueue_cluster):
     spawn(hub, "res-1", {**FOUR_A100, "wait": True}).wait_for("1st in line")
 
     def admin():
-        status, raw = hub.get("/hub/dcloud/allocations.json")
+        status, raw = hub.get("/services/dcloud/allocations.json")
         assert status == 200, raw
         rows = {q["name"]: q for q in json.loads(raw)["queues"]}
         return rows if rows.get("dcloud-researchers", {}).get("pending") == 1 else None
@@ -266,4 +267,4 @@ async def test_kueue_down_fails_a_spawn_at_once(cluster, kueue_cluster, tmp_path
         took = time.monotonic() - began
         assert failed.value.jupyterhub_message == QUEUE_DOWN
         assert took < 5, f"took {took:.1f}s"
-        assert spawner.hub_state.ledger.claims == []
+        assert hub_state().ledger.claims == []

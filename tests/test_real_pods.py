@@ -11,6 +11,7 @@ import time
 import pytest
 from jupyterhub.spawner import SpawnException
 
+from dcloud_spawner.hub.state import hub_state
 from tests.kube_spawners import cluster_spawner
 from tests.real_node import package_index, require_real_node, spawner_config, write_catalog
 
@@ -43,7 +44,7 @@ async def test_a_package_that_does_not_exist_ends_the_spawn_with_its_name(cluste
     while pods_of(core, cluster.namespace, "pkgfail"):
         assert time.monotonic() < deadline, "the failed pod was left behind"
         await asyncio.sleep(0.5)
-    assert spawner.hub_state.ledger.claims == []  # its resources are free again
+    assert hub_state().ledger.claims == []  # its resources are free again
 
 
 async def test_an_oom_killed_server_is_told_on_the_next_form(cluster, core, real_catalog):

@@ -45,7 +45,7 @@ from ..core.quotas import Claim
 from ..core.validation import validate
 from . import audit
 from .form import FormContext, render_form, request_from_form, uploaded_options
-from .state import HubState, LiveData, hub_state
+from .state import LiveData, hub_state
 
 _THIS_START = object()  # refuse()'s default: audit the options of the start being refused
 
@@ -118,6 +118,7 @@ class DCloudMixin(LoggingConfigurable):
         # before apply_user_options, so keep them now: a refusal must not wipe them, even when
         # this object is new (after a stop, or a hub restart).
         self._dcloud_last_valid = copy.deepcopy(getattr(self, "user_options", None) or {})
+        hub_state().serve(self.catalog_path)  # the admin page and metrics read this catalog
         if self.apply_user_options is None:
             # traitlets neither validates nor reports a None equal to the trait's own default:
             # no hook at all still means the catalog's gate (so does a later None, observed)
@@ -182,18 +183,19 @@ class DCloudMixin(LoggingConfigurable):
     # -- inputs -----------------------------------------------------------------------
 
     @property
-    def hub_state(self) -> HubState:
-        """The hub-wide state, told which catalog and live data this hub's spawners use."""
-        state = hub_state()
-        state.catalog_path = self.catalog_path
-        live = self.live_data()
-        if live is not None:
-            state.live = live
-        return state
-
-    @property
     def catalog(self) -> Catalog:
-        return self.hub_state.catalogs.get(self.catalog_path)
+        return hub_state().catalogs.get(self.catalog_path)
+
+    @classmethod
+    def hub_setting(cls, config: Any, name: str) -> Any:
+        """The value of trait ``name`` as the hub's configuration sets it for this class (the
+        sections KubeSpawner reads, the most specific winning), whatever a hook changed on one
+        spawner: hub-wide parts are built from this, not from the first spawner's traits."""
+        value = cls.class_traits()[name].default()
+        for section in [k.__name__ for k in reversed(cls.mro())]:
+            if section in config and name in config[section]:
+                value = config[section][name]
+        return value
 
     def user_groups(self) -> list[str]:
         """The JupyterHub groups of this spawner's user (filled by the authenticator)."""
@@ -242,7 +244,7 @@ class DCloudMixin(LoggingConfigurable):
         catalog = self.catalog
         allowance = catalog.allowance(self.user_groups())
         await self.refresh_live_data()
-        options = self.hub_state.attempts.take(self.user.name)
+        options = hub_state().attempts.take(self.user.name)
         if options is None:
             options = self.user_options or {}
             try:
@@ -252,7 +254,7 @@ class DCloudMixin(LoggingConfigurable):
         return render_form(catalog, allowance, options, self.form_context())
 
     def dcloud_options_from_form(self, formdata: dict[str, list[Any]]) -> dict[str, Any]:
-        attempts = self.hub_state.attempts
+        attempts = hub_state().attempts
         raw = request_from_form(formdata)
         attempts.remember(self.user.name, raw)
         try:
@@ -300,10 +302,10 @@ class DCloudMixin(LoggingConfigurable):
 
     def claim_resources(self, plan: Plan) -> None:
         """Hold ``plan``'s resources in the hub-wide ledger, or raise QuotaExceeded."""
-        self.hub_state.ledger.claim(self.catalog, Claim.of(*self.claim_key, self.user_groups(), plan))
+        hub_state().ledger.claim(self.catalog, Claim.of(*self.claim_key, self.user_groups(), plan))
 
     def release_resources(self) -> None:
-        self.hub_state.ledger.release(*self.claim_key)
+        hub_state().ledger.release(*self.claim_key)
 
     def dcloud_state(self) -> dict[str, Any]:
         """State to persist while a server runs, so a restarted hub re-counts it."""
@@ -324,7 +326,7 @@ class DCloudMixin(LoggingConfigurable):
         except (RequestError, OSError, ValueError):
             return  # the catalog changed under a running server; it is counted no longer
         self.dcloud_plan = plan
-        self.hub_state.ledger.adopt(Claim.of(*self.claim_key, self.user_groups(), plan))
+        hub_state().ledger.adopt(Claim.of(*self.claim_key, self.user_groups(), plan))
 
     # -- audit and metrics ----------------------------------------------------------------
 
@@ -334,7 +336,7 @@ class DCloudMixin(LoggingConfigurable):
         line (``options`` as asked, this start's by default; ``fields`` added), and raise it as
         :class:`SpawnRefused`. ``as_raised``: raise ``refusal`` itself (the form's own path,
         where JupyterHub shows the form again rather than failing a spawn)."""
-        self.hub_state.metrics.refused(refusal.reason)
+        hub_state().metrics.refused(refusal.reason)
         self.audit("refused", self.user_options if options is _THIS_START else options,
                    reason=refusal.sentence, **fields)
         if as_raised:

@@ -10,6 +10,7 @@ and dropped with :func:`close_hub_state` (waits for background work to stop) or
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import time
@@ -35,6 +36,19 @@ class LiveData(Protocol):
 
     def availability(self, catalog: Catalog) -> dict[str, GpuAvailability] | None:
         """GPU class id -> free and total now; None when not known."""
+
+
+class BackgroundWork(abc.ABC):
+    """A hub-wide part that works in the background (a watch, a poller): the hub state stops
+    it when it is closed and cancels it when it is abandoned."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop the background work and wait for it."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Cancel the background work without waiting (from synchronous code)."""
 
 
 class QueueData(Protocol):
@@ -127,16 +141,27 @@ class HubState:
         self.catalog_path: str | None = None  # the spawners' configured catalog
         self.live: LiveData | None = None  # the running backend's live data
         self.queues: QueueData | None = None  # the running backend's queues, when it queues
-        self._parts: dict[str, Any] = {}
+        self._parts: dict[type, Any] = {}
         audit.install_handler()
         self.metrics = Metrics(self.current_numbers, lambda: self.ledger.claims)
         self.metrics.gpus.queued = self.queued_numbers
 
-    def part(self, name: str, factory: Callable[[], T]) -> T:
-        """The hub-wide object ``name`` of a backend, made by ``factory`` on first use."""
-        if name not in self._parts:
-            self._parts[name] = factory()
-        return self._parts[name]
+    def part(self, kind: type[T], factory: Callable[[], T]) -> T:
+        """The backend's hub-wide object of type ``kind`` (one per type), made by ``factory``
+        on first use. A :class:`BackgroundWork` part is stopped with the state."""
+        made = self._parts.get(kind)
+        if made is None:
+            made = self._parts[kind] = factory()
+            if not isinstance(made, kind):
+                raise TypeError(f"{factory!r} made a {type(made).__name__}, not a {kind.__name__}")
+        return made
+
+    def serve(self, catalog_path: str, live: LiveData | None = None) -> None:
+        """Say which catalog (and live data) this hub's spawners use, for the admin page and
+        the metrics; called as a spawner is made and as a backend makes its live data."""
+        self.catalog_path = catalog_path
+        if live is not None:
+            self.live = live
 
     def catalog(self) -> Catalog | None:
         return self.catalogs.get(self.catalog_path) if self.catalog_path else None
@@ -158,17 +183,15 @@ class HubState:
     async def close(self) -> None:
         """Stop what the parts run in the background and unregister the metrics."""
         for part in self._parts.values():
-            stop = getattr(part, "stop", None)
-            if stop is not None:
-                await stop()
+            if isinstance(part, BackgroundWork):
+                await part.stop()
         self.metrics.unregister()
 
     def abandon(self) -> None:
         """Cancel the parts' background work without waiting for it, and unregister the metrics."""
         for part in self._parts.values():
-            cancel = getattr(part, "cancel", None)
-            if cancel is not None:
-                cancel()
+            if isinstance(part, BackgroundWork):
+                part.cancel()
         self.metrics.unregister()
 
 

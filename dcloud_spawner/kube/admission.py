@@ -28,15 +28,21 @@ class Starting(NamedTuple):
     count: int
 
 
-def starting_servers() -> dict[Key, Starting]:
+class StartingServers(dict[Key, Starting]):
     """(user, server) -> the GPUs of each server let through the capacity check whose pod
     the hub's watch does not yet show on a node (so the free counts do not include it)."""
-    return hub_state().part("kube.starting", dict)
 
 
-def queued_servers() -> dict[Key, float]:
+class QueuedServers(dict[Key, float]):
     """(user, server) -> when it began to wait, for every server of this hub waiting in line."""
-    return hub_state().part("kube.queued", dict)
+
+
+def starting_servers() -> StartingServers:
+    return hub_state().part(StartingServers, StartingServers)
+
+
+def queued_servers() -> QueuedServers:
+    return hub_state().part(QueuedServers, QueuedServers)
 
 
 def start_timeout(base: float, plan: Plan, queueing: Queueing) -> float:

@@ -19,6 +19,7 @@ from kubernetes_asyncio.client import ApiException, CustomObjectsApi
 from kubespawner.clients import shared_client
 
 from ..core.catalog import Catalog
+from ..hub.state import BackgroundWork
 from .kueue_objects import GROUP, VERSION, VISIBILITY_API, flavor_name
 from .workloads import admitted, finished, workload_class
 
@@ -43,7 +44,7 @@ class QueueRow:
     gpus_admitted: dict[str, int]  # GPU class id -> GPUs in use by admitted workloads
 
 
-class KueueView:
+class KueueView(BackgroundWork):
     """The notebook namespace's Workloads and all ClusterQueues, read every ``interval``."""
 
     def __init__(self, interval: float = 2.0) -> None:

@@ -41,6 +41,12 @@ from .reflector_compat import DropsHalfStartedReflectors
 from .watch import ClusterWatch
 
 
+class ConfigChecked:
+    """Whether this hub has said what it thinks of the site's KubeSpawner settings."""
+
+    done = False
+
+
 class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
     """Spawns the notebook pod a user chose in DCloud's form, as validated by the catalog."""
 
@@ -118,9 +124,9 @@ class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         mock = kwargs.get("_mock", False)
         super().__init__(*args, **kwargs)
-        checked = hub_state().part("kube.config_checked", set) if not mock else {True}
-        if not checked:  # once per hub, as its first spawner is made
-            checked.add(True)
+        checked = hub_state().part(ConfigChecked, ConfigChecked) if not mock else None
+        if checked is not None and not checked.done:  # once per hub, as its first spawner is made
+            checked.done = True
             for problem in self.config_problems():
                 self.log.warning("DCloud: %s", problem)
         self._base_traits = {t: copy.deepcopy(getattr(self, t)) for t in PLANNED_TRAITS}
@@ -153,9 +159,14 @@ class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
         if not self.catalog.queueing.enabled:
             return None
         state = hub_state()
-        view = state.part("kube.queue", lambda: KueueView(self.queue_poll_seconds))
+
+        def made() -> KueueView:
+            made_view = KueueView(self.hub_setting(self.config, "queue_poll_seconds"))
+            state.queues = made_view  # the admin page and metrics read the lines from it
+            return made_view
+
+        view = state.part(KueueView, made)
         view.ensure_started(self.namespace)
-        state.queues = view
         return view
 
     def dcloud_queue(self, plan: Plan) -> Queue | None:
@@ -196,16 +207,10 @@ class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
         """:meth:`config_problems` of the settings in ``config`` alone: no spawner is made
         (that needs a user and a cluster's credentials), each setting is read from the
         sections KubeSpawner reads it from, the most specific winning."""
-        sections = [k.__name__ for k in reversed(cls.mro()) if k.__name__ in config]
-        traits = cls.class_traits()
-        settings = {}
-        for name in ("profile_list", "uid", "privileged", "container_security_context", "pod_security_context"):
-            value = traits[name].default() if name not in ("container_security_context",
-                                                           "pod_security_context") else None
-            for section in sections:
-                if name in config[section]:
-                    value = config[section][name]
-            settings[name] = value
+        settings = {name: cls.hub_setting(config, name) for name in ("profile_list", "uid", "privileged")}
+        for name in ("container_security_context", "pod_security_context"):  # DCloud's defaults are callables
+            settings[name] = cls.hub_setting(config, name) if any(
+                name in config[k.__name__] for k in cls.mro() if k.__name__ in config) else None
         return _problems(types.SimpleNamespace(**settings))
 
     async def get_pod_manifest(self) -> Any:
@@ -223,7 +228,14 @@ class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
         if not self.show_availability:
             return None
         # the hub's config, so an admin's c.ClusterPodReflector / c.NodeReflector settings apply
-        return hub_state().part("kube.watch", lambda: ClusterWatch(config=self.config))
+        state = hub_state()
+
+        def made() -> ClusterWatch:
+            watch = ClusterWatch(config=self.config)
+            state.serve(self.catalog_path, watch)  # the admin page and metrics read its numbers
+            return watch
+
+        return state.part(ClusterWatch, made)
 
     def form_context(self) -> FormContext:
         context = super().form_context()

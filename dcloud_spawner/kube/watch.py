@@ -38,6 +38,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from ..core.availability import GpuAvailability, LiveAvailability, NodeFacts, PodFacts, add_held
 from ..core.catalog import Catalog
+from ..hub.state import BackgroundWork
 from .facts import node_facts, pod_facts
 
 log = logging.getLogger("dcloud")
@@ -407,7 +408,7 @@ class ClusterPodReflector(LeanReflector):
         return self.live.pods
 
 
-class ClusterWatch:
+class ClusterWatch(BackgroundWork):
     """The hub-wide Node and Pod watches (a part of the hub state); started once, on first use."""
 
     def __init__(self, api_factory: Callable[[], Any] | None = None, config: Config | None = None) -> None:

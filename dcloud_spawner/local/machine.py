@@ -52,6 +52,3 @@ class LocalMachine:
             self._limiter = limits.detect()
             log.info("DCloud local backend: %s", self._limiter.reason)
         return self._limiter
-
-    async def stop(self) -> None:
-        """Nothing runs in the background; present so the hub state can close every part alike."""

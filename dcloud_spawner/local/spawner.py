@@ -127,12 +127,14 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     # -- this machine (one per hub: the first spawner's settings make it) ---------------
 
     def live_data(self) -> LocalMachine:
-        return hub_state().part("local.machine", self._make_machine)
+        return hub_state().part(LocalMachine, self._make_machine)
 
     def _make_machine(self) -> LocalMachine:
         configured = [gpus.LocalGpu(int(g["index"]), str(g.get("uuid") or f"GPU-local-{g['index']}"),
                                     str(g["name"])) for g in self.local_gpus]
-        return LocalMachine(configured, self.gpu_class_assignment or None)
+        machine = LocalMachine(configured, self.gpu_class_assignment or None)
+        hub_state().serve(self.catalog_path, machine)  # the admin page and metrics read its GPUs
+        return machine
 
     @property
     def machine(self) -> LocalMachine:
