@@ -63,7 +63,7 @@ def offline_kubeconfig(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 async def cluster(kube_cluster):
     """The test cluster, with KubeSpawner's clients aimed at it as the hub's ServiceAccount."""
-    from tests.kube_spawners import point_kubespawner_at
+    from tests.support.kube_spawners import point_kubespawner_at
 
     await point_kubespawner_at(kube_cluster.hub_kubeconfig)
     return kube_cluster

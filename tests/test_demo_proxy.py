@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.hub import free_port
+from tests.support.hub import free_port
 
 GAP = 22.0  # seconds between the two events: past tornado's default request_timeout (20 s)
 

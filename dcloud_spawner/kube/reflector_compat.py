@@ -10,7 +10,7 @@ namespace waits on it forever (a refused spawn's REST call hung the hub).
 :class:`DropsHalfStartedReflectors` removes a reflector whose start ended (failed or was
 cancelled) before its first list finished, and wakes whoever waits for it, so the next call
 lists afresh. Delete this module when upstream fixes the defect: the test
-``tests/test_reflector_compat.py::test_upstream_kubespawner_still_keeps_a_half_started_reflector``
+``tests/kube/test_reflector_compat.py::test_upstream_kubespawner_still_keeps_a_half_started_reflector``
 fails on that day. The upstream report: ``docs/kubespawner-reflector-defect.md``.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub import start_demo_hub, stop_demo_hub
+from tests.support.hub import start_demo_hub, stop_demo_hub
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

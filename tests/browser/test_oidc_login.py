@@ -1,8 +1,8 @@
 """Logging in through a real OpenID Connect provider (Keycloak), in Chromium.
 
-The hub is the chart's own (tests/helm_release.py): helm-values/values.yaml with only the
+The hub is the chart's own (tests/support/helm_release.py): helm-values/values.yaml with only the
 site's addresses filled in (the provider's URLs, the callback, the client), so the login goes
-through GenericOAuthenticator exactly as the values configure it. Keycloak (tests/idp.py) holds
+through GenericOAuthenticator exactly as the values configure it. Keycloak (tests/support/idp.py) holds
 the realm `lab` that the test setup makes: `alice` in `students`, `bob` in `researchers` and
 `medical`, `carol` in no group. Users type their password into Keycloak's own login page; their
 groups come from the provider's `groups` claim at every login.
@@ -15,9 +15,9 @@ import secrets
 
 import pytest
 
-from tests import idp
 from tests.browser.conftest import shot
-from tests.helm_release import Release, release_namespace
+from tests.support import idp
+from tests.support.helm_release import Release, release_namespace
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -32,7 +32,7 @@ PASSWORD = secrets.token_urlsafe(10)
 def keycloak(tmp_path_factory):
     reason = idp.missing()
     if reason:
-        from tests.helm import unavailable
+        from tests.support.helm import unavailable
 
         unavailable(reason)
     keycloak = idp.start(tmp_path_factory.mktemp("keycloak") / "keycloak.log")

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from tests.browser.conftest import login, shot
-from tests.hub import stop_demo_hub
-from tests.kube_hub import start_kube_hub
-from tests.queue_hub import USERS, kueue_objects, queue_catalog, spawn
+from tests.support.hub import stop_demo_hub
+from tests.support.kube_hub import start_kube_hub
+from tests.support.queue_hub import USERS, kueue_objects, queue_catalog, spawn
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 

@@ -18,10 +18,10 @@ import pytest
 from tests.browser.conftest import login, shot
 from tests.browser.jupyterlab import run_cell, watch_progress
 from tests.cluster import images
-from tests.hub import stop_demo_hub
-from tests.kube_hub import start_kube_hub
-from tests.package_index import MODULE, NAME
-from tests.real_node import containers, package_index, require_real_node, write_catalog
+from tests.support.hub import stop_demo_hub
+from tests.support.kube_hub import start_kube_hub
+from tests.support.package_index import MODULE, NAME
+from tests.support.real_node import containers, package_index, require_real_node, write_catalog
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 

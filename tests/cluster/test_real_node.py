@@ -31,7 +31,7 @@ from tests.cluster import fleet, harness, host, node
 from tests.cluster.fixture import KubeCluster
 from tests.cluster.layout import K8S_VERSION, RunDir, bin_dir
 from tests.cluster.pki import Pki
-from tests.real_node import require_real_node
+from tests.support.real_node import require_real_node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GREETING = "hello from a real container"

@@ -1,0 +1,219 @@
+"""Storage as a resource: the catalog's home and scratch sizes, per group, in the one gate,
+the quotas and the form (the Kubernetes and local wiring are tested with their backends)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dcloud_spawner.core import quotas as quota
+from dcloud_spawner.core.catalog import Catalog, CatalogError
+from dcloud_spawner.core.errors import RequestError
+from dcloud_spawner.core.request import json_schema
+from dcloud_spawner.core.validation import validate
+from dcloud_spawner.hub.form import FormContext, render_form, request_from_form
+
+STORAGE = {
+    "home": {"storage_class": "standard", "min": "1Gi", "default": "5Gi", "max": "50Gi"},
+    "scratch": {"min": "1Gi", "default": "2Gi", "max": "100Gi"},
+    "ephemeral": {"request": "1Gi", "limit": "5Gi"},
+}
+
+
+@pytest.fixture
+def with_storage(catalog_data) -> Catalog:
+    data = dict(catalog_data)
+    data["storage"] = STORAGE
+    policies = data["policies"]
+    policies["groups"]["students"] = {**policies["groups"]["students"], "max_home": "10Gi", "max_scratch": "4Gi",
+                                      "totals": {**policies["groups"]["students"]["totals"], "max_scratch": "6Gi"}}
+    # a total no policy of the user's names is no limit: everyone's totals name one too
+    policies["everyone"] = {**policies["everyone"], "totals": {**policies["everyone"]["totals"], "max_scratch": "2Gi"}}
+    data["quotas"] = {"groups": {**data.get("quotas", {}).get("groups", {}), "students": {"max_scratch": "8Gi"}}}
+    return Catalog.from_data(data)
+
+
+def test_sizes_are_chosen_within_the_groups_limits(with_storage):
+    plan = validate({"home": "8Gi", "scratch": "3Gi"}, with_storage, ["students"])
+    assert (plan.home_bytes, plan.scratch_bytes) == (8 * 1024**3, 3 * 1024**3)
+    assert plan.user_options()["home"] == "8Gi" and plan.user_options()["scratch"] == "3Gi"
+    assert plan.environment_variables()["DCLOUD_SCRATCH_SIZE"] == "3Gi"
+    defaults = validate({}, with_storage, ["students"])
+    assert (defaults.home_bytes, defaults.scratch_bytes) == (5 * 1024**3, 2 * 1024**3)
+    # researchers have no max of their own: the catalog's maximum
+    assert validate({"home": "50Gi"}, with_storage, ["researchers"]).home_bytes == 50 * 1024**3
+
+
+@pytest.mark.parametrize("options, field, sentence", [
+    ({"home": "11Gi"}, "home", "Home size must be between 1Gi and 10Gi for you."),
+    ({"scratch": "512Mi"}, "scratch", "Scratch size must be between 1Gi and 4Gi for you."),
+    ({"scratch": "lots"}, "scratch", "Scratch size 'lots' is not a quantity such as 20Gi or 512Mi."),
+    ({"home": True}, "home", None),
+    ({"home": "-1Gi"}, "home", None),
+])
+def test_bad_sizes_are_one_sentence_naming_the_field(with_storage, options, field, sentence):
+    with pytest.raises(RequestError) as err:
+        validate(options, with_storage, ["students"])
+    assert err.value.field == field
+    if sentence:
+        assert err.value.sentence == sentence
+    assert "\n" not in err.value.sentence
+
+
+def test_without_storage_in_the_catalog_sizes_are_refused(catalog):
+    with pytest.raises(RequestError) as err:
+        validate({"scratch": "2Gi"}, catalog, ["students"])
+    assert err.value.sentence == "Scratch size is not a choice on this hub; leave it out."
+    plan = validate({}, catalog, ["students"])
+    assert plan.home_bytes is None and "home" not in plan.user_options()
+
+
+def test_catalog_storage_is_checked(catalog_data):
+    data = dict(catalog_data, storage={"home": {"min": "10Gi", "default": "5Gi", "max": "50Gi"}})
+    with pytest.raises(CatalogError, match=r"storage\.home: needs min <= default <= max"):
+        Catalog.from_data(data)
+    data = dict(catalog_data, storage={"scratch": {"storage_class": "Bad Class!", "min": "1Gi", "default": "1Gi",
+                                                   "max": "2Gi"}})
+    with pytest.raises(CatalogError, match=r"storage\.scratch\.storage_class"):
+        Catalog.from_data(data)
+
+
+def test_scratch_counts_toward_user_totals_and_group_quotas(with_storage):
+    ledger = quota.Ledger()
+
+    def claim(user, server, scratch):
+        plan = validate({"scratch": scratch}, with_storage, ["students"])
+        return quota.Claim.of(user, server, ["students"], plan)
+
+    ledger.claim(with_storage, claim("sam", "a", "4Gi"))
+    with pytest.raises(quota.QuotaExceeded) as err:
+        ledger.claim(with_storage, claim("sam", "b", "3Gi"))
+    assert "you would exceed 6Gi of scratch" in err.value.sentence and "2Gi of scratch" in err.value.sentence
+    ledger.claim(with_storage, claim("sam", "b", "2Gi"))
+    with pytest.raises(quota.QuotaExceeded) as err:
+        ledger.claim(with_storage, claim("kim", "a", "3Gi"))
+    assert err.value.sentence.startswith("Quota of group 'students'") and "8Gi of scratch" in err.value.sentence
+
+
+def test_the_form_offers_the_sizes_and_reads_them(with_storage):
+    allowance = with_storage.allowance(["students"])
+    html = render_form(with_storage, allowance, {}, FormContext(home_size=6 * 1024**3, home_used=1024**3))
+    assert 'name="home"' in html and 'name="scratch"' in html
+    assert "6Gi to 10Gi" in html and "Your home volume is 6Gi now, 1Gi used; it only grows." in html
+    assert "1Gi to 4Gi at /scratch" in html
+    assert request_from_form({"home": ["8Gi"], "scratch": ["3Gi"]})["scratch"] == "3Gi"
+
+
+def test_the_form_has_no_size_fields_without_storage(catalog):
+    html = render_form(catalog, catalog.allowance(["students"]), {})
+    assert 'name="home"' not in html and 'name="scratch"' not in html
+
+
+def test_the_schema_documents_the_fields():
+    properties = json_schema()["properties"]
+    assert "only grows" in properties["home"]["description"] and "/scratch" in properties["scratch"]["description"]
+
+
+# -- what Kubernetes receives -------------------------------------------------------------
+
+
+@pytest.fixture
+def storage_catalog_file(tmp_path, catalog_data):
+    import yaml
+
+    def write(**storage) -> str:
+        path = tmp_path / "catalog.yaml"
+        path.write_text(yaml.safe_dump({**catalog_data, "storage": {**STORAGE, **storage}}))
+        return str(path)
+    return write
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_the_pod_gets_scratch_ephemeral_limits_and_the_home_size(storage_catalog_file):
+    from tests.support.spawners import pod_for
+
+    pod = await pod_for({"scratch": "3Gi", "home": "8Gi", "packages": ["tqdm"]}, ["students"],
+                        catalog_path=storage_catalog_file())
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "dcloud-scratch")
+    assert scratch == {"name": "dcloud-scratch", "emptyDir": {"sizeLimit": "3Gi"}}
+    assert {"name": "dcloud-scratch", "mountPath": "/scratch"} in notebook["volumeMounts"]
+    # the writable layer's 5Gi, plus the emptyDir scratch and the package emptyDir, which the
+    # kubelet counts against the containers' limits
+    assert notebook["resources"]["limits"]["ephemeral-storage"] == "18Gi"
+    assert notebook["resources"]["requests"]["ephemeral-storage"] == "4Gi"
+    installer = pod["spec"]["initContainers"][0]["resources"]
+    assert installer["limits"]["ephemeral-storage"] == "5Gi" and installer["requests"]["ephemeral-storage"] == "1Gi"
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_scratch_on_a_storage_class_is_a_generic_ephemeral_volume(storage_catalog_file):
+    from tests.support.spawners import make_spawner, pod_for
+
+    path = storage_catalog_file(scratch={"storage_class": "fast", "min": "1Gi", "default": "2Gi", "max": "100Gi"})
+    pod = await pod_for({"scratch": "50Gi"}, ["researchers"], catalog_path=path)
+    scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "dcloud-scratch")
+    claim = scratch["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                     "resources": {"requests": {"storage": "50Gi"}}}
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    assert notebook["resources"]["limits"]["ephemeral-storage"] == "5Gi"  # the claim is not the node's disk
+
+    spawner = make_spawner(["researchers"], catalog_path=path)
+    spawner.dcloud_plan = spawner.validate_options({"home": "20Gi"})
+    await spawner.load_user_options()
+    assert spawner.storage_capacity == "20Gi" and spawner.storage_class == "standard"
+
+
+def test_every_queue_covers_ephemeral_storage(with_storage):
+    from dcloud_spawner.core.queueing import capacity
+    from dcloud_spawner.kube.kueue_objects import kueue_objects
+
+    catalog = with_storage.model_copy(update={"queueing": with_storage.queueing.model_copy(
+        update={"enabled": True, "capacity": {g.id: 8 for g in with_storage.gpu_classes},
+                "cpu_capacity": 64, "memory_capacity": 256 * 1024**3})})
+    objects = kueue_objects(catalog, "dcloud", capacity(catalog))
+    queues = [o for o in objects if o["kind"] in ("ClusterQueue", "Cohort")]
+    assert queues
+    for queue in queues:
+        plain = queue["spec"]["resourceGroups"][0]
+        assert plain["coveredResources"] == ["cpu", "memory", "ephemeral-storage"], queue["metadata"]["name"]
+        (entry,) = [r for r in plain["flavors"][0]["resources"] if r["name"] == "ephemeral-storage"]
+        assert "borrowingLimit" not in entry  # never what keeps a notebook waiting
+
+
+def test_with_queueing_the_hub_still_counts_group_scratch(with_storage):
+    catalog = with_storage.model_copy(update={"queueing": with_storage.queueing.model_copy(update={"enabled": True})})
+    ledger = quota.Ledger()
+
+    def claim(user: str, scratch: str) -> quota.Claim:
+        return quota.Claim.of(user, "", ["students"], validate({"scratch": scratch}, catalog, ["students"]))
+
+    ledger.claim(catalog, claim("sam", "4Gi"))
+    ledger.claim(catalog, claim("kim", "4Gi"))
+    with pytest.raises(quota.QuotaExceeded, match="8Gi of scratch"):
+        ledger.claim(catalog, claim("lee", "1Gi"))
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_packages_go_to_an_environment_on_the_home_volume(storage_catalog_file):
+    from tests.support.spawners import pod_for
+
+    home = {"volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+            "volume_mounts": [{"name": "home", "mountPath": "/home/jovyan"}]}
+    pod = await pod_for({"packages": ["tqdm", "rich>=13"]}, ["students"], catalog_path=storage_catalog_file(),
+                        **home)
+    again = await pod_for({"packages": ["rich>=13", "tqdm"]}, ["students"], catalog_path=storage_catalog_file(),
+                          **home)
+    (installer,) = pod["spec"]["initContainers"]
+    assert installer["volumeMounts"] == [{"name": "home", "mountPath": "/home/jovyan"}]
+    assert installer["command"][:2] == ["python", "-c"]
+    envs_dir, key, keep, separator = installer["command"][3:7]
+    assert (envs_dir, keep, separator) == ("/home/jovyan/.dcloud/envs", "3", "--")
+    assert installer["command"][-3:] == ["--", "tqdm", "rich>=13"]  # the user's values only after --
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    env = {e["name"]: e.get("value") for e in notebook["env"]}
+    assert env["PYTHONPATH"] == f"/home/jovyan/.dcloud/envs/{key}"
+    assert env["PATH"].startswith(f"/home/jovyan/.dcloud/envs/{key}/bin:")
+    assert "dcloud-packages" not in [v["name"] for v in pod["spec"]["volumes"]]
+    assert again["spec"]["initContainers"][0]["command"][4] == key  # the same set, the same environment
+    assert notebook["resources"]["limits"]["ephemeral-storage"] == "7Gi"  # no package emptyDir to count
