@@ -134,3 +134,20 @@ def dataset_folders_taken(names: Iterable[str]) -> Refusal:
 def dataset_folder_changed() -> Refusal:
     return Refusal("The folder for your datasets changed while the server started; start again.",
                    field="datasets", reason="datasets")
+
+
+# -- the home volume ------------------------------------------------------------------------
+
+def home_only_grows(asked: int, current: int, most: int | None) -> Refusal:
+    upper = f" (up to {format_memory(most)})" if most is not None else ""
+    return Refusal(f"Home size {format_memory(asked)} is smaller than your home volume, which is "
+                   f"{format_memory(current)} and only grows; ask for {format_memory(current)} or more{upper}.",
+                   field="home", reason="storage")
+
+
+def home_cannot_grow(current: int, storage_class: str | None) -> Refusal:
+    where = (f"storage class '{clip(storage_class, 80)}'" if storage_class
+             else "the cluster's default storage class")
+    return Refusal(f"Home size: your home volume is {format_memory(current)} and {where} cannot grow volumes, so "
+                   f"nothing was changed; ask for {format_memory(current)}, or ask the administrators for more room.",
+                   field="home", reason="storage")

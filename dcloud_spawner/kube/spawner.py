@@ -28,12 +28,13 @@ from traitlets import Bool, Float, Unicode, default
 from traitlets.log import get_logger
 
 from ..core import refusals
+from ..core.errors import Refusal
 from ..core.plan import Plan
 from ..core.queueing import QUEUE_LABEL, Queue, queue_for
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin
 from ..hub.state import hub_state
-from . import admission, failures, security
+from . import admission, failures, home_volume, security
 from .attempt import StartAttempt, merged_progress
 from .pod import PLANNED_TRAITS, apply_plan
 from .queue import KueueView
@@ -183,6 +184,12 @@ class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
         gpu_resources = {gpu.resource for gpu in self.catalog.gpu_classes}
         apply_plan(self, plan, self.image_path, list(self.package_install_args), gpu_resources)
         self._dcloud_planned = True
+        try:
+            grown = await home_volume.grow(self, plan, self.catalog.allowance(self.user_groups()).max_home)
+        except Refusal as refusal:
+            self.refuse(refusal)
+        if grown:
+            self.say(grown)
         queue = self.dcloud_queue(plan)
         if queue is not None:
             self.extra_labels = {**self.extra_labels, QUEUE_LABEL: queue.name}

@@ -46,6 +46,8 @@ def every_refusal(catalog):
         "packages_too_big": refusals.packages_too_big("1 MiB"),
         "dataset_folders_taken": refusals.dataset_folders_taken(["datasets", ".dcloud-datasets"]),
         "dataset_folder_changed": refusals.dataset_folder_changed(),
+        "home_only_grows": refusals.home_only_grows(4 * 1024**3, 10 * 1024**3, 50 * 1024**3),
+        "home_cannot_grow": refusals.home_cannot_grow(5 * 1024**3, "fixed"),
         "validation": RequestError("gpu.type", "GPU class 'a100' is not available to you; you can use: t4."),
         "quota": QuotaExceeded("Quota of group 'students' reached."),
         "short_of_gpus": CapacityRefusal.short_of_gpus("NVIDIA T4 16GB", 2, 1, where="node"),
