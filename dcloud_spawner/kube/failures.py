@@ -13,7 +13,7 @@ import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..core import refusals
-from ..core.errors import Refusal
+from ..core.errors import Refusal, clip
 from ..core.plan import Plan
 from ..core.quantity import format_memory
 from .pod import PACKAGE_INSTALLER
@@ -48,6 +48,31 @@ def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
     limit = f" of {format_memory(plan.memory_limit)}" if plan else ""
     return (f"Your last server was stopped because it ran out of memory: it used more than its "
             f"limit{limit}, so the kernel killed it. Choose more memory below, or use less.")
+
+
+def evicted(pod: dict | None, plan: Plan | None) -> str | None:
+    """The sentence for a server the kubelet evicted, above all for writing more than its
+    scratch disk or its own disk allowance (ephemeral-storage) may hold."""
+    status = (pod or {}).get("status") or {}
+    if status.get("reason") != "Evicted":
+        return None
+    message = str(status.get("message") or "")
+    scratch = format_memory(plan.scratch_bytes) if plan is not None and plan.scratch_bytes else None
+    if "EmptyDir volume" in message and "dcloud-scratch" in message:
+        size = f"{scratch} " if scratch else ""
+        return (f"Your last server was stopped because it wrote more than its {size}scratch disk (/scratch) holds, "
+                "so Kubernetes evicted it. Choose a larger scratch size below, or write less there.")
+    if "ephemeral local storage" in message or "local ephemeral storage" in message:
+        ephemeral = plan.storage.ephemeral if plan is not None and plan.storage is not None else None
+        limit = f" {format_memory(ephemeral.limit)}" if ephemeral is not None else ""
+        return (f"Your last server was stopped because it wrote more than the{limit} it may write outside your "
+                "home and /scratch (its own disk, /tmp and logs), so Kubernetes evicted it. Keep large files in "
+                "your home or /scratch.")
+    if "low on resource" in message:
+        return ("Your last server was stopped because its node ran short of "
+                f"{'disk' if 'ephemeral-storage' in message or 'nodefs' in message else 'resources'}, so Kubernetes "
+                "evicted it; start it again.")
+    return f"Your last server was evicted by Kubernetes: {clip(message, 200) or 'no reason given'}."
 
 
 def webhook_failed(exc: ApiException) -> bool:

@@ -217,3 +217,26 @@ async def test_packages_go_to_an_environment_on_the_home_volume(storage_catalog_
     assert "dcloud-packages" not in [v["name"] for v in pod["spec"]["volumes"]]
     assert again["spec"]["initContainers"][0]["command"][4] == key  # the same set, the same environment
     assert notebook["resources"]["limits"]["ephemeral-storage"] == "7Gi"  # no package emptyDir to count
+
+
+@pytest.mark.parametrize("message, sentence", [
+    ('Usage of EmptyDir volume "dcloud-scratch" exceeds the limit "3Gi". ',
+     "Your last server was stopped because it wrote more than its 3Gi scratch disk (/scratch) holds, so Kubernetes "
+     "evicted it. Choose a larger scratch size below, or write less there."),
+    ("Pod ephemeral local storage usage exceeds the total limit of containers 18Gi. ",
+     "Your last server was stopped because it wrote more than the 5Gi it may write outside your home and /scratch "
+     "(its own disk, /tmp and logs), so Kubernetes evicted it. Keep large files in your home or /scratch."),
+    ('Container notebook exceeded its local ephemeral storage limit "18Gi". ', None),
+    ("The node was low on resource: ephemeral-storage. Threshold quantity: 1Gi, available: 512Mi. ",
+     "Your last server was stopped because its node ran short of disk, so Kubernetes evicted it; start it again."),
+])
+def test_an_evicted_server_is_told_why_on_the_next_visit(with_storage, message, sentence):
+    from dcloud_spawner.kube.failures import evicted
+
+    plan = validate({"scratch": "3Gi"}, with_storage, ["students"])
+    pod = {"status": {"phase": "Failed", "reason": "Evicted", "message": message}}
+    said = evicted(pod, plan)
+    assert said is not None and "\n" not in said
+    if sentence:
+        assert said == sentence
+    assert evicted({"status": {"phase": "Running"}}, plan) is None
