@@ -23,7 +23,7 @@ from ..core import refusals
 from ..core.errors import Refusal
 from ..core.plan import Plan
 from .admission import Starting
-from .failures import explain_unschedulable, package_failure
+from .failures import explain_unschedulable, package_failure, packages_outcome
 from .line import InLine
 from .pod import PACKAGE_INSTALLER
 
@@ -56,6 +56,7 @@ class StartAttempt:
         queue = spawner.dcloud_queue(plan) if plan else None
         line = self.line = InLine(spawner, plan, queue, self.say) if plan and queue else None
         first_seen: float | None = None
+        told_packages = False
         try:
             while True:
                 await asyncio.sleep(0.25)
@@ -64,6 +65,10 @@ class StartAttempt:
                 failure = package_failure(pod, plan)
                 if failure is not None:
                     return refusals.packages_failed(failure)
+                outcome = packages_outcome(pod, plan) if not told_packages else None
+                if outcome is not None:
+                    self.say(outcome, 50)
+                    told_packages = True
                 if line is not None:
                     refusal = await line.check(pod)
                     if refusal is not None:

@@ -40,6 +40,24 @@ def package_failure(pod: dict | None, plan: Plan | None) -> str | None:
     return plan.install_failure(ended.get("message") or "")
 
 
+def packages_outcome(pod: dict | None, plan: Plan | None) -> str | None:
+    """What the package installer did, once it has ended well: a set of packages reused from
+    the home volume (no pip ran) or built there for the next starts; None otherwise."""
+    if plan is None or not plan.packages:
+        return None
+    status = _container(pod, PACKAGE_INSTALLER, "initContainerStatuses")
+    ended = (status.get("state") or {}).get("terminated") or {}
+    if ended.get("exitCode") != 0:
+        return None
+    how = str(ended.get("message") or "").split(" ", 1)[0]
+    names = ", ".join(plan.packages)
+    if how == "reused":
+        return f"Reusing your packages: {names} (built at an earlier start; pip did not run)"
+    if how == "built":
+        return f"Built your packages into your home: {names}; the next start with them reuses them"
+    return None
+
+
 def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
     """The sentence for a notebook container killed for using more memory than its limit."""
     ended = (_container(pod, "notebook").get("state") or {}).get("terminated") or {}

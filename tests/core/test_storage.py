@@ -240,3 +240,19 @@ def test_an_evicted_server_is_told_why_on_the_next_visit(with_storage, message, 
     if sentence:
         assert said == sentence
     assert evicted({"status": {"phase": "Running"}}, plan) is None
+
+
+def test_the_progress_page_says_when_packages_were_reused(with_storage):
+    from dcloud_spawner.kube.failures import packages_outcome
+
+    plan = validate({"packages": ["tqdm", "rich"]}, with_storage, ["students"])
+
+    def installer(message: str, code: int = 0) -> dict:
+        return {"status": {"initContainerStatuses": [{"name": "dcloud-packages", "state": {
+            "terminated": {"exitCode": code, "message": message}}}]}}
+
+    assert packages_outcome(installer("reused 0123abcd"), plan) == (
+        "Reusing your packages: tqdm, rich (built at an earlier start; pip did not run)")
+    assert packages_outcome(installer("built 0123abcd"), plan).startswith("Built your packages into your home")
+    assert packages_outcome(installer("ERROR: no such thing", 1), plan) is None
+    assert packages_outcome({"status": {}}, plan) is None
