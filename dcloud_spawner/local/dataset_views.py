@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import refusals
-from .paths import DATASETS
+from .paths import DATASETS, open_dir
 
 FOLDER_NAMES = (DATASETS, ".dcloud-datasets")  # the first one free (or DCloud's own) is used
 
@@ -97,13 +97,9 @@ def _bind_origin(source: str, mounts: list[tuple[str, str, str]]) -> tuple[str, 
 
 def _detach_path(base: Path, relative: str) -> None:
     """Detach the mount at ``base/relative``, walking down without following any link."""
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    *folders, last = Path(relative).parts
+    fd = open_dir(base, *folders)
     try:
-        *folders, last = Path(relative).parts
-        for name in folders:
-            inner = os.open(name, _HANDLE, dir_fd=fd)
-            os.close(fd)
-            fd = inner
         _detach(fd, last)
     finally:
         os.close(fd)
@@ -141,6 +137,11 @@ class Record:
             self.identity = tuple(data["identity"]) if data.get("identity") else None  # type: ignore[assignment]
             self.entries = {str(k): dict(v) for k, v in data.get("entries", {}).items()}
 
+    def forget(self) -> None:
+        """Nothing of DCloud's is left in the workdir: the record goes."""
+        self.folder, self.identity, self.entries = None, None, {}
+        self.save()
+
     def save(self) -> None:
         """Written (atomically) before each step it describes, so a crash leaves a true record."""
         if self.folder is None:
@@ -169,7 +170,7 @@ class DatasetViews:
     def _open_workdir(self) -> int:
         # the workdir itself is trusted: under the hub's server root, or a home directory
         # whose parent is root's
-        return os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return open_dir(self.workdir)
 
     def clear(self) -> list[str]:
         """Remove what the record says DCloud made; return what was found changed and left alone."""
@@ -180,16 +181,14 @@ class DatasetViews:
         try:
             parent = self._open_workdir()
         except FileNotFoundError:
-            record.folder, record.identity, record.entries = None, None, {}
-            record.save()
+            record.forget()
             return []
         try:
             left = self._clear_in(parent, record.folder)
         finally:
             os.close(parent)
         self._detach_strays()
-        record.folder, record.identity, record.entries = None, None, {}
-        record.save()
+        record.forget()
         return left
 
     def _detach_strays(self) -> None:
