@@ -9,7 +9,8 @@ Contract, in JupyterHub's order of calls:
    cannot place ends the spawn with the reason in the user's terms (``start`` is
    KubeSpawner's public entry; its private ``_start`` is left alone); so does a failed
    package init container, with the package named, and an API server that does not
-   answer, in one sentence;
+   answer, in one sentence; it returns as soon as the pod watch shows the pod running, not at
+   KubeSpawner's next look (``pod_wait.py``);
 4. ``poll``: a notebook container the kernel killed for memory is remembered, and the
    next form says so;
 5. ``stop``: KubeSpawner deletes the pod and what it owns.
@@ -37,6 +38,7 @@ from ..hub.state import hub_state
 from . import admission, failures, home_volume, security
 from .attempt import StartAttempt, merged_progress
 from .pod import PLANNED_TRAITS, apply_plan
+from .pod_wait import WakesOnThePodWatch
 from .queue import KueueView
 from .reflector_compat import DropsHalfStartedReflectors
 from .watch import ClusterWatch
@@ -48,7 +50,7 @@ class ConfigChecked:
     done = False
 
 
-class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
+class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors, KubeSpawner):
     """Spawns the notebook pod a user chose in DCloud's form, as validated by the catalog."""
 
     image_path = Unicode(
@@ -265,7 +267,7 @@ class DCloudSpawner(DCloudMixin, DropsHalfStartedReflectors, KubeSpawner):
         self.dcloud_last_stop = None
         self._dcloud_may_have_pod = True
         attempt = self.start_attempt = StartAttempt(self.start_attempt.gpus)  # nothing said during an earlier start
-        start = super().start()  # KubeSpawner keeps this future to end progress() with it
+        start = super().start()  # KubeSpawner's, woken by the pod watch (pod_wait.py)
         watch = asyncio.ensure_future(attempt.doomed(self, plan))
         try:
             done, _ = await asyncio.wait([start, watch], return_when=asyncio.FIRST_COMPLETED)
