@@ -1,14 +1,16 @@
-"""The hub's event loop while a local server's extra packages install: 1 GiB into the overlay.
+"""The hub's event loop while a local server's extra packages install: 1 GiB into a package environment.
 
     .venv/bin/python -m benchmarks.local_install_lag [--gib 1] [--rounds 3] [--nice -10] [--json out.json]
 
-Runs the local backend's own install path (``DCloudLocalSpawner._install_packages``) with a
-stand-in "python" whose ``pip install --target`` writes ``--gib`` GiB into the overlay as many
-files in many folders (16 KiB each by default: 65,536 files in 1,024 folders, about what a
-large wheel set unpacks to), while the loop-lag meter of ``benchmarks.hub_probe`` (a task that
-asks to wake every millisecond) measures how long the hub's event loop was held. While pip runs,
-the hub measures the overlay every half second (``paths.tree_size``: a walk of every file, up to
-``package_overlay_max_bytes``) and removes it when refused. Variants, interleaved, each round:
+Runs the local backend's own install path (``DCloudLocalSpawner._install_packages``: the shared
+installer of ``core/package_envs.py``, as the server's user) with a stand-in "python" whose
+``pip install`` writes ``--gib`` GiB into the build folder (``PIP_TARGET``) as many files in many
+folders (16 KiB each by default: 65,536 files in 1,024 folders, about what a large wheel set
+unpacks to), while the loop-lag meter of ``benchmarks.hub_probe`` (a task that asks to wake every
+millisecond) measures how long the hub's event loop was held. While pip runs, the hub measures
+the build every half second (``paths.entries_size``: a walk of every file, up to
+``package_overlay_max_bytes``) and removes it when refused. Every install starts from an empty
+user directory, so each one builds (none reuses). Variants, interleaved, each round:
 
 - ``no walk``: ``package_overlay_max_bytes = 0`` (no size limit, so no walk): what the install
   itself costs the loop, the floor for the others.
@@ -18,7 +20,7 @@ the hub measures the overlay every half second (``paths.tree_size``: a walk of e
 - ``in a thread``: the code as it is.
 
 and the same two for an install refused for size half-way (limit ``--gib``/2: walks, then the
-removal of the half-written overlay). Reports each variant's longest stall (wall clock, and in
+removal of the half-written build). Reports each variant's longest stall (wall clock, and in
 brackets the loop thread's own CPU over that tick), its p99, the longest walk, and the ratio of
 the on-the-loop figure to the in-a-thread one.
 """
@@ -44,6 +46,7 @@ from traitlets.config import Config
 
 from benchmarks.form_render import machine
 from benchmarks.hub_probe import LoopLag
+from dcloud_spawner.core import package_envs
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.mixin import SpawnRefused
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
@@ -55,7 +58,9 @@ import os, sys
 if os.getpriority(os.PRIO_PROCESS, 0) < 0:
     os.setpriority(os.PRIO_PROCESS, 0, 0)  # pip is not the hub: no share of its priority (--nice)
 argv = sys.argv[1:]
-target = argv[argv.index("--target") + 1]
+if argv[:2] != ["-m", "pip"]:  # the installer and the version probe: the real interpreter
+    os.execv({python!r}, [{python!r}, *argv])
+target = os.environ["PIP_TARGET"]
 size, count, per_folder = {file_bytes}, {files}, 64
 block = os.urandom(size)
 for i in range(count):
@@ -84,25 +89,25 @@ class Run:
     longest_walk_ms: float
     removals: int
     longest_removal_ms: float
-    overlay_bytes: int
+    env_bytes: int
 
 
 @dataclass
 class Timed:
-    """Wraps the overlay's walk and removal, timing each call (wherever it runs)."""
+    """Wraps the build's walk and removal, timing each call (wherever it runs)."""
 
     walks: list[float] = field(default_factory=list)
     removals: list[float] = field(default_factory=list)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        size, remove = paths.tree_size, paths.remove_entry
-        paths.tree_size = self._timed(size, self.walks)  # type: ignore[assignment]
-        paths.remove_entry = self._timed(remove, self.removals)  # type: ignore[assignment]
+        size, remove = paths.entries_size, paths.remove_entries
+        paths.entries_size = self._timed(size, self.walks)  # type: ignore[assignment]
+        paths.remove_entries = self._timed(remove, self.removals)  # type: ignore[assignment]
         try:
             yield
         finally:
-            paths.tree_size, paths.remove_entry = size, remove  # type: ignore[assignment]
+            paths.entries_size, paths.remove_entries = size, remove  # type: ignore[assignment]
 
     @staticmethod
     def _timed(function: Callable[..., Any], into: list[float]) -> Callable[..., Any]:
@@ -150,15 +155,14 @@ async def one_install(root: Path, python: str, variant: str, case: str, limit: i
     with timed.installed(), on_the_loop() if variant == "on the loop" else _nothing():
         lag.begin()
         try:
-            await spawner._install_packages(plan, python, spawner.workdir)
+            await spawner._install_packages(plan, python)
         except SpawnRefused:
             refused = True
         phase = lag.end(f"{variant}, {case}")
-    overlay = spawner.workdir / paths.OVERLAY
-    size = paths.tree_size(spawner.workdir, paths.OVERLAY)
+    size = paths.entries_size(spawner.user_dir, Path(package_envs.ENVS_DIR).parts, "")  # published or not
     if (case == "refused") != refused or (not refused and size < total):
-        raise RuntimeError(f"{variant}, {case}: refused {refused}, overlay {size} bytes")
-    shutil.rmtree(overlay, ignore_errors=True)
+        raise RuntimeError(f"{variant}, {case}: refused {refused}, package environments {size} bytes")
+    shutil.rmtree(spawner.user_dir / ".dcloud", ignore_errors=True)  # the next install builds afresh
     return Run(
         variant,
         case,
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gib", type=float, default=1.0, help="GiB each install writes (default 1)")
     parser.add_argument("--file-kib", type=int, default=16, help="size of each file written, KiB (default 16)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant, interleaved (default 3)")
-    parser.add_argument("--dir", type=Path, help="where the overlays are written (default: a temporary folder)")
+    parser.add_argument("--dir", type=Path, help="where the environments are written (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument(
         "--nice",

@@ -12,7 +12,7 @@ import re
 import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 
-from ..core import refusals
+from ..core import package_envs, refusals
 from ..core.errors import Refusal, clip
 from ..core.plan import Plan
 from ..core.quantity import format_memory
@@ -50,12 +50,7 @@ def packages_outcome(pod: dict | None, plan: Plan | None) -> str | None:
     if ended.get("exitCode") != 0:
         return None
     how = str(ended.get("message") or "").split(" ", 1)[0]
-    names = ", ".join(plan.packages)
-    if how == "reused":
-        return f"Reusing your packages: {names} (built at an earlier start; pip did not run)"
-    if how == "built":
-        return f"Built your packages into your home: {names}; the next start with them reuses them"
-    return None
+    return package_envs.outcome(how == "reused", plan.packages) if how in ("reused", "built") else None
 
 
 def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:

@@ -5,17 +5,18 @@ moment (in its home directory it owns the folder). So the hub, often root, never
 path there by name: it opens each level with ``O_NOFOLLOW`` relative to the level above
 and acts on the open directory, so a link is seen as a link, never as its target.
 
-Walking or removing a tree (an overlay of up to 2 GiB is tens of thousands of files) blocks for
-as long as it takes: the hub calls these in a worker thread, never on its event loop.
+Walking or removing a tree (a package environment of up to 2 GiB is tens of thousands of
+files) blocks for as long as it takes: the hub calls these in a worker thread, never on its
+event loop.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
-OVERLAY = ".dcloud-packages"  # the server's package overlay, on its PYTHONPATH
 DATASETS = "datasets"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -74,38 +75,78 @@ def remove_at(dir_fd: int, name: str) -> None:
             os.close(fd)
 
 
-def remove_entry(base: Path, *names: str) -> bool:
-    """Remove ``base/names...`` without following links below ``base``; False when it could not."""
+def remove_entries(base: Path, folder: Sequence[str], prefix: str) -> bool:
+    """Remove every entry of ``base/folder...`` whose name starts with ``prefix``, without
+    following links below ``base``; False when one could not be removed."""
     try:
-        fd = open_dir(base, *names[:-1])
+        fd = open_dir(base, *folder)
     except FileNotFoundError:
         return True
     except OSError:
         return False
+    done = True
     try:
-        remove_at(fd, names[-1])
-        return True
+        for name in _names(fd, prefix):
+            try:
+                remove_at(fd, name)
+            except OSError:
+                done = False
+    finally:
+        os.close(fd)
+    return done
+
+
+def entries_size(base: Path, folder: Sequence[str], prefix: str, stop_at: int = 0) -> int:
+    """Bytes held by the entries of ``base/folder...`` whose names start with ``prefix``
+    (apparent sizes, each inode once, links not followed).
+
+    Stops counting once past ``stop_at`` (when set): a caller that only compares with a limit
+    need not walk a huge tree to the end.
+    """
+    try:
+        parent = open_dir(base, *folder)
+    except OSError:
+        return 0
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    try:
+        for name in _names(parent, prefix):
+            total += _tree_size(parent, name, seen, stop_at - total if stop_at else 0)
+            if stop_at and total > stop_at:
+                break
+    finally:
+        os.close(parent)
+    return total
+
+
+def is_file_at(base: Path, *names: str) -> bool:
+    """Whether ``base/names...`` is a plain file, no level of it a link."""
+    try:
+        fd = open_dir(base, *names[:-1])
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.stat(names[-1], dir_fd=fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
     finally:
         os.close(fd)
 
 
-def tree_size(base: Path, name: str, stop_at: int = 0) -> int:
-    """Bytes held by ``base/name`` (apparent sizes, each inode once, links not followed).
+def _names(dir_fd: int, prefix: str) -> list[str]:
+    with os.scandir(dir_fd) as entries:
+        return [entry.name for entry in entries if entry.name.startswith(prefix)]
 
-    Stops counting once past ``stop_at`` (when set): a caller that only compares with a limit
-    need not walk a huge tree to the end.
-    """
-    try:
-        parent = open_dir(base)
-    except OSError:
-        return 0
-    seen: set[tuple[int, int]] = set()
+
+def _tree_size(parent: int, name: str, seen: set[tuple[int, int]], stop_at: int) -> int:
+    """Bytes held by the entry ``name`` of an open folder, its tree walked by fd."""
     stack: list[int] = []
     total = 0
     try:
         info = os.lstat(name, dir_fd=parent)
+        if (info.st_dev, info.st_ino) in seen:
+            return 0
+        seen.add((info.st_dev, info.st_ino))
         total = info.st_size
         if stat.S_ISDIR(info.st_mode):
             stack.append(os.open(name, _DIR_FLAGS, dir_fd=parent))
@@ -128,7 +169,6 @@ def tree_size(base: Path, name: str, stop_at: int = 0) -> int:
     finally:
         for fd in stack:
             os.close(fd)
-        os.close(parent)
     return total
 
 

@@ -11,7 +11,9 @@ For the one-command demo and for a single shared GPU workstation. A plan becomes
   mounts where the hub may mount, links elsewhere), or ``.dcloud-datasets/<id>`` where the
   user's own data holds ``datasets``: only what DCloud made is ever removed
   (``dataset_views.py``);
-- extra packages pip-installed into a per-server overlay on ``PYTHONPATH``.
+- extra packages built once per set into ``.dcloud/envs/<key>`` in the user's directory by the
+  installer every backend shares (``core/package_envs.py``), on ``PYTHONPATH``; a later start
+  with the same set runs no pip.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import secrets
 import signal
 import sys
 import time
@@ -32,7 +35,7 @@ from urllib.parse import quote
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
-from ..core import refusals
+from ..core import package_envs, refusals
 from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..hub.form import FormContext
@@ -57,7 +60,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         "~/.local/share/dcloud/servers",
         config=True,
         help="""Directory holding one working directory per user and server when
-        `run_as_system_users` is False. Datasets and package overlays live there too.""",
+        `run_as_system_users` is False. Datasets live there too; package environments in
+        `<user>/.dcloud/envs` beside them, shared by the user's servers.""",
     )
 
     local_gpus = List(
@@ -99,9 +103,10 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     package_overlay_max_bytes = Integer(
         2 * 1024**3,
         config=True,
-        help="""Largest size in bytes of a server's package overlay, pip's temporary files
-        included. An install that grows beyond it is stopped, its overlay removed and the
-        spawn refused. 0: no limit.""",
+        help="""Largest size in bytes of a package environment while it is built, pip's
+        temporary files included. A build that grows beyond it is stopped, removed and the
+        spawn refused. Environments already built, and pip's cache, do not count (the user's
+        own disk usage; `storage.package_environments` bounds how many stay). 0: no limit.""",
     )
 
     package_env_keep = List(
@@ -171,6 +176,13 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
     @property
     def owner_key(self) -> str:
         return f"{self.user.name}/{self.name}"
+
+    @property
+    def user_dir(self) -> Path:
+        """The user's own directory, shared by its servers: its home, or under `server_root`."""
+        if self.run_as_system_users:
+            return Path(os.path.expanduser(f"~{self.user.name}"))
+        return Path(self.server_root).expanduser() / self.user.name
 
     @property
     def workdir(self) -> Path:
@@ -263,9 +275,9 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             datasets_env = await self._link_datasets(plan, workdir)
             python = plan.environment.python or sys.executable
             if plan.packages:
-                overlay = await self._install_packages(plan, python, workdir)
-                env_extra["PYTHONPATH"] = str(overlay)
-                env_extra["PATH"] = f"{overlay / 'bin'}:{os.environ.get('PATH', '')}"
+                packages = await self._install_packages(plan, python)
+                env_extra["PYTHONPATH"] = str(packages)
+                env_extra["PATH"] = f"{packages / 'bin'}:{os.environ.get('PATH', '')}"
             env_extra.update(plan.environment_variables())
             env_extra["DCLOUD_LIMITS_ENFORCED"] = "1" if self.limiter.enforced else "0"
             env_extra.update(datasets_env)
@@ -413,44 +425,91 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         env.update(HOME=str(self.workdir), USER=self.user.name, PYTHONDONTWRITEBYTECODE="1")
         return env
 
-    async def _install_packages(self, plan: Plan, python: str, workdir: Path) -> Path:
-        """pip-install the plan's packages into the workdir's overlay, as the server's user.
+    async def _python_identity(self, python: str) -> str:
+        """The environment's "image" in its package key: the interpreter's path and version,
+        asked of it as the server's user (a changed interpreter builds its packages anew)."""
+        proc = await asyncio.create_subprocess_exec(
+            python,
+            "-I",
+            "-S",
+            "-c",
+            "import sys; print(sys.version)",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=self._package_env(),
+            preexec_fn=self._preexec_as_user(None, die_with_hub=True),
+            start_new_session=True,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        except BaseException:
+            _kill_group(proc.pid)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(proc.wait(), 5)
+            raise
+        # no version (it failed): the install with the same interpreter says why in pip's words
+        version = out.decode(errors="replace").strip() if proc.returncode == 0 else ""
+        return f"local:{python} {version}"
 
-        Every write in the workdir is made by pip's own process (the server's uid, its
-        limits, a minimal environment); the hub only measures the overlay without following
-        links, and removes it with fd-based calls that never leave it. Both walk a tree of up
-        to ``package_overlay_max_bytes``, and the limiter writes to the cgroup file system: a
-        worker thread does each, so the hub's event loop serves every other user meanwhile.
+    async def _install_packages(self, plan: Plan, python: str) -> Path:
+        """Make (or reuse) the plan's package environment in the user's directory, as the
+        server's user; returns its folder.
+
+        The shared installer runs as the server's user (its uid, its limits, a minimal
+        environment) and makes every write; the hub only measures this build's folder without
+        following links and removes it with fd-based calls that never leave it. Both walk a tree
+        of up to ``package_overlay_max_bytes``, and the limiter writes to the cgroup file
+        system: a worker thread does each, so the hub's event loop serves every other user
+        meanwhile.
         """
-        overlay = workdir / paths.OVERLAY
-        self._say(f"Installing {len(plan.packages)} extra package(s) into this server's overlay")
-        # pip's cache stays in the server's own HOME: never shared between users
-        pip = plan.pip_install_command(python, target=str(overlay), admin_args=self.package_install_args,
-                                       cache=True)
-        # the user's process replaces whatever is there (an rm of a link removes the link
-        # itself) and keeps pip's temporary files inside the overlay, where they are measured
-        script = 'rm -rf -- "$0" && mkdir -p -- "$0/.tmp" && TMPDIR="$0/.tmp" exec "$@"'
+        home = self.user_dir
+        folder = Path(package_envs.ENVS_DIR).parts
+        key = package_envs.env_key(
+            await self._python_identity(python), plan.packages, plan.package_index_url, self.package_install_args
+        )
+        if not await asyncio.to_thread(paths.is_file_at, home, *folder, key, package_envs.COMPLETE):
+            self._say(f"Installing extra packages: {', '.join(plan.packages)}")
+        tag = secrets.token_hex(8)
+        building = f".building-{key}-{tag}"  # the installer's folder for this build, and no other's
+        limit = self.package_overlay_max_bytes
+        keep = plan.storage.package_environments if plan.storage is not None else 3  # the catalog's default
+        pip = plan.pip_install_command(python, admin_args=self.package_install_args, cache=True)
+        installer = package_envs.installer_argv(python, str(home / package_envs.ENVS_DIR), key, keep, pip)
         owner = f"{self.owner_key}/packages"
-        argv = self.limiter.wrap(["/bin/sh", "-c", script, str(overlay), *pip], owner,
-                                 plan.cpu_limit, plan.memory_limit)
+        argv = self.limiter.wrap(installer, owner, plan.cpu_limit, plan.memory_limit)
+        env = {
+            **self._package_env(),
+            "PIP_CACHE_DIR": str(home / package_envs.PIP_CACHE_DIR),  # the user's own: never shared
+            "PIP_NO_WARN_SCRIPT_LOCATION": "1",
+            "DCLOUD_BUILD_TAG": tag,
+            "DCLOUD_BUILD_TMP": "1",  # pip's temporary files are measured with the build
+            "DCLOUD_MAX_BYTES": str(limit),  # checked once more by the installer before it publishes
+            "DCLOUD_DIE_WITH_PARENT": "1",
+        }
         join = await asyncio.to_thread(self.limiter.prepare, owner, plan.cpu_limit, plan.memory_limit)
         refusal: Refusal | None = None
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=self._package_env(),
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
             preexec_fn=self._preexec_as_user(join, die_with_hub=True),
             start_new_session=True,  # its own process group
         )
+        head = bytearray()  # the installer's first words: whether it reused the environment
         output = bytearray()
 
         async def read() -> None:
             assert proc.stdout is not None
             while chunk := await proc.stdout.read(65536):
+                if len(head) < len(package_envs.REUSED):
+                    head.extend(chunk[: len(package_envs.REUSED) - len(head)])
                 output.extend(chunk)
                 del output[:-65536]  # pip's tail is enough for the sentence
 
         reader = asyncio.ensure_future(read())
-        limit = self.package_overlay_max_bytes
         deadline = time.monotonic() + self.package_install_timeout
         try:
             while proc.returncode is None:
@@ -460,8 +519,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                     break
                 if time.monotonic() > deadline:
                     refusal = refusals.packages_too_slow(self.package_install_timeout)
-                elif limit and await self._overlay_size(workdir, limit) > limit:
-                    refusal = self._overlay_too_big()
+                elif limit and await self._build_size(home, folder, building, limit) > limit:
+                    refusal = self._packages_too_big()
                 if refusal is not None:
                     _kill_group(proc.pid)
                     await proc.wait()
@@ -473,30 +532,33 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(proc.wait(), 5)  # reap it: no zombie, no open pipe
-            await _to_the_end(paths.remove_entry, workdir, paths.OVERLAY)
+            await _to_the_end(paths.remove_entries, home, folder, building)
             raise
         finally:
             await _to_the_end(self._end_limits, owner)
-        if refusal is None and proc.returncode != 0:
+        if refusal is None and proc.returncode == package_envs.TOO_BIG:
+            refusal = self._packages_too_big()
+        elif refusal is None and proc.returncode != 0:
             refusal = refusals.packages_failed(plan.install_failure(output.decode(errors="replace")))
-        if refusal is None and limit and await self._overlay_size(workdir, limit) > limit:
-            refusal = self._overlay_too_big()
         if refusal is not None:
-            await _to_the_end(paths.remove_entry, workdir, paths.OVERLAY)
+            # a killed installer could not remove its half-built folder; it was never published
+            await _to_the_end(paths.remove_entries, home, folder, building)
             self.refuse(refusal)  # audited and counted like every refusal
-        await _to_the_end(paths.remove_entry, workdir / paths.OVERLAY, ".tmp")
-        return overlay
+        reused = bytes(head) == package_envs.REUSED.encode()
+        where = "your home" if self.run_as_system_users else "your directory"
+        self._say(package_envs.outcome(reused, plan.packages, where))
+        return home / package_envs.ENVS_DIR / key
 
     @staticmethod
-    async def _overlay_size(workdir: Path, limit: int) -> int:
-        """The overlay's size (counted up to just past ``limit``), walked in a worker thread."""
-        return await asyncio.to_thread(paths.tree_size, workdir, paths.OVERLAY, stop_at=limit)
+    async def _build_size(home: Path, folder: tuple[str, ...], building: str, limit: int) -> int:
+        """This build's size (counted up to just past ``limit``), walked in a worker thread."""
+        return await asyncio.to_thread(paths.entries_size, home, folder, building, stop_at=limit)
 
     def _end_limits(self, owner: str) -> None:
         self.limiter.kill(owner)
         self.limiter.cleanup(owner)
 
-    def _overlay_too_big(self) -> Refusal:
+    def _packages_too_big(self) -> Refusal:
         return refusals.packages_too_big(paths.format_bytes(self.package_overlay_max_bytes))
 
 

@@ -126,3 +126,15 @@ def test_old_environments_beyond_the_last_few_are_removed(home):
         assert install(home, packages, keep=2).returncode == 0
     kept = envs(home)
     assert kept == sorted([env_key("img:1", ["c"], None, []), env_key("img:1", ["d"], None, [])])
+
+
+def test_a_watched_build_is_tagged_and_one_over_its_limit_is_never_published(home):
+    """The local backend's options: its tag names the building folder (so the hub measures its
+    own build), and a build larger than DCLOUD_MAX_BYTES after pip is removed, not published."""
+    too_big = install(home, ["tqdm"], DCLOUD_BUILD_TAG="watched", DCLOUD_MAX_BYTES="10")
+    assert too_big.returncode == package_envs.TOO_BIG
+    key = env_key("img:1", ["tqdm"], None, [])
+    [target] = (home.parent / "runs.txt").read_text().splitlines()
+    assert os.path.basename(target).startswith(f".building-{key}-watched")
+    assert envs(home) == []
+    assert install(home, ["tqdm"], DCLOUD_MAX_BYTES=str(1024**2)).returncode == 0 and envs(home) == [key]

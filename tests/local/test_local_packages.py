@@ -1,7 +1,9 @@
-"""Users' packages on the local backend: installed by a process of the server's own, bounded.
+"""Users' packages on the local backend: one environment per set of packages in the user's
+directory, built by the shared installer as the server's own user, bounded, reused without pip.
 
-A stand-in "python" records what pip would get (environment, working directory, user) and
-then behaves as the test needs: installs a file, hangs, or fills the overlay.
+A stand-in "python" runs the real interpreter for the installer and the version probe, and
+stands in for ``python -m pip``: it records each run (environment, working directory, user)
+and then behaves as the test needs: installs a package, hangs, or grows past the size limit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,53 +24,64 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from traitlets.config import Config
 
+from dcloud_spawner.core import package_envs
 from dcloud_spawner.hub.mixin import SpawnRefused
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import reset_hub_state
 from dcloud_spawner.local import DCloudLocalSpawner, limits
-from dcloud_spawner.local.paths import OVERLAY, remove_entry, tree_size
+from dcloud_spawner.local.paths import entries_size, is_file_at, remove_entries
 from tests.conftest import EXAMPLE_CATALOG
 from tests.support.hub import DemoHub, free_port, launch_hub, stop_demo_hub
 from tests.support.package_index import serve_index
 
-FAKE_PIP = """#!{python}
-import json, os, subprocess, sys, time
+FAKE_PYTHON = """#!{python}
+import json, os, subprocess, sys, tempfile, time
 argv = sys.argv[1:]
-target = argv[argv.index("--target") + 1]
-os.makedirs(target, exist_ok=True)
-record = {{"env": dict(os.environ), "cwd": os.getcwd(), "uid": os.getuid(), "argv": argv}}
-with open({report!r}, "w") as f:
-    json.dump(record, f)
-mode = {mode!r}
-if mode == "install":
-    os.makedirs(os.path.join(target, "probe"), exist_ok=True)
-    open(os.path.join(target, "probe", "__init__.py"), "w").write("VERSION = 1\\n")
-elif mode == "hang":
+if argv[:2] != ["-m", "pip"]:  # the installer and the version probe: the real interpreter
+    os.execv({python!r}, [{python!r}, *argv])
+target = os.environ["PIP_TARGET"]
+with open({report!r}, "a") as f:
+    f.write(json.dumps({{"env": dict(os.environ), "cwd": os.getcwd(), "uid": os.getuid(), "argv": argv}}) + "\\n")
+mode = open({mode!r}).read().strip()
+if mode in ("install", "slow-install"):
+    name = argv[argv.index("--") + 1].replace("-", "_")
+    os.makedirs(os.path.join(target, name))
+    files = [f"part{{i}}_{{os.getpid()}}.py" for i in range(20)]  # this build's own names, like pip's RECORD
+    for file in files:
+        open(os.path.join(target, name, file), "w").close()
+        if mode == "slow-install":
+            time.sleep(0.05)
+    with open(os.path.join(target, name, "RECORD"), "w") as f:
+        f.write("\\n".join(files))
+    with open(os.path.join(target, name, "__init__.py"), "w") as f:
+        f.write("VERSION = 1\\n")
+elif mode in ("hang", "slow-big"):
     child = subprocess.Popen(["sleep", "300"])  # pip's own children must go too
     with open({report!r} + ".pids", "w") as f:
         f.write(f"{{os.getpid()}} {{child.pid}}")
+    if mode == "slow-big":  # pip's temporary files grow past the limit while the hub measures
+        for i in range(30):
+            with open(os.path.join(tempfile.gettempdir(), f"part-{{i}}.bin"), "wb") as f:
+                f.write(b"x" * (128 * 1024))
+            time.sleep(0.1)
     time.sleep(300)
-elif mode == "big":
+elif mode == "big":  # past the limit at once, done before the hub looks: the installer's own check
     with open(os.path.join(target, "huge.bin"), "wb") as f:
         f.write(b"x" * (3 * 1024 * 1024))
-    time.sleep(0.2)
-elif mode == "slow-big":  # grows past the limit while the hub measures it, as pip writes
-    for i in range(30):
-        with open(os.path.join(target, f"part-{{i}}.bin"), "wb") as f:
-            f.write(b"x" * (128 * 1024))
-        time.sleep(0.1)
-    time.sleep(300)
 """
+
+ENVS = Path(package_envs.ENVS_DIR)
 
 
 @pytest.fixture(autouse=True)
 def no_stray_processes(tmp_path):
     yield
-    for pids in tmp_path.glob("*.pids"):  # where a test failed, its processes still go
+    for pids in tmp_path.glob("**/*.pids"):  # where a test failed, its processes still go
         for pid in pids.read_text().split():
             try:
                 os.kill(int(pid), 9)
@@ -75,22 +89,32 @@ def no_stray_processes(tmp_path):
                 pass
 
 
-def local_spawner(tmp_path: Path, catalog: Path = EXAMPLE_CATALOG) -> DCloudLocalSpawner:
-    """guest's local spawner with its working directory made, under ``tmp_path``."""
+def local_spawner(tmp_path: Path, catalog: Path = EXAMPLE_CATALOG, name: str = "") -> DCloudLocalSpawner:
+    """guest's local spawner (server ``name``) with its working directory made, under ``tmp_path``."""
     cfg = Config()
     cfg.DCloudLocalSpawner.catalog_path = str(catalog)
     cfg.DCloudLocalSpawner.server_root = str(tmp_path / "servers")
     made = DCloudLocalSpawner(user=OfflineUser("guest", []), hub=offline_hub(), config=cfg)
+    if name:  # a named server: JupyterHub keeps its name in its database row
+        made.orm_spawner = SimpleNamespace(name=name, display_name=name, server=None)
     made.workdir.mkdir(parents=True)
     return made
 
 
-def catalog_with_index(tmp_path: Path, index_url: str) -> Path:
-    """The example catalog with ``packages.index_url`` set."""
+def edited_catalog(tmp_path: Path, index_url: str | None = None, keep: int | None = None) -> Path:
+    """The example catalog with ``packages.index_url`` and ``storage.package_environments`` set."""
+    text = EXAMPLE_CATALOG.read_text()
+    if index_url:
+        text = text.replace("packages:\n  enabled: true\n", f"packages:\n  enabled: true\n  index_url: {index_url}\n")
+    if keep:
+        text += f"\nstorage:\n  package_environments: {keep}\n"
     catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(EXAMPLE_CATALOG.read_text().replace(
-        "packages:\n  enabled: true\n", f"packages:\n  enabled: true\n  index_url: {index_url}\n"))
+    catalog.write_text(text)
     return catalog
+
+
+def catalog_with_index(tmp_path: Path, index_url: str) -> Path:
+    return edited_catalog(tmp_path, index_url=index_url)
 
 
 @pytest.fixture
@@ -100,18 +124,44 @@ def spawner(tmp_path):
     reset_hub_state()
 
 
-def fake_python(tmp_path: Path, mode: str) -> tuple[str, Path]:
-    report = tmp_path / f"report-{mode}.json"
-    script = tmp_path / f"python-{mode}"
-    script.write_text(FAKE_PIP.format(python=os.path.realpath(sys.executable), report=str(report),
-                                      mode=mode))
+@dataclass
+class FakePython:
+    path: str
+    report: Path
+    mode_file: Path
+
+    def mode(self, mode: str) -> None:
+        self.mode_file.write_text(mode)
+
+    def runs(self) -> list[dict]:
+        """One record per run of ``python -m pip``."""
+        return [json.loads(line) for line in self.report.read_text().splitlines()] if self.report.exists() else []
+
+
+def fake_python(tmp_path: Path, mode: str = "install", name: str = "python") -> FakePython:
+    script, report, mode_file = tmp_path / name, tmp_path / f"{name}-report.jsonl", tmp_path / f"{name}-mode"
+    script.write_text(
+        FAKE_PYTHON.format(python=os.path.realpath(sys.executable), report=str(report), mode=str(mode_file))
+    )
     script.chmod(0o755)
-    return str(script), report
+    made = FakePython(str(script), report, mode_file)
+    made.mode(mode)
+    return made
 
 
-def install(spawner, python: str, timeout: float = 30):
-    plan = spawner.validate_options({"environment": "scipy", "packages": ["dcloud-probe"]})
-    return asyncio.run(asyncio.wait_for(spawner._install_packages(plan, python, spawner.workdir), timeout))
+def install(spawner, python: str, packages: tuple[str, ...] = ("dcloud-probe",), timeout: float = 30) -> Path:
+    plan = spawner.validate_options({"environment": "scipy", "packages": list(packages)})
+    return asyncio.run(asyncio.wait_for(spawner._install_packages(plan, python), timeout))
+
+
+def envs(spawner) -> list[str]:
+    """The entries of the user's package environments folder (published ones and builds)."""
+    folder = spawner.user_dir / ENVS
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def published(spawner) -> list[str]:
+    return [name for name in envs(spawner) if (spawner.user_dir / ENVS / name / package_envs.COMPLETE).is_file()]
 
 
 def alive(pid: int) -> bool:
@@ -123,62 +173,136 @@ def alive(pid: int) -> bool:
     return " Z " not in stat  # a zombie is dead, waiting for its parent
 
 
-def test_pip_gets_a_minimal_environment_and_the_servers_workdir(spawner, tmp_path, monkeypatch):
+def test_pip_gets_a_minimal_environment_and_builds_in_the_users_directory(spawner, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret-token")
     monkeypatch.setenv("CONFIGPROXY_AUTH_TOKEN", "proxy-secret-token")
     monkeypatch.setenv("JPY_COOKIE_SECRET", "cookie-secret")
-    python, report = fake_python(tmp_path, "install")
-    overlay = install(spawner, python)
-    assert overlay == spawner.workdir / OVERLAY
-    assert (overlay / "probe" / "__init__.py").exists()
-    assert not (overlay / ".tmp").exists()  # pip's temporary folder does not stay behind
-    seen = json.loads(report.read_text())
+    python = fake_python(tmp_path)
+    made = install(spawner, python.path)
+    user_dir = tmp_path / "servers" / "guest"  # shared by the user's servers
+    assert made.parent == user_dir / ENVS and published(spawner) == [made.name]
+    assert (made / "dcloud_probe" / "__init__.py").exists()
+    assert not (made / ".tmp").exists()  # pip's temporary folder does not stay behind
+    [seen] = python.runs()
     env = seen["env"]
     assert not {"JUPYTERHUB_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "JPY_COOKIE_SECRET"} & set(env)
     assert "secret" not in json.dumps(env)
-    assert set(env) <= set(spawner.package_env_keep) | {"HOME", "USER", "TMPDIR", "PYTHONDONTWRITEBYTECODE",
-                                                        "LANG", "PATH", "PWD", "SHLVL", "_"}
+    installer = {
+        "PIP_TARGET",
+        "PIP_CACHE_DIR",
+        "PIP_NO_WARN_SCRIPT_LOCATION",
+        "DCLOUD_BUILD_TAG",
+        "DCLOUD_BUILD_TMP",
+        "DCLOUD_MAX_BYTES",
+        "DCLOUD_DIE_WITH_PARENT",
+    }
+    assert set(env) <= set(spawner.package_env_keep) | installer | {
+        "HOME",
+        "USER",
+        "TMPDIR",
+        "PYTHONDONTWRITEBYTECODE",
+        "LANG",
+        "PATH",
+        "PWD",
+        "SHLVL",
+        "_",
+        "LC_CTYPE",
+    }
     assert env["HOME"] == str(spawner.workdir) and env["USER"] == "guest"
-    assert env["TMPDIR"] == str(overlay / ".tmp")  # measured with the overlay
+    building = Path(env["PIP_TARGET"])
+    assert building.parent == user_dir / ENVS and building.name.startswith(f".building-{made.name}-")
+    assert env["TMPDIR"] == str(building / ".tmp")  # measured with the build
+    assert env["PIP_CACHE_DIR"] == str(user_dir / package_envs.PIP_CACHE_DIR)
+    assert "--target" not in seen["argv"] and "--no-cache-dir" not in seen["argv"]
     assert seen["cwd"] == str(spawner.workdir)
     assert seen["uid"] == os.getuid()  # the server's uid (the hub's, when not run_as_system_users)
 
 
-def test_a_symlinked_overlay_is_replaced_never_followed(spawner, tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "precious.txt").write_text("keep me")
-    (spawner.workdir / OVERLAY).symlink_to(outside, target_is_directory=True)
-    python, _ = fake_python(tmp_path, "install")
-    overlay = install(spawner, python)
-    assert not overlay.is_symlink() and overlay.is_dir()
-    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
-    assert (outside / "precious.txt").read_text() == "keep me"
+def test_a_second_start_with_the_same_set_runs_no_pip_and_says_so(spawner, tmp_path):
+    python = fake_python(tmp_path)
+    first = install(spawner, python.path)
+    assert spawner._progress == [
+        "Installing extra packages: dcloud-probe",
+        "Built your packages into your directory: dcloud-probe; the next start with them reuses them",
+    ]
+    spawner._progress = []
+    python.mode("hang")  # were pip to run again, the install would hang until stopped
+    assert install(spawner, python.path) == first
+    assert len(python.runs()) == 1
+    assert spawner._progress == ["Reusing your packages: dcloud-probe (built at an earlier start; pip did not run)"]
+
+
+def test_a_changed_set_or_interpreter_builds_a_new_environment(spawner, tmp_path):
+    python = fake_python(tmp_path)
+    first = install(spawner, python.path)
+    second = install(spawner, python.path, ("dcloud-probe", "rich"))
+    assert second != first and len(python.runs()) == 2
+    assert (second / "dcloud_probe").is_dir()
+    other = fake_python(tmp_path, name="python-other")  # another interpreter: its own builds
+    third = install(spawner, other.path)
+    assert third not in (first, second) and len(other.runs()) == 1
+    assert published(spawner) == sorted(p.name for p in (first, second, third))
+
+
+def test_environments_beyond_the_catalogs_keep_setting_are_removed(tmp_path):
+    reset_hub_state()
+    spawner = local_spawner(tmp_path, edited_catalog(tmp_path, keep=2))
+    python = fake_python(tmp_path)
+    made = [install(spawner, python.path, (name,)) for name in ("a-pkg", "b-pkg", "c-pkg")]
+    assert published(spawner) == sorted(p.name for p in made[1:])  # the oldest went
+    install(spawner, python.path, ("b-pkg",))  # reused: now the most recently used
+    newest = install(spawner, python.path, ("d-pkg",))
+    assert published(spawner) == sorted([made[1].name, newest.name])
+    assert len(python.runs()) == 4
+    reset_hub_state()
+
+
+def test_two_servers_of_one_user_starting_at_once_share_one_environment(tmp_path):
+    """Named servers of one user build the same set at once: both get it complete, one build's
+    files only (never a mix of both), and one published folder."""
+    reset_hub_state()
+    one, two = local_spawner(tmp_path, name="one"), local_spawner(tmp_path, name="two")
+    python = fake_python(tmp_path, "slow-install")
+    plan = one.validate_options({"environment": "scipy", "packages": ["dcloud-probe"]})
+
+    async def both() -> list[Path]:
+        return list(
+            await asyncio.gather(one._install_packages(plan, python.path), two._install_packages(plan, python.path))
+        )
+
+    made = asyncio.run(asyncio.wait_for(both(), 60))
+    assert made[0] == made[1] and envs(one) == [made[0].name]  # no spare build left either
+    assert len(python.runs()) == 2  # they overlapped: both built
+    package = made[0] / "dcloud_probe"
+    record = (package / "RECORD").read_text().splitlines()
+    assert sorted(p.name for p in package.iterdir()) == sorted([*record, "RECORD", "__init__.py"])
+    reset_hub_state()
 
 
 def test_a_hanging_pip_is_killed_with_its_children_after_the_timeout(spawner, tmp_path):
     spawner.package_install_timeout = 1.5
-    python, report = fake_python(tmp_path, "hang")
+    python = fake_python(tmp_path, "hang")
     started = time.monotonic()
     with pytest.raises(SpawnRefused) as err:
-        install(spawner, python)
+        install(spawner, python.path)
     assert time.monotonic() - started < 15
     sentence = str(err.value.jupyterhub_message)
-    assert sentence == ("Installing the extra packages took longer than 1.5 seconds and was stopped; "
-                        "ask for fewer or smaller packages.")
-    pids = [int(p) for p in Path(str(report) + ".pids").read_text().split()]
+    assert sentence == (
+        "Installing the extra packages took longer than 1.5 seconds and was stopped; ask for fewer or smaller packages."
+    )
+    pids = [int(p) for p in Path(str(python.report) + ".pids").read_text().split()]
     time.sleep(0.3)
     assert not any(alive(pid) for pid in pids)
-    assert not (spawner.workdir / OVERLAY).exists()
+    assert envs(spawner) == []  # its half-built folder went with it
 
 
-def test_a_cancelled_spawn_kills_pip(spawner, tmp_path):
-    python, report = fake_python(tmp_path, "hang")
+def test_a_cancelled_spawn_kills_pip_and_its_half_built_environment_is_never_used(spawner, tmp_path):
+    python = fake_python(tmp_path, "hang")
     plan = spawner.validate_options({"environment": "scipy", "packages": ["dcloud-probe"]})
-    pids_file = Path(str(report) + ".pids")
+    pids_file = Path(str(python.report) + ".pids")
 
     async def cancel_midway() -> None:
-        task = asyncio.ensure_future(spawner._install_packages(plan, python, spawner.workdir))
+        task = asyncio.ensure_future(spawner._install_packages(plan, python.path))
         for _ in range(100):
             if pids_file.exists():
                 break
@@ -191,49 +315,106 @@ def test_a_cancelled_spawn_kills_pip(spawner, tmp_path):
     pids = [int(p) for p in pids_file.read_text().split()]
     time.sleep(0.3)
     assert not any(alive(pid) for pid in pids)
+    assert envs(spawner) == []
+    python.mode("install")
+    spawner._progress = []
+    made = install(spawner, python.path)  # built afresh, not taken as built
+    assert len(python.runs()) == 2 and (made / "dcloud_probe").is_dir()
+    assert spawner._progress[0] == "Installing extra packages: dcloud-probe"
 
 
-def test_an_overlay_over_the_size_limit_is_refused_and_removed(spawner, tmp_path):
-    spawner.package_overlay_max_bytes = 1024 * 1024
-    python, _ = fake_python(tmp_path, "big")
+def test_an_installer_killed_from_outside_leaves_nothing_usable(spawner, tmp_path):
+    """The installer and pip killed mid-build by something else than the hub (the OOM killer, an
+    admin): the spawn is refused, and the next start builds the set again."""
+    python = fake_python(tmp_path, "hang")
+    pids_file = Path(str(python.report) + ".pids")
+
+    def kill_when_pip_runs() -> None:
+        while not pids_file.exists():
+            time.sleep(0.05)
+        os.killpg(os.getpgid(int(pids_file.read_text().split()[0])), signal.SIGKILL)
+
+    plan = spawner.validate_options({"environment": "scipy", "packages": ["dcloud-probe"]})
+
+    async def killed() -> None:
+        await asyncio.gather(asyncio.to_thread(kill_when_pip_runs), spawner._install_packages(plan, python.path))
+
     with pytest.raises(SpawnRefused) as err:
-        install(spawner, python)
+        asyncio.run(asyncio.wait_for(killed(), 30))
+    assert str(err.value.jupyterhub_message).startswith("Installing the extra packages failed")
+    assert published(spawner) == []
+    python.mode("install")
+    install(spawner, python.path)
+    assert len(python.runs()) == 2
+
+
+def test_a_build_over_the_size_limit_is_refused_and_never_published(spawner, tmp_path):
+    """Over the limit between two of the hub's looks: the installer's own check before it
+    publishes refuses it."""
+    spawner.package_overlay_max_bytes = 1024 * 1024
+    python = fake_python(tmp_path, "big")
+    with pytest.raises(SpawnRefused) as err:
+        install(spawner, python.path)
     assert str(err.value.jupyterhub_message) == (
-        "The extra packages need more than the 1 MiB this server may use for them; "
-        "ask for fewer or smaller packages.")
-    assert not os.path.lexists(spawner.workdir / OVERLAY)
+        "The extra packages need more than the 1 MiB this server may use for them; ask for fewer or smaller packages."
+    )
+    assert envs(spawner) == []
+    spawner.package_overlay_max_bytes = 4 * 1024 * 1024  # the same set fits a larger limit
+    spawner._progress = []
+    install(spawner, python.path)
+    assert len(python.runs()) == 2 and spawner._progress[-1].startswith("Built your packages")
 
 
-def test_removal_and_measurement_never_follow_links(tmp_path):
+def test_measurement_and_removal_never_follow_links(tmp_path):
     outside = tmp_path / "outside"
     (outside / "deep").mkdir(parents=True)
     (outside / "deep" / "file").write_bytes(b"x" * 50000)
+    (outside / package_envs.COMPLETE).write_text("")
     base = tmp_path / "work"
-    (base / OVERLAY / "sub").mkdir(parents=True)
-    (base / OVERLAY / "sub" / "escape").symlink_to(outside, target_is_directory=True)
-    (base / OVERLAY / "own").write_bytes(b"y" * 100)
-    assert tree_size(base, OVERLAY) < 50000  # the link's own size, not its target's
-    assert remove_entry(base, OVERLAY)
-    assert not os.path.lexists(base / OVERLAY)
+    folder = ENVS.parts
+    build = base / ENVS / ".building-k-t1"
+    (build / "sub").mkdir(parents=True)
+    (build / "sub" / "escape").symlink_to(outside, target_is_directory=True)
+    (build / "own").write_bytes(b"y" * 100)
+    (base / ENVS / ".building-k-t2").symlink_to(outside, target_is_directory=True)
+    (base / ENVS / "other").mkdir()
+    assert 100 < entries_size(base, folder, ".building-k-") < 50000  # the links' own sizes, not their targets'
+    assert not is_file_at(base, *folder, ".building-k-t2", package_envs.COMPLETE)
+    assert remove_entries(base, folder, ".building-k-")
+    assert os.listdir(base / ENVS) == ["other"]
     assert (outside / "deep" / "file").exists()
-    (base / OVERLAY).symlink_to(outside, target_is_directory=True)
-    assert tree_size(base, OVERLAY) < 50000
-    assert remove_entry(base, OVERLAY) and not os.path.lexists(base / OVERLAY)
-    assert (outside / "deep" / "file").exists()
+    shutil.rmtree(base / ".dcloud")
+    (base / ".dcloud").symlink_to(outside, target_is_directory=True)  # a link above the folder
+    (outside / "envs" / ".building-k-t3").mkdir(parents=True)
+    (outside / "envs" / ".building-k-t3" / "big").write_bytes(b"z" * 50000)
+    assert entries_size(base, folder, ".building-k-") == 0
+    assert not remove_entries(base, folder, ".building-k-")
+    assert (outside / "envs" / ".building-k-t3" / "big").exists()
 
 
 def spawner_with_index(tmp_path, index_url: str) -> DCloudLocalSpawner:
     return local_spawner(tmp_path, catalog_with_index(tmp_path, index_url))
 
 
-def test_real_pip_installs_from_the_catalogs_index(tmp_path, monkeypatch):
+def test_real_pip_builds_from_the_catalogs_index_once(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret-token")
     reset_hub_state()
     with serve_index(tmp_path / "index", "127.0.0.1") as index:
         spawner = spawner_with_index(tmp_path, index.url)
-        overlay = install(spawner, sys.executable, timeout=120)
-    assert (overlay / "dcloud_probe" / "__init__.py").exists()
-    assert not (overlay / ".tmp").exists()
+        made = install(spawner, sys.executable, timeout=120)
+        asked = len(index.requests)
+        assert asked > 0
+        again = install(spawner, sys.executable, timeout=120)
+        assert len(index.requests) == asked  # no pip the second time: the index saw nothing
+    assert again == made and spawner._progress[-1].startswith("Reusing your packages: dcloud-probe")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import dcloud_probe; print(dcloud_probe.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(made)},
+        capture_output=True,
+        text=True,
+    )
+    assert imported.stdout.strip() == str(made / "dcloud_probe" / "__init__.py"), imported.stderr
+    assert not (made / ".tmp").exists()
     reset_hub_state()
 
 
@@ -250,14 +431,16 @@ def test_real_pip_against_an_index_that_never_answers_is_stopped(tmp_path):
             install(spawner, sys.executable, timeout=60)
     assert time.monotonic() - started < 20
     assert "took longer than 2 seconds and was stopped" in str(err.value.jupyterhub_message)
-    assert not os.path.lexists(spawner.workdir / OVERLAY)
+    assert envs(spawner) == []
     reset_hub_state()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
-                    reason="running as another account needs root")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="running as another account needs root"
+)
 def test_as_system_users_pip_runs_as_the_users_account(tmp_path, monkeypatch):
-    """With run_as_system_users, pip has the server user's uid and gid, never the hub's root."""
+    """With run_as_system_users, pip has the server user's uid and gid, never the hub's root,
+    and the environment is the user's own, in its home."""
     account = pwd.getpwnam("nobody")
     place = Path(tempfile.mkdtemp(prefix="dcloud-home-"))  # pytest's tmp_path is root's alone
     try:
@@ -265,9 +448,12 @@ def test_as_system_users_pip_runs_as_the_users_account(tmp_path, monkeypatch):
         home = place / "home"
         home.mkdir()
         os.chown(home, account.pw_uid, account.pw_gid)
-        report = home / "report.json"
+        report, mode = place / "report.jsonl", place / "mode"
+        mode.write_text("install")
+        report.touch()
+        os.chown(report, account.pw_uid, account.pw_gid)
         script = place / "python-as-user"
-        script.write_text(FAKE_PIP.format(python="/usr/bin/python3", report=str(report), mode="install"))
+        script.write_text(FAKE_PYTHON.format(python="/usr/bin/python3", report=str(report), mode=str(mode)))
         script.chmod(0o755)
         reset_hub_state()
         cfg = Config()
@@ -275,14 +461,29 @@ def test_as_system_users_pip_runs_as_the_users_account(tmp_path, monkeypatch):
         cfg.DCloudLocalSpawner.run_as_system_users = True
         spawner = DCloudLocalSpawner(user=OfflineUser("nobody", []), hub=offline_hub(), config=cfg)
         monkeypatch.setattr(DCloudLocalSpawner, "workdir", property(lambda self: home))
-        overlay = install(spawner, str(script))
-        seen = json.loads(report.read_text())
+        monkeypatch.setattr(DCloudLocalSpawner, "user_dir", property(lambda self: home))
+        made = install(spawner, str(script))
+        [seen] = [json.loads(line) for line in report.read_text().splitlines()]
         assert seen["uid"] == account.pw_uid and seen["cwd"] == str(home)
-        assert os.stat(overlay).st_uid == account.pw_uid  # the user's own files, not root's
+        assert made.parent == home / ENVS
+        assert os.stat(made).st_uid == account.pw_uid  # the user's own files, not root's
+        assert os.stat(home / ".dcloud").st_uid == account.pw_uid
         assert seen["env"]["HOME"] == str(home) and seen["env"]["USER"] == "nobody"
+        assert spawner._progress[-1].startswith("Built your packages into your home: dcloud-probe")
     finally:
         shutil.rmtree(place)
         reset_hub_state()
+
+
+def test_a_folder_left_by_the_former_per_server_overlay_is_the_users_and_stays(spawner, tmp_path):
+    """Older DCloud versions installed into ``.dcloud-packages`` in the working directory; that
+    folder is now the user's own: never used, never removed."""
+    old = spawner.workdir / ".dcloud-packages"
+    (old / "mine").mkdir(parents=True)
+    (old / "mine" / "notes.txt").write_text("mine")
+    made = install(spawner, fake_python(tmp_path).path)
+    assert (old / "mine" / "notes.txt").read_text() == "mine"
+    assert ".dcloud-packages" not in str(made)
 
 
 def pip_processes(marker: str) -> list[int]:
@@ -303,7 +504,7 @@ class HangingInstall:
 
     hub: DemoHub
     relaunch: Callable[[], DemoHub]
-    overlay: str
+    envs: Path  # guest's package environments folder
     pids: list[int]
 
 
@@ -313,20 +514,36 @@ def hanging_install(tmp_path: Path) -> Iterator[HangingInstall]:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        catalog = catalog_with_index(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}/simple/")
+        index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple/"
+        catalog = catalog_with_index(tmp_path, index)
         token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
         env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
-        argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port),
-                f"--password={password}", "--catalog", str(catalog)]
-        install = HangingInstall(launch_hub(argv, state, env, token, password, port),
-                                 lambda: launch_hub(argv, state, env, token, password, port),
-                                 str(state / "servers" / "guest" / "p" / OVERLAY), [])
+        argv = [
+            sys.executable,
+            "-m",
+            "dcloud_spawner.cli",
+            "demo",
+            "--port",
+            str(port),
+            f"--password={password}",
+            "--catalog",
+            str(catalog),
+        ]
+        install = HangingInstall(
+            launch_hub(argv, state, env, token, password, port),
+            lambda: launch_hub(argv, state, env, token, password, port),
+            state / "servers" / "guest" / ENVS,
+            [],
+        )
         try:
-            status, _ = install.hub.api("POST", "/users/guest/servers/p",
-                                        {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}})
+            status, _ = install.hub.api(
+                "POST",
+                "/users/guest/servers/p",
+                {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}},
+            )
             assert status in (201, 202)
             deadline = time.monotonic() + 30
-            while not (found := pip_processes(install.overlay)) and time.monotonic() < deadline:
+            while not (found := pip_processes(index)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert found, install.hub.log_tail()
             install.pids.extend(found)
@@ -348,18 +565,21 @@ def wait_gone(pids: list[int], timeout: float = 10) -> bool:
 def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
     """Through a real hub: DELETE while pip waits on an index that never answers."""
     with hanging_install(tmp_path) as install:
+        assert os.listdir(install.envs)  # the build under way
         install.hub.stop_server("guest", "p")
         assert wait_gone(install.pids)
-        assert not os.path.lexists(install.overlay)
+        assert os.listdir(install.envs) == []
 
 
 def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started_server(tmp_path):
-    """SIGKILL of the hub while pip waits on an index that never answers: the kernel ends pip
-    with the hub (nobody else would), and the restarted hub shows the server as not started."""
+    """SIGKILL of the hub while pip waits on an index that never answers: the kernel ends the
+    installer with the hub and pip with the installer (nobody else would), the half-built
+    environment is never published, and the restarted hub shows the server as not started."""
     with hanging_install(tmp_path) as install:
         os.kill(install.hub.process.pid, signal.SIGKILL)  # a crash: the hub's own process only
         install.hub.process.wait()
         assert wait_gone(install.pids), "pip outlived the hub"
+        assert all(name.startswith(".building-") for name in os.listdir(install.envs))
         install.hub = hub = install.relaunch()
         _, model = hub.api("GET", "/users/guest")
         assert "p" not in model["servers"]  # not left half-way: it may simply be started again
@@ -369,20 +589,68 @@ def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started
         hub.stop_server("guest", "p")
 
 
+def test_a_real_server_imports_its_packages_and_a_restart_reuses_them(tmp_path):
+    """Through a real hub: the first start builds from the catalog's index and the running server
+    has the package on its path; stopped and started again, pip does not run (the index sees no
+    request) and the progress says so."""
+    state = tmp_path / "demo"
+    with serve_index(tmp_path / "index", "127.0.0.1") as index:
+        catalog = catalog_with_index(tmp_path, index.url)
+        token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
+        env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
+        argv = [
+            sys.executable,
+            "-m",
+            "dcloud_spawner.cli",
+            "demo",
+            "--port",
+            str(port),
+            f"--password={password}",
+            "--catalog",
+            str(catalog),
+        ]
+        hub = launch_hub(argv, state, env, token, password, port)
+        try:
+            options = {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}}
+            assert hub.api("POST", "/users/guest/servers/p", options)[0] in (201, 202)
+            hub.wait_ready("guest", "p")
+            server = hub.server_env("guest", "p")
+            made = Path(server["PYTHONPATH"])
+            assert made.parent == state / "servers" / "guest" / ENVS
+            imported = subprocess.run(
+                [sys.executable, "-c", "import dcloud_probe; print(dcloud_probe.VERSION)"],
+                env=server,
+                cwd=state / "servers" / "guest" / "p",
+                capture_output=True,
+                text=True,
+            )
+            assert imported.stdout.strip() == "1.0", imported.stderr
+            asked = len(index.requests)
+            assert asked > 0
+            hub.stop_server("guest", "p")
+            assert hub.api("POST", "/users/guest/servers/p", options)[0] in (201, 202)
+            hub.wait_ready("guest", "p")
+            assert hub.server_env("guest", "p")["PYTHONPATH"] == str(made)
+            assert len(index.requests) == asked
+            assert "Reusing your packages: dcloud-probe" in hub.log_tail(200)
+            hub.stop_server("guest", "p")
+        finally:
+            stop_demo_hub(hub)
+
+
 def test_pip_runs_under_the_servers_cpu_and_memory_limits(spawner, tmp_path):
-    """Where the limiter enforces limits (here a stand-in cgroup v2 tree), pip joins a group
-    with the server's own CPU and memory limits before it starts."""
+    """Where the limiter enforces limits (here a stand-in cgroup v2 tree), the installer and pip
+    join a group with the server's own CPU and memory limits before they start."""
     groups = tmp_path / "cgroup"
     groups.mkdir()
     spawner.machine._limiter = limits.Limiter("cgroup2", "stand-in", groups)
-    python, _ = fake_python(tmp_path, "install")
-    plan = spawner.validate_options({"environment": "scipy", "cpu": 2, "memory": "3Gi",
-                                     "packages": ["dcloud-probe"]})
-    asyncio.run(spawner._install_packages(plan, python, spawner.workdir))
+    python = fake_python(tmp_path)
+    plan = spawner.validate_options({"environment": "scipy", "cpu": 2, "memory": "3Gi", "packages": ["dcloud-probe"]})
+    asyncio.run(spawner._install_packages(plan, python.path))
     group = groups / spawner.limiter.unit_name(f"{spawner.owner_key}/packages")
     assert (group / "cpu.max").read_text() == "200000 100000\n"
     assert (group / "memory.max").read_text() == f"{3 * 1024**3}\n"
-    assert (group / "cgroup.procs").read_text() == "0\n"  # pip's process joined it before exec
+    assert (group / "cgroup.procs").read_text() == "0\n"  # the installer's process joined it before exec
 
 
 def test_a_datasets_folder_of_the_users_own_is_kept_and_the_views_go_beside_it(spawner, tmp_path):
@@ -400,17 +668,19 @@ def test_a_datasets_folder_of_the_users_own_is_kept_and_the_views_go_beside_it(s
         with pytest.raises(SpawnRefused) as err:
             asyncio.run(spawner._link_datasets(plan, spawner.workdir))
         assert str(err.value.jupyterhub_message).startswith(
-            "Your working directory already has datasets and .dcloud-datasets of your own")
+            "Your working directory already has datasets and .dcloud-datasets of your own"
+        )
     finally:
         spawner.dataset_views().clear()
     assert (mine / "thesis.txt").read_text() == "mine"
     assert (spawner.workdir / ".dcloud-datasets" / "more-of-mine").is_dir()
 
 
-def test_the_overlay_is_measured_removed_and_limited_off_the_event_loop(spawner, tmp_path, monkeypatch):
-    """The overlay walks (its size every half second while pip runs, its removal) and the
+def test_the_build_is_measured_removed_and_limited_off_the_event_loop(spawner, tmp_path, monkeypatch):
+    """The build's walks (its size every half second while pip runs, its removal) and the
     limiter's cgroup writes run in worker threads: on the event loop they would hold every other
-    user of the hub for as long as a walk of up to package_overlay_max_bytes takes."""
+    user of the hub for as long as a walk of up to package_overlay_max_bytes takes. pip's
+    temporary files count: here they alone pass the limit."""
     from dcloud_spawner.local import paths
 
     def on_loop() -> bool:
@@ -426,10 +696,11 @@ def test_the_overlay_is_measured_removed_and_limited_off_the_event_loop(spawner,
         def call(*args, **kwargs):
             calls.append((name, on_loop()))
             return function(*args, **kwargs)
+
         return call
 
-    monkeypatch.setattr(paths, "tree_size", recorded("tree_size", paths.tree_size))
-    monkeypatch.setattr(paths, "remove_entry", recorded("remove_entry", paths.remove_entry))
+    for name in ("entries_size", "remove_entries", "is_file_at"):
+        monkeypatch.setattr(paths, name, recorded(name, getattr(paths, name)))
     groups = tmp_path / "cgroup"
     groups.mkdir()
     limiter = limits.Limiter("cgroup2", "stand-in", groups)
@@ -437,11 +708,13 @@ def test_the_overlay_is_measured_removed_and_limited_off_the_event_loop(spawner,
         monkeypatch.setattr(limiter, name, recorded(name, getattr(limiter, name)))
     spawner.machine._limiter = limiter
     spawner.package_overlay_max_bytes = 1024 * 1024
-    python, _ = fake_python(tmp_path, "slow-big")
+    python = fake_python(tmp_path, "slow-big")
     with pytest.raises(SpawnRefused) as err:
-        install(spawner, python)
+        install(spawner, python.path)
     assert "more than the 1 MiB" in str(err.value.jupyterhub_message)  # refused while pip still ran
-    assert not os.path.lexists(spawner.workdir / OVERLAY)
+    assert envs(spawner) == []
     names = [name for name, _ in calls]
-    assert names.count("tree_size") >= 2 and {"remove_entry", "prepare", "kill", "cleanup"} <= set(names)
+    assert names.count("entries_size") >= 2 and {"remove_entries", "is_file_at", "prepare", "kill", "cleanup"} <= set(
+        names
+    )
     assert [name for name, looped in calls if looped] == []

@@ -14,7 +14,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 NAME = "dcloud-probe"
@@ -67,9 +67,16 @@ def build_index(root: Path) -> Path:
 @dataclass(frozen=True)
 class PackageIndex:
     url: str  # the simple index, e.g. http://192.0.2.2:40123/simple/
+    requests: list[str] = field(default_factory=list)  # the paths asked for, in order: pip's visits
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    seen: list[str]
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        super().do_GET()
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -78,12 +85,14 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def serve_index(root: Path, host: str) -> Iterator[PackageIndex]:
     """Serve the index on ``host`` (an address of this machine) and a free port."""
     build_index(root)
-    handler = lambda *a, **kw: _Quiet(*a, directory=str(root), **kw)  # noqa: E731
+    requests: list[str] = []
+    recording = type("Recording", (_Quiet,), {"seen": requests})
+    handler = lambda *a, **kw: recording(*a, directory=str(root), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield PackageIndex(f"http://{host}:{server.server_address[1]}/simple/")
+        yield PackageIndex(f"http://{host}:{server.server_address[1]}/simple/", requests)
     finally:
         server.shutdown()
         server.server_close()
