@@ -56,3 +56,13 @@ def format_memory(num_bytes: int) -> str:
         if num_bytes >= factor and num_bytes % factor == 0:
             return f"{num_bytes // factor}{suffix}"
     return str(num_bytes)
+
+
+def format_size(num_bytes: int) -> str:
+    """A byte count for reading: exact where it is a whole number of a binary unit, else to a
+    tenth of the largest unit it reaches (3435973837 -> '3.2Gi')."""
+    for suffix, factor in _BINARY_UNITS:
+        if num_bytes >= factor:
+            exact, rest = divmod(num_bytes, factor)
+            return f"{exact}{suffix}" if not rest else f"{num_bytes / factor:.1f}{suffix}"
+    return str(num_bytes)

@@ -5,14 +5,20 @@ module adds totals over all running (and starting) servers: per user (from the u
 policies, most permissive wins) and per group (``quotas.groups`` in the catalog). Every
 spawn claims its resources in one hub-wide ledger, checking and recording in one step,
 so racing spawns can never together exceed a quota; stops and failed starts release it.
+
+Home volumes are the exception: they persist while their servers are stopped, so
+``quotas.groups.<g>.max_home`` sums every volume that exists (:class:`HomeVolumes`), not
+the running servers. A volume counts for the groups its owner had at its last start.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from . import refusals
 from .catalog import Catalog
 from .errors import QuotaExceeded
 from .plan import Plan
@@ -205,3 +211,80 @@ class Ledger:
 
     def clear(self) -> None:
         self._claims.clear()
+
+
+@dataclass(frozen=True)
+class HomeVolume:
+    """One home volume: its claim's name (unique where the volumes live), the groups its owner
+    had at its last start, and its size."""
+
+    name: str
+    groups: tuple[str, ...]
+    size: int
+
+
+def check_home(catalog: Catalog, volumes: Iterable[HomeVolume], volume: HomeVolume) -> None:
+    """Raise QuotaExceeded when ``volume`` grows its owner's groups past their ``max_home``.
+
+    A start that does not grow its volume is never refused: the group's sum does not change
+    (and refusing would keep the owner from their files, e.g. after the quota was lowered)."""
+    volumes = list(volumes)
+    current = next((v.size for v in volumes if v.name == volume.name), 0)
+    if volume.size <= current:
+        return
+    for group in volume.groups:
+        quota = catalog.quotas.groups.get(group)
+        if quota is None or quota.max_home is None:
+            continue
+        held = sum(v.size for v in volumes if v.name != volume.name and group in v.groups)
+        if held + volume.size > quota.max_home:
+            raise refusals.group_home_quota(group, held, quota.max_home, volume.size, current)
+
+
+class HomeVolumes:
+    """The home volumes of the hub's users, by claim name, shared by every spawner in the hub.
+
+    The backend lists the volumes that exist before each claim (:meth:`seen`); claims made
+    since that listing began are kept over it, since their volumes may not exist yet."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._volumes: dict[str, HomeVolume] = {}
+        self._claimed_at: dict[str, float] = {}
+
+    @property
+    def volumes(self) -> list[HomeVolume]:
+        return list(self._volumes.values())
+
+    def now(self) -> float:
+        """The time to pass to :meth:`seen` for a listing that begins now."""
+        return self._clock()
+
+    def seen(self, listed: Iterable[HomeVolume], since: float) -> None:
+        """What a listing begun at ``since`` found replaces what was known: volumes it lacks are
+        gone, unless claimed after it began."""
+        known = {v.name: v for v in listed}
+        for name, at in list(self._claimed_at.items()):
+            if at < since:
+                del self._claimed_at[name]  # the listing saw its claim's outcome
+            elif name in self._volumes:
+                known[name] = self._volumes[name]
+        self._volumes = known
+
+    def claim(self, catalog: Catalog, volume: HomeVolume) -> None:
+        """Check and record ``volume`` in one step (not a coroutine, as :meth:`Ledger.claim`)."""
+        self.check(catalog, volume)
+        self.record(volume)
+
+    def check(self, catalog: Catalog, volume: HomeVolume) -> None:
+        check_home(catalog, self._volumes.values(), volume)
+
+    def record(self, volume: HomeVolume) -> None:
+        known = self._volumes.get(volume.name)
+        size = max(volume.size, known.size) if known is not None else volume.size  # it only grows
+        self._volumes[volume.name] = HomeVolume(volume.name, volume.groups, size)
+        self._claimed_at[volume.name] = self._clock()
+
+    def size_of(self, name: str) -> int | None:
+        known = self._volumes.get(name)
+        return known.size if known is not None else None

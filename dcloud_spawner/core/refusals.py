@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .catalog import duration_words
-from .errors import CapacityRefusal, Refusal, clip
+from .errors import CapacityRefusal, QuotaExceeded, Refusal, clip
 from .plan import Plan
 from .quantity import format_memory
 from .queueing import ordinal
@@ -151,3 +151,40 @@ def home_cannot_grow(current: int, storage_class: str | None) -> Refusal:
     return Refusal(f"Home size: your home volume is {format_memory(current)} and {where} cannot grow volumes, so "
                    f"nothing was changed; ask for {format_memory(current)}, or ask the administrators for more room.",
                    field="home", reason="storage")
+
+
+def group_home_quota(group: str, held: int, most: int, asked: int, current: int) -> QuotaExceeded:
+    """Growing (or making) a home volume to ``asked`` would take ``group`` past its ``max_home``;
+    its other members' volumes hold ``held``, this one is ``current`` now (0: none yet)."""
+    room = most - held
+    if room > current:
+        allowed = f"ask for at most {format_memory(room)}"
+    elif current:
+        allowed = f"your home cannot grow now, so ask for {format_memory(current)}, its size now"
+    else:
+        allowed = "there is no room for a new one, so ask the administrators for more"
+    return QuotaExceeded(f"Home size {format_memory(asked)} would take group '{clip(group, 60)}' past its "
+                         f"{format_memory(most)} of home volumes, since its other members' already hold "
+                         f"{format_memory(held)}; {allowed}.", field="home", reason="quota")
+
+
+_VOLUMES = {"home": ("Home size", "your home volume"), "scratch": ("Scratch size", "your scratch disk")}
+
+
+def storage_class_missing(field: str, storage_class: str) -> Refusal:
+    """The catalog's ``storage.<field>.storage_class`` does not exist on the cluster; nothing was made."""
+    label, volume = _VOLUMES[field]
+    return Refusal(f"{label}: the storage class '{clip(storage_class, 80)}' that {volume} is made on does not "
+                   f"exist on this cluster, so nothing was created; tell the administrators (catalog "
+                   f"storage.{field}.storage_class).", field=field, reason="storage")
+
+
+def volume_pending(field: str, storage_class: str | None, seconds: float) -> Refusal:
+    """The claim of the home volume or scratch disk stayed Pending (no volume was provisioned)
+    for the grace time; the pod is deleted, a home volume's claim kept."""
+    label, volume = _VOLUMES[field]
+    where = f"storage class '{clip(storage_class, 80)}'" if storage_class else "the cluster's default storage class"
+    kept = " (its claim is kept for your next start)" if field == "home" else ""
+    return Refusal(f"{label}: {where} did not provision {volume} within {duration_words(seconds)}, so the server "
+                   f"was not started{kept}; try again later, and tell the administrators if it lasts.",
+                   field=field, reason="storage")

@@ -11,7 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..core.availability import GpuAvailability
 from ..core.catalog import Allowance, Catalog
-from ..core.quantity import format_memory
+from ..core.quantity import format_memory, format_size
 from ..core.request import MAX_FILE_BYTES, load_options_file
 
 # Templates are read on first render, not at import.
@@ -151,7 +151,7 @@ def _storage_field(offered: Any, most: int | None, context: FormContext | None) 
         low = max(low, context.home_size)
         note = f"Your home volume is {format_memory(context.home_size)} now"
         if context.home_used is not None:
-            note += f", {format_memory(context.home_used)} used"
+            note += f", {format_size(context.home_used)} used"
         note += "; it only grows."
     return {"min": format_memory(low), "max": format_memory(most), "note": note}
 

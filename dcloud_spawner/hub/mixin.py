@@ -235,8 +235,18 @@ class DCloudMixin(LoggingConfigurable):
         if live is not None:
             await live.refresh()
 
+    async def fill_form_context(self, context: FormContext) -> None:
+        """Add to ``context`` what must be asked for as the form renders (the Kubernetes backend:
+        the home volume's size and use); backends override, bounded in time."""
+
     def check_capacity(self, plan: Plan) -> None:
         """Refuse (CapacityRefusal) a plan that cannot fit right now; backends override."""
+
+    async def read_claim_facts(self, plan: Plan) -> None:
+        """Read from the backend what the start needs before anything is held or made (the
+        Kubernetes backend: that the claims' StorageClasses exist, and the home volumes that
+        :meth:`claim_resources` counts); backends override, refusing with a Refusal. Awaited
+        before the capacity check, so nothing is awaited between that check and the claim."""
 
     # -- JupyterHub hooks ---------------------------------------------------------------
 
@@ -251,7 +261,9 @@ class DCloudMixin(LoggingConfigurable):
                 self.validate_options(options)
             except RequestError:
                 options = {}  # stale or never valid: start from the defaults
-        return render_form(catalog, allowance, options, self.form_context())
+        context = self.form_context()
+        await self.fill_form_context(context)
+        return render_form(catalog, allowance, options, context)
 
     def dcloud_options_from_form(self, formdata: dict[str, list[Any]]) -> dict[str, Any]:
         attempts = hub_state().attempts
@@ -274,6 +286,7 @@ class DCloudMixin(LoggingConfigurable):
         try:
             plan = self.validate_options(user_options)
             await self.refresh_live_data()
+            await self.read_claim_facts(plan)
             self.check_capacity(plan)
             self.claim_resources(plan)
         except Refusal as exc:

@@ -23,6 +23,7 @@ from ..core import refusals
 from ..core.errors import Refusal
 from ..core.plan import Plan
 from .admission import Starting
+from .claims import PendingClaims, about_volumes
 from .failures import explain_unschedulable, package_failure, packages_outcome
 from .line import InLine
 from .pod import PACKAGE_INSTALLER
@@ -52,9 +53,11 @@ class StartAttempt:
 
     async def doomed(self, spawner: DCloudSpawner, plan: Plan | None) -> Refusal:
         """Wait until the pod cannot start: the scheduler has reported it unplaceable for the
-        grace time, the package init container failed, or it waited in Kueue's line too long."""
+        grace time, a claim of its home or scratch stayed Pending for the volumes' grace time,
+        the package init container failed, or it waited in Kueue's line too long."""
         queue = spawner.dcloud_queue(plan) if plan else None
         line = self.line = InLine(spawner, plan, queue, self.say) if plan and queue else None
+        volumes = PendingClaims(spawner, spawner.volume_pending_grace_seconds)
         first_seen: float | None = None
         told_packages = False
         try:
@@ -75,7 +78,10 @@ class StartAttempt:
                         return refusal
                     if line.gated:
                         continue
-                verdict = unschedulable(spawner, pod, first_seen, plan)
+                refusal = await volumes.check(pod)
+                if refusal is not None:
+                    return refusal
+                verdict = unschedulable(spawner, pod, first_seen, plan, volumes.waiting)
                 if isinstance(verdict, Refusal):
                     return verdict
                 first_seen = verdict
@@ -85,15 +91,17 @@ class StartAttempt:
 
 
 def unschedulable(spawner: DCloudSpawner, pod: dict | None, first_seen: float | None,
-                  plan: Plan | None) -> float | Refusal | None:
+                  plan: Plan | None, volumes_pending: bool = False) -> float | Refusal | None:
     """The scheduler's verdict: when it first said the pod fits nowhere, or the refusal once
-    it has said so for the spawner's ``unschedulable_grace_seconds``."""
+    it has said so for the spawner's ``unschedulable_grace_seconds``. While the pod's own
+    claims are Pending (``volumes_pending``), its words about unbound volumes are no verdict:
+    the volumes' longer grace time decides (see claims.py)."""
     if not spawner.events_enabled or spawner.event_reflector is None:
         return first_seen
     if pod and (pod.get("spec") or {}).get("nodeName"):
         return None  # placed after all
     failed = [e for e in spawner.events if e.get("reason") == "FailedScheduling"]
-    if not failed:
+    if not failed or (volumes_pending and about_volumes(failed[-1].get("message") or "")):
         return first_seen
     first_seen = first_seen or time.monotonic()
     if time.monotonic() - first_seen >= spawner.unschedulable_grace_seconds:

@@ -1,28 +1,48 @@
-"""Growing a user's home volume (KubeSpawner's claim) to the size they chose, before the pod.
+"""A user's home volume (KubeSpawner's claim): grown to the size they chose before the pod,
+counted in its groups' ``max_home``, and its size now for the form.
 
 A home volume only grows: asking for less than it has is refused in one sentence, and so is
 asking for more where its StorageClass does not allow expansion (nothing is changed then).
 Otherwise the claim's requested size is patched and the storage driver expands the volume
 (file systems grow online or when the pod mounts it). A claim that does not exist yet is
-KubeSpawner's to create, at the chosen size. Needs `get`/`patch` on persistentvolumeclaims and
-`get` on storageclasses (helm-values/rbac.yaml).
+KubeSpawner's to create, at the chosen size. Needs `get`/`patch`
+on persistentvolumeclaims and `get` on storageclasses (helm-values/rbac.yaml), and `list` on
+persistentvolumeclaims (the chart's own hub Role) for group quotas.
+
+Every claim DCloud sizes carries the label ``dcloud.io/volume=home`` and, in the annotation
+``dcloud.io/groups``, its owner's groups at their last start: the hub's group quotas read them
+(state that outlives the hub lives on the claim). They are written when KubeSpawner creates the
+claim, and patched onto an existing one at a start where they differ.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes_asyncio.client import ApiException, StorageV1Api
 
 from ..core import refusals
+from ..core.catalog import Catalog
 from ..core.plan import Plan
 from ..core.quantity import format_memory, memory_bytes
+from ..core.quotas import HomeVolume
+from .pod import LABEL_PREFIX
 
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+VOLUME_LABEL = f"{LABEL_PREFIX}/volume"
+GROUPS_ANNOTATION = f"{LABEL_PREFIX}/groups"
+MAX_GROUPS = 100  # read of an annotation: more is not a list DCloud wrote
 
 
-async def grow(spawner: Any, plan: Plan, most: int | None) -> str | None:
-    """Make the claim at least ``plan.home_bytes``; return what was done for the progress page.
+def metadata(groups: list[str]) -> dict[str, dict[str, str]]:
+    """The label and annotation DCloud keeps on a home volume's claim."""
+    return {"labels": {VOLUME_LABEL: "home"}, "annotations": {GROUPS_ANNOTATION: json.dumps(sorted(groups))}}
+
+
+async def grow(spawner: Any, plan: Plan, most: int | None, groups: list[str]) -> str | None:
+    """Make the claim at least ``plan.home_bytes`` and mark it with ``groups``; return what was
+    done for the progress page.
 
     Raises a :class:`~..core.errors.Refusal` (shrinking, or a class that cannot expand)."""
     if plan.home_bytes is None or not spawner.storage_pvc_ensure:
@@ -31,21 +51,31 @@ async def grow(spawner: Any, plan: Plan, most: int | None) -> str | None:
         claim = await spawner.api.read_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace)
     except ApiException as exc:
         if exc.status == 404:
-            return None  # KubeSpawner creates it at the chosen size
+            return None  # KubeSpawner creates it at the chosen size (its class was checked before)
         raise
     requested = (claim.spec.resources.requests or {}).get("storage")
     current = memory_bytes(requested) if requested else 0
     if plan.home_bytes < current:
         raise refusals.home_only_grows(plan.home_bytes, current, most)
-    if plan.home_bytes == current:
-        return None
-    storage_class = claim.spec.storage_class_name
-    if not await _expandable(spawner, storage_class):
-        raise refusals.home_cannot_grow(current, storage_class)
-    size = format_memory(plan.home_bytes)
-    await spawner.api.patch_namespaced_persistent_volume_claim(
-        spawner.pvc_name, spawner.namespace, {"spec": {"resources": {"requests": {"storage": size}}}})
-    return f"Growing your home volume from {format_memory(current)} to {size}"
+    patch: dict[str, Any] = {}
+    wanted = metadata(groups)
+    if any(
+        (getattr(claim.metadata, kind) or {}).get(key) != value
+        for kind, pairs in wanted.items()
+        for key, value in pairs.items()
+    ):
+        patch["metadata"] = wanted
+    said = None
+    if plan.home_bytes > current:
+        storage_class = claim.spec.storage_class_name
+        if not await _expandable(spawner, storage_class):
+            raise refusals.home_cannot_grow(current, storage_class)
+        size = format_memory(plan.home_bytes)
+        patch["spec"] = {"resources": {"requests": {"storage": size}}}
+        said = f"Growing your home volume from {format_memory(current)} to {size}"
+    if patch:
+        await spawner.api.patch_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace, patch)
+    return said
 
 
 async def _expandable(spawner: Any, name: str | None) -> bool:
@@ -62,3 +92,44 @@ async def _expandable(spawner: Any, name: str | None) -> bool:
         raise
     return bool(found is not None and found.allow_volume_expansion)
 
+
+def has_quota(catalog: Catalog, groups: list[str]) -> bool:
+    """Whether a group quota sums home volumes for any of ``groups``."""
+    return any((q := catalog.quotas.groups.get(g)) is not None and q.max_home is not None for g in groups)
+
+
+async def listed(spawner: Any) -> list[HomeVolume]:
+    """The home volumes that exist in the spawner's namespace (one list request)."""
+    found = await spawner.api.list_namespaced_persistent_volume_claim(
+        spawner.namespace, label_selector=f"{VOLUME_LABEL}=home", _request_timeout=spawner.k8s_api_request_timeout
+    )
+    return [v for v in (volume_of(c.metadata, c.spec) for c in found.items) if v is not None]
+
+
+def volume_of(meta: Any, spec: Any) -> HomeVolume | None:
+    """A claim as the quota counts it; its annotation is read as untrusted (at worst, no groups)."""
+    try:
+        size = memory_bytes((spec.resources.requests or {}).get("storage") or 0)
+    except (AttributeError, ValueError):
+        return None
+    try:
+        groups = json.loads((meta.annotations or {}).get(GROUPS_ANNOTATION) or "[]")
+    except ValueError:
+        groups = []
+    if not isinstance(groups, list) or len(groups) > MAX_GROUPS or not all(isinstance(g, str) for g in groups):
+        groups = []
+    return HomeVolume(meta.name, tuple(sorted(groups)), size)
+
+
+async def size_now(spawner: Any, timeout: float) -> int | None:
+    """The claim's requested size now (what it may grow from); None when it does not exist yet."""
+    try:
+        claim = await spawner.api.read_namespaced_persistent_volume_claim(
+            spawner.pvc_name, spawner.namespace, _request_timeout=timeout
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    volume = volume_of(claim.metadata, claim.spec)
+    return volume.size if volume is not None and volume.size else None

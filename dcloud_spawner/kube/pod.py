@@ -40,6 +40,8 @@ PLANNED_TRAITS = (
     "extra_annotations",
     "storage_capacity",
     "storage_class",
+    "storage_extra_labels",
+    "storage_extra_annotations",
 )
 
 EPHEMERAL = "ephemeral-storage"

@@ -24,6 +24,8 @@ import time
 import types
 from typing import Any
 
+import aiohttp
+from kubernetes_asyncio.client import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Bool, Float, Unicode, default
 from traitlets.log import get_logger
@@ -32,16 +34,24 @@ from ..core import refusals
 from ..core.errors import Refusal
 from ..core.plan import Plan
 from ..core.queueing import QUEUE_LABEL, Queue, queue_for
+from ..core.quotas import HomeVolume, HomeVolumes
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin
 from ..hub.state import hub_state
-from . import admission, failures, home_volume, security
+from . import admission, claims, failures, home_volume, security, volume_stats
 from .attempt import StartAttempt, merged_progress
-from .pod import PLANNED_TRAITS, apply_plan
+from .pod import PLANNED_TRAITS, apply_plan, literal
 from .pod_wait import WakesOnThePodWatch
 from .queue import KueueView
 from .reflector_compat import DropsHalfStartedReflectors
 from .watch import ClusterWatch
+
+FORM_READ_SECONDS = 2.0  # the longest the form waits for each of its readings of the cluster
+
+
+def home_volumes() -> HomeVolumes:
+    """The hub's record of its users' home volumes, for group quotas."""
+    return hub_state().part(HomeVolumes, HomeVolumes)
 
 
 class ConfigChecked:
@@ -68,6 +78,25 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         help="""How long the scheduler may keep reporting that the pod fits no node before
         the spawn is refused with the reason. Raise it where a cluster autoscaler adds GPU
         nodes on demand.""",
+    )
+
+    volume_pending_grace_seconds = Float(
+        120.0,
+        config=True,
+        help="""How long the claim of a home volume or of a scratch disk may stay Pending (no
+        volume provisioned for it) while the pod waits for a node, before the spawn is refused
+        with the field named: the pod is deleted, a home volume's claim kept. Raise it where
+        provisioning a volume takes longer.""",
+    )
+
+    show_home_usage = Bool(
+        True,
+        config=True,
+        help="""Show in the form how much of the home volume is used, where a running server of
+        the user mounts it: read from that node's kubelet (its /stats/summary), with the hub's
+        credentials and the cluster's CA, which needs `get` on `nodes/stats` (helm-values/rbac.yaml).
+        Where the kubelet cannot be reached or its certificate is not from the cluster's CA, the
+        form shows the size alone.""",
     )
 
     show_availability = Bool(
@@ -149,8 +178,45 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
     starting_servers = staticmethod(admission.starting_servers)
     queued_servers = staticmethod(admission.queued_servers)
 
+    _dcloud_home_claim: HomeVolume | None = None  # this start's home volume, for group quotas
+
+    async def read_claim_facts(self, plan: Plan) -> None:
+        """Before anything is held or made: the StorageClasses of the claims this start would make
+        exist (a missing one is refused), and the home volumes that exist, where a group quota
+        of the user's sums them (one list)."""
+        self._dcloud_home_claim = None
+        try:
+            await self._read_claim_facts(plan)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            raise refusals.cluster_unreachable() from None
+
+    async def _read_claim_facts(self, plan: Plan) -> None:
+        storage = plan.storage
+        if storage is not None and storage.scratch is not None and plan.scratch_bytes is not None:
+            await claims.require_class(self, "scratch", storage.scratch.storage_class)
+        if plan.home_bytes is None or not self.storage_pvc_ensure:
+            return
+        groups = self.user_groups()
+        current: int | None = None
+        if home_volume.has_quota(self.catalog, groups):
+            volumes = home_volumes()
+            since = volumes.now()
+            volumes.seen(await home_volume.listed(self), since)
+            current = volumes.size_of(self.pvc_name)
+            self._dcloud_home_claim = HomeVolume(self.pvc_name, tuple(groups), max(plan.home_bytes, current or 0))
+        else:
+            current = await home_volume.size_now(self, self.k8s_api_request_timeout)
+        if current is None:  # KubeSpawner will make the claim: on the catalog's class, else the site's
+            home_class = (storage.home.storage_class if storage is not None and storage.home is not None else None)
+            await claims.require_class(self, "home", home_class or self.storage_class or None)
+
     def claim_resources(self, plan: Plan) -> None:
+        home = self._dcloud_home_claim
+        if home is not None:
+            home_volumes().check(self.catalog, home)  # before anything is held
         super().claim_resources(plan)  # raises if a quota refuses: then nothing is starting
+        if home is not None:  # in the same step as the check: no other claim comes between
+            home_volumes().record(home)
         if self.start_attempt.gpus is not None:
             admission.starting_servers()[self.claim_key] = self.start_attempt.gpus
 
@@ -186,8 +252,13 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         gpu_resources = {gpu.resource for gpu in self.catalog.gpu_classes}
         apply_plan(self, plan, self.image_path, list(self.package_install_args), gpu_resources)
         self._dcloud_planned = True
+        groups = self.user_groups()
+        if plan.home_bytes is not None and self.storage_pvc_ensure:  # a new claim is made with them
+            marks = home_volume.metadata(groups)
+            self.storage_extra_labels = {**self.storage_extra_labels, **marks["labels"]}
+            self.storage_extra_annotations = {**self.storage_extra_annotations, **literal(marks["annotations"])}
         try:
-            grown = await home_volume.grow(self, plan, self.catalog.allowance(self.user_groups()).max_home)
+            grown = await home_volume.grow(self, plan, self.catalog.allowance(groups).max_home, groups)
         except Refusal as refusal:
             self.refuse(refusal)
         if grown:
@@ -261,6 +332,28 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         if self.dcloud_last_stop:
             context.notices.insert(0, self.dcloud_last_stop)
         return context
+
+    async def fill_form_context(self, context: FormContext) -> None:
+        """The home volume's size now (one read of its claim) and, where a running server mounts
+        it, its use (see volume_stats.py); each bounded by FORM_READ_SECONDS, else left out."""
+        if self.catalog.storage.home is None or not self.storage_pvc_ensure:
+            return
+        try:
+            context.home_size = await asyncio.wait_for(home_volume.size_now(self, FORM_READ_SECONDS),
+                                                       FORM_READ_SECONDS)
+        except (ApiException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.log.debug("DCloud: the size of %s is not known: %s", self.pvc_name, exc)
+            return
+        reflector = self.pod_reflector if self.show_home_usage and context.home_size is not None else None
+        node = volume_stats.node_mounting(reflector.pods.values(), self.namespace, self.pvc_name) if reflector else None
+        if node is None:
+            return
+        stats = hub_state().part(volume_stats.KubeletStats, volume_stats.KubeletStats)
+        try:
+            context.home_used = await asyncio.wait_for(
+                stats.used(self.api, node, self.namespace, self.pvc_name, FORM_READ_SECONDS), FORM_READ_SECONDS)
+        except asyncio.TimeoutError:
+            self.log.debug("DCloud: node %s's kubelet did not answer in time", node)
 
     async def start(self) -> str:  # type: ignore[override]
         plan = self.dcloud_plan

@@ -103,6 +103,14 @@ def test_the_form_offers_the_sizes_and_reads_them(with_storage):
     assert request_from_form({"home": ["8Gi"], "scratch": ["3Gi"]})["scratch"] == "3Gi"
 
 
+def test_the_form_tells_a_home_s_use_to_a_tenth_of_its_unit(with_storage):
+    allowance = with_storage.allowance(["students"])
+    html = render_form(with_storage, allowance, {}, FormContext(home_size=8 * 1024**3, home_used=3435973837))
+    assert "Your home volume is 8Gi now, 3.2Gi used; it only grows." in html
+    html = render_form(with_storage, allowance, {}, FormContext(home_size=8 * 1024**3, home_used=1536 * 1024))
+    assert "8Gi now, 1.5Mi used" in html
+
+
 def test_the_form_has_no_size_fields_without_storage(catalog):
     html = render_form(catalog, catalog.allowance(["students"]), {})
     assert 'name="home"' not in html and 'name="scratch"' not in html
@@ -256,3 +264,75 @@ def test_the_progress_page_says_when_packages_were_reused(with_storage):
     assert packages_outcome(installer("built 0123abcd"), plan).startswith("Built your packages into your home")
     assert packages_outcome(installer("ERROR: no such thing", 1), plan) is None
     assert packages_outcome({"status": {}}, plan) is None
+
+
+# -- group quotas of home volumes --------------------------------------------------------------
+
+GI = 1024**3
+
+
+@pytest.fixture
+def home_quota(with_storage) -> Catalog:
+    quotas = {"students": {"max_home": "20Gi"}, "physics": {"max_gpus": 2}}
+    return with_storage.model_copy(update={"quotas": with_storage.quotas.model_validate({"groups": quotas})})
+
+
+def volume(name: str, size_gib: int, *groups: str) -> quota.HomeVolume:
+    return quota.HomeVolume(name, tuple(groups), size_gib * GI)
+
+
+def test_home_volumes_of_a_group_s_members_stay_within_its_max_home(home_quota):
+    volumes = quota.HomeVolumes()
+    volumes.seen([volume("claim-sam", 8, "students"), volume("claim-kim", 6, "students", "physics"),
+                  volume("claim-lee", 30, "physics")], since=volumes.now())
+    volumes.claim(home_quota, volume("claim-ann", 6, "students"))  # 8 + 6 + 6 = 20: just fits
+    with pytest.raises(quota.QuotaExceeded) as err:
+        volumes.claim(home_quota, volume("claim-bo", 1, "students"))
+    assert err.value.field == "home" and err.value.sentence == (
+        "Home size 1Gi would take group 'students' past its 20Gi of home volumes, since its other members' already "
+        "hold 20Gi; there is no room for a new one, so ask the administrators for more.")
+    assert "claim-bo" not in [v.name for v in volumes.volumes]  # a refusal records nothing
+    with pytest.raises(quota.QuotaExceeded) as err:  # growing: the room left, from its own size
+        volumes.claim(home_quota, volume("claim-sam", 10, "students"))
+    assert err.value.sentence.endswith("since its other members' already hold 12Gi; your home cannot grow now, "
+                                       "so ask for 8Gi, its size now.")
+    volumes.claim(home_quota, volume("claim-lee", 40, "physics"))  # physics sums no home volumes
+
+
+def test_a_start_that_does_not_grow_its_home_is_never_refused(home_quota):
+    volumes = quota.HomeVolumes()
+    # the quota was lowered under volumes that already exist
+    volumes.seen([volume("claim-sam", 15, "students"), volume("claim-kim", 15, "students")], since=volumes.now())
+    volumes.claim(home_quota, volume("claim-sam", 15, "students"))
+    with pytest.raises(quota.QuotaExceeded) as err:
+        volumes.claim(home_quota, volume("claim-kim", 16, "students"))
+    assert "your home cannot grow now, so ask for 15Gi" in err.value.sentence
+
+
+def test_room_left_is_what_may_be_asked(home_quota):
+    volumes = quota.HomeVolumes()
+    volumes.seen([volume("claim-sam", 12, "students"), volume("claim-kim", 2, "students")], since=volumes.now())
+    with pytest.raises(quota.QuotaExceeded) as err:
+        volumes.claim(home_quota, volume("claim-kim", 9, "students"))
+    assert err.value.sentence == (
+        "Home size 9Gi would take group 'students' past its 20Gi of home volumes, since its other members' already "
+        "hold 12Gi; ask for at most 8Gi.")
+    volumes.claim(home_quota, volume("claim-kim", 8, "students"))
+
+
+def test_racing_claims_see_each_other_and_a_listing_never_forgets_a_newer_claim(home_quota):
+    """Two members' starts list the volumes (neither exists yet), then claim one after the other:
+    each fits alone, not both. A listing begun before a claim keeps it; a later one decides."""
+    clock = iter(range(100))
+    volumes = quota.HomeVolumes(clock=lambda: float(next(clock)))
+    began_a, began_b = volumes.now(), volumes.now()
+    volumes.seen([volume("claim-sam", 8, "students")], since=began_a)
+    volumes.seen([volume("claim-sam", 8, "students")], since=began_b)
+    volumes.claim(home_quota, volume("claim-ann", 10, "students"))
+    with pytest.raises(quota.QuotaExceeded):
+        volumes.claim(home_quota, volume("claim-bo", 10, "students"))
+    volumes.seen([volume("claim-sam", 8, "students")], since=began_b)  # a slow listing, from before ann's claim
+    assert sorted(v.name for v in volumes.volumes) == ["claim-ann", "claim-sam"]
+    volumes.seen([volume("claim-sam", 8, "students")], since=volumes.now())  # ann's start failed before its claim
+    assert [v.name for v in volumes.volumes] == ["claim-sam"]
+    volumes.claim(home_quota, volume("claim-bo", 10, "students"))

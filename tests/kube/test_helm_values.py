@@ -424,6 +424,8 @@ def test_rbac_binds_node_and_pod_reads_to_the_release_s_hub():
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list", "watch"]},
+        # a home volume's use, from the kubelet's summary API: nodes/stats, never nodes/proxy
+        {"apiGroups": [""], "resources": ["nodes/stats"], "verbs": ["get"]},
     ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "team-a"}]
