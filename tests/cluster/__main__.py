@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import harness, kueue
+from . import harness, kueue, storage
 from .layout import RunDir, default_run_dir
 
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{state.server} {run.admin_kubeconfig}")
         print(kueue.describe(run, state), file=sys.stderr)
+        print(storage.describe(run, state), file=sys.stderr)
     return 0
 
 

@@ -28,7 +28,7 @@ def node_missing() -> list[str]:
 
 
 def tools_missing() -> list[str]:
-    """Helm, Kueue's manager and Kueue's manifests that are not there yet."""
+    """Helm, Kueue's manager and manifests, and the volume provisioner, that are not there yet."""
     gone = [name for name in TOOL_BINARIES if not os.access(bin_dir() / name, os.X_OK)]
     if not (kueue_manifests_dir() / "webhook" / "manifests.yaml").is_file():
         gone.append("kueue/webhook")

@@ -3,8 +3,9 @@
 # Output: $DCLOUD_K8S_CACHE/<k8s version>/bin/{kube-apiserver,kube-controller-manager,
 #         kube-scheduler,kubectl,etcd,kwok} (control plane and simulated fleet) and
 #         {kubelet,containerd,containerd-shim-runc-v2,ctr} (the real node real-0), helm (the
-#         Zero to JupyterHub chart) and kueue (queueing), with Kueue's CRDs and webhook
-#         manifests in $DCLOUD_K8S_CACHE/<k8s version>/kueue/.
+#         Zero to JupyterHub chart), kueue (queueing), with Kueue's CRDs and webhook
+#         manifests in $DCLOUD_K8S_CACHE/<k8s version>/kueue/, and local-path-provisioner
+#         (the volume provisioner of real-0, tests/cluster/storage.py).
 # Each step is skipped when its binaries exist. Nothing is written inside the repository.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ KWOK_VERSION="${DCLOUD_KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${DCLOUD_HELM_VERSION:-v3.22.0}"
 KUEUE_VERSION="${DCLOUD_KUEUE_VERSION:-v0.17.0}"
 CONTAINERD_VERSION="${DCLOUD_CONTAINERD_VERSION:-v2.4.2}"
+LOCAL_PATH_VERSION="${DCLOUD_LOCAL_PATH_VERSION:-v0.0.30}"
 CACHE="${DCLOUD_K8S_CACHE:-$HOME/.cache/dcloud-k8s}"
 OUT="$CACHE/$K8S_VERSION/bin"
 WORK="$CACHE/$K8S_VERSION/src"
@@ -27,7 +29,7 @@ CONTROL_PLANE=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 NODE=(kubelet containerd containerd-shim-runc-v2 ctr)
 STAGES_DONE="$OUT/../stages/fast/kustomization.yaml"  # KWOK's stages, copied after kwok
 KUEUE_DONE="$OUT/../kueue/webhook/manifests.yaml"  # Kueue's manifests, copied after kueue
-if ! need "${CONTROL_PLANE[@]}" etcd kwok "${NODE[@]}" helm kueue && [ -f "$STAGES_DONE" ] && [ -f "$KUEUE_DONE" ]; then
+if ! need "${CONTROL_PLANE[@]}" etcd kwok "${NODE[@]}" helm kueue local-path-provisioner && [ -f "$STAGES_DONE" ] && [ -f "$KUEUE_DONE" ]; then
   echo "cluster binaries already built in $OUT"
   exit 0
 fi
@@ -139,4 +141,17 @@ if need kueue || [ ! -f "$KUEUE_DONE" ]; then
   [ -d "$KUEUE_SRC/visibility" ] && cp -r "$KUEUE_SRC/visibility" "$OUT/../kueue/visibility"
   chmod -R u+w "$OUT/../kueue"
 fi
+# Rancher's local-path-provisioner, in a wrapper module that raises its Kubernetes client
+# libraries (client-go v0.30) to the cluster's own (v0.36): it compiles unchanged, talks to the
+# API server of its own version, and reuses the packages the control plane's build compiled
+# (about 13 s instead of about 2 min compiling client-go v0.30 as well). It runs out of cluster
+# with a kubeconfig (storage.py).
+if need local-path-provisioner; then (
+  LPP_DIR="$WORK/local-path-provisioner"; mkdir -p "$LPP_DIR" && cd "$LPP_DIR"
+  printf 'module dcloud.test/build\n\ngo 1.26\n' >go.mod
+  go get "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION" "k8s.io/client-go@$K8S_MINOR_VER" \
+    "k8s.io/api@$K8S_MINOR_VER" "k8s.io/apimachinery@$K8S_MINOR_VER"
+  time_it "local-path-provisioner" go build -ldflags "-s -w" -o "$OUT/local-path-provisioner" \
+    github.com/rancher/local-path-provisioner
+); fi
 echo "built into $OUT"

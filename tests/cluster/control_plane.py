@@ -33,9 +33,10 @@ NODE_SELECTOR = "type=kwok"
 NODE_LEASE_SECONDS = 40
 # A Job's pod with this label keeps running on a KWOK node instead of succeeding at once.
 KEEP_RUNNING_LABEL = "dcloud.test/keep-running"
+ALLOW_PRIVILEGED = "--allow-privileged=true"
 # Recorded and stopped with the others, but not part of the control plane: a dead add-on is
-# restarted on its own by `up`, not a reason to restart the cluster (kueue.py).
-ADDONS = ("kueue",)
+# restarted on its own by `up`, not a reason to restart the cluster (kueue.py, storage.py).
+ADDONS = ("kueue", "local-path-provisioner", "volume-resizer")
 # Clients first, etcd last: an API server whose etcd is gone hangs in its shutdown.
 STOP_ORDER = ((*ADDONS, "kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
 COMPONENTS = tuple(name for group in STOP_ORDER for name in group if name not in ADDONS)
@@ -141,6 +142,10 @@ def apiserver_argv(bins: Path, pki: Pki, etcd_port: int, api_port: int) -> list[
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
+        # As on any real cluster (kubeadm's default): privileged containers exist, and Pod Security
+        # admission decides where (namespace dcloud is restricted). The volume provisioner's
+        # helper pods need it (storage.py).
+        ALLOW_PRIVILEGED,
         # Towards a real kubelet (logs, exec, port-forward): dial its InternalIP (node names do
         # not resolve here), check its serving certificate against the cluster CA and present
         # our own client certificate, which RBAC lets use the kubelet API and nothing more.
@@ -251,6 +256,15 @@ def _log_tail(run: RunDir, name: str, lines: int = 20) -> str:
         return "\n".join(run.log(name).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def allows_privileged(state: State) -> bool:
+    """Whether the running API server was started with ALLOW_PRIVILEGED."""
+    pid = state.processes.get("kube-apiserver", {}).get("pid")
+    try:
+        return ALLOW_PRIVILEGED.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def dead(state: State, names: Iterable[str] | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from . import binaries, control_plane, fleet, kubeconfig, kueue, node
+from . import binaries, control_plane, fleet, kubeconfig, kueue, node, storage
 from .control_plane import COMPONENTS, State
 from .layout import RunDir, default_run_dir, stages_dir
 from .pki import Pki, generate
@@ -75,6 +75,8 @@ def healthy(run: RunDir) -> State | None:
         return None  # started by an older harness: no way to reach a real kubelet; restart it
     if not pki.front_proxy_client_cert.is_file():
         return None  # started by an older harness: no aggregation layer for Kueue; restart it
+    if not control_plane.allows_privileged(state):
+        return None  # started by an older harness: no privileged pods for the volume helper; restart it
     try:
         if control_plane.KEEP_RUNNING_LABEL not in run.kwok_stages.read_text():
             return None  # an older harness's KWOK stages end every Job at once; restart it
@@ -97,11 +99,13 @@ def _admin_api(run: RunDir) -> client.ApiClient:
 
 def _stop_node(run: RunDir, log: Log) -> list[str]:
     """Stop real-0 (through the API while the control plane still answers, so the kubelet tears
-    its pods down itself) and undo its host changes."""
+    its pods down itself) and undo its host changes; then unmount its volumes."""
     if healthy(run) is None:
-        return node.stop(run, log, api=None)
-    with _admin_api(run) as api:
-        return node.stop(run, log, api=api)
+        stopped = node.stop(run, log, api=None)
+    else:
+        with _admin_api(run) as api:
+            stopped = node.stop(run, log, api=api)
+    return stopped + storage.release(run, log)
 
 
 def _start(run: RunDir, build: bool, log: Log) -> State:
@@ -136,6 +140,7 @@ def _set_up_objects(run: RunDir, state: State, log: Log) -> None:
         rbac = client.RbacAuthorizationV1Api(api)
         fleet.apply_extra_rbac(rbac, KUEUE_RBAC_FILE, fleet.NAMESPACE, source=KUEUE_RBAC_SOURCE)
         node.ensure(run, state.server, api, log)
+        storage.ensure(run, state, api, log)
         kueue.ensure(run, state, api, log)
         expires_in = state.hub_token_expires - time.time()
         if run.hub_kubeconfig.is_file() and expires_in > HUB_TOKEN_RENEW_BELOW:

@@ -5,6 +5,8 @@ runs is built on this machine and handed to containerd as a docker-archive tar (
 harness runs ``ctr -n k8s.io images import`` on each :attr:`Image.archive`):
 
 - :data:`PAUSE`: the pod sandbox, a static Go program (``images/local/pause``) in an empty image;
+- :data:`VOLUME_HELPER`: the helper pod of real-0's volume provisioner (Debian's mkfs.ext4 and
+  mount, which sets up loop devices; ``images/local/volume-helper``), imported with the pause image;
 - stand-ins for the upstream bases: a Debian bookworm rootfs (``images/local/debian-rootfs.sh``),
   a Jupyter Docker Stacks look-alike (:data:`NOTEBOOK_BASE`) and a k8s-hub look-alike;
 - DCloud's own images, from their real Dockerfiles with ``--build-arg BASE_IMAGE=<stand-in>``.
@@ -54,6 +56,7 @@ KEY_LABEL = "dcloud.test.inputs"
 PREFIX = "localhost/dcloud-test/"
 PAUSE = PREFIX + "pause:3.10"
 DEBIAN = PREFIX + "debian:bookworm"
+VOLUME_HELPER = PREFIX + "volume-helper:1"  # tests/cluster/storage.py
 NOTEBOOK_BASE = PREFIX + "notebook-standin:2025-07-07"
 HUB_BASE = PREFIX + "k8s-hub-standin:4.4.0"
 HUB = PREFIX + "hub:2026.11"  # built by .ci/setup and `build`; real-0 runs notebooks only
@@ -146,6 +149,9 @@ def _specs() -> list[_Spec]:
     return [
         _Spec(PAUSE, "pause", ("images/local/pause/main.go", "images/local/pause/go.mod")),
         _Spec(DEBIAN, "debian", ("images/local/debian-rootfs.sh",), export=False),
+        _Spec(VOLUME_HELPER, "build", ("images/local/volume-helper/Containerfile",), base=DEBIAN,
+              dockerfile="images/local/volume-helper/Containerfile", context="images/local/volume-helper",
+              base_arg="DEBIAN_IMAGE"),
         _Spec(NOTEBOOK_BASE, "build", ("images/local/notebook-standin/Containerfile",
                                        "images/local/notebook-standin/requirements.txt"),
               base=DEBIAN, dockerfile="images/local/notebook-standin/Containerfile",

@@ -17,9 +17,9 @@ BINARIES = (
 )
 # The real node's kubelet and container runtime (runc and the CNI plugins come from the OS).
 NODE_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr")
-# Tools the tests drive beside the cluster: Helm (the Zero to JupyterHub chart) and Kueue's
-# manager (queueing); build.sh builds them with the rest.
-TOOL_BINARIES = ("helm", "kueue")
+# Tools the tests drive beside the cluster: Helm (the Zero to JupyterHub chart), Kueue's
+# manager (queueing) and real-0's volume provisioner; build.sh builds them with the rest.
+TOOL_BINARIES = ("helm", "kueue", "local-path-provisioner")
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 
 
@@ -100,6 +100,19 @@ class RunDir:
         return self.root / "kueue"
 
     @property
+    def storage(self) -> Path:
+        """The volume provisioner's and resizer's configuration, credentials and why they are
+        missing, if so (storage.py)."""
+        return self.root / "storage"
+
+    @property
+    def volumes(self) -> Path:
+        """real-0's provisioned volumes: a shared bind mount of itself holding each volume's
+        image file and its mount point. Unmounted by ``storage.release``, never deleted while
+        mounted."""
+        return self.root / "volumes"
+
+    @property
     def datasets(self) -> Path:
         """Host-path folders behind the dataset volumes (read by pods on real-0)."""
         return self.root / "datasets"
@@ -116,4 +129,6 @@ class RunDir:
             self.kwok_stages,
             self.datasets,
             self.kueue,
+            self.storage,
+            self.volumes,
         ]

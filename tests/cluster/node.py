@@ -548,10 +548,11 @@ def _wait(what: str, done: Callable[[], bool], timeout: float, run: RunDir, stat
 
 def wanted_images() -> set[str]:
     """The images to build and import: ``$DCLOUD_NODE_IMAGES``, or every notebook image (the
-    hub image runs in no pod here, and rebuilds on every change to the package); and pause."""
+    hub image runs in no pod here, and rebuilds on every change to the package); and pause and
+    the volume provisioner's helper (storage.py), which every node needs."""
     names = {n.strip() for n in os.environ.get(IMAGES_ENV, "").split(",") if n.strip()}
     images = _images_module()
-    return (names or set(images.LOCAL_NAMES.values()) - {images.HUB}) | {images.PAUSE}
+    return (names or set(images.LOCAL_NAMES.values()) - {images.HUB}) | {images.PAUSE, images.VOLUME_HELPER}
 
 
 def _fingerprint(archive: Path) -> str:

@@ -27,7 +27,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster import fleet, harness, host, node
+from tests.cluster import fleet, harness, host, node, volumes
 from tests.cluster.fixture import KubeCluster
 from tests.cluster.layout import K8S_VERSION, RunDir, bin_dir
 from tests.cluster.pki import Pki
@@ -261,13 +261,37 @@ def _host_snapshot() -> dict[str, object]:
         "mounts": sorted(Path("/proc/mounts").read_text().splitlines()),
         "cgroups": sorted(str(d) for h in hierarchies for d in h.iterdir() if d.is_dir()),
         "dirs": [d for d in host.HOST_DIRS if Path(d).exists()],
+        "loop devices": sorted(str(p.parents[1].name) for p in Path("/sys/block").glob("loop*/loop/backing_file")),
     }
+
+
+def _volume_in_use(api: client.ApiClient, run: RunDir, namespace: str) -> Path:
+    """A claim of the default class and a pod on real-0 that mounts it; returns its path."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "left"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
+    })  # fmt: skip
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": "left"},
+        "spec": {"nodeSelector": {node.NODE_LABEL: "real"}, "tolerations": TOLERATIONS,
+                 "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": node._images_module().PAUSE, "imagePullPolicy": "Never",
+                                 "securityContext": RESTRICTED, "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
+                 "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "left"}}]},
+    })  # fmt: skip
+    _wait("pod left Running", lambda: core.read_namespaced_pod("left", namespace).status.phase == "Running", 90)
+    claim = core.read_namespaced_persistent_volume_claim("left", namespace)
+    path = Path(core.read_persistent_volume(claim.spec.volume_name).spec.local.path)
+    assert path.parent == run.volumes.resolve() and volumes.mount_source(volumes.mount_point_of(path)), path
+    return path
 
 
 def test_second_cluster_does_not_collide_and_leaves_the_host_as_before(real_node: RealNode) -> None:
     before = _host_snapshot()
     other = RunDir(Path(tempfile.mkdtemp(prefix="dcloud-2nd-")))
-    # Its image store inside its run dir (removed below), holding the pause image only.
+    # Its image store inside its run dir (removed below), holding the pause image (and the volume
+    # helper's) only.
     env = {
         **os.environ,
         "DCLOUD_CLUSTER_DIR": str(other.root),
@@ -286,6 +310,8 @@ def test_second_cluster_does_not_collide_and_leaves_the_host_as_before(real_node
         assert second.port != real_node.state.port and second.subnet != real_node.state.subnet
         with kube_config.new_client_from_config(config_file=str(other.admin_kubeconfig)) as api:
             assert fleet._ready(client.CoreV1Api(api).read_node(node.NAME))
+            # a volume mounted in a running pod, for `down` to take away (mount and loop device)
+            _volume_in_use(api, other, fleet.NAMESPACE)
         assert fleet._ready(real_node.admin.read_node(node.NAME))  # ours still fine
     finally:
         stopped = subprocess.run([*cli, "down"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
