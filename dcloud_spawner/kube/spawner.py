@@ -355,7 +355,13 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         except asyncio.TimeoutError:
             self.log.debug("DCloud: node %s's kubelet did not answer in time", node)
 
-    async def start(self) -> str:  # type: ignore[override]
+    def start(self) -> asyncio.Future[str]:  # type: ignore[override]
+        """As KubeSpawner's: the spawn begins when start() is called, and its future is returned. A
+        coroutine would do nothing until awaited, so a caller that reads progress() first (as
+        KubeSpawner's own test_spawn_progress does) would wait on a spawn that never began."""
+        return asyncio.ensure_future(self._dcloud_start())
+
+    async def _dcloud_start(self) -> str:
         plan = self.dcloud_plan
         self.dcloud_last_stop = None
         self._dcloud_may_have_pod = True
