@@ -3,10 +3,14 @@ counted in its groups' ``max_home``, and its size now for the form.
 
 A home volume only grows: asking for less than it has is refused in one sentence, and so is
 asking for more where its StorageClass does not allow expansion (nothing is changed then).
-Otherwise the claim's requested size is patched and the storage driver expands the volume
-(file systems grow online or when the pod mounts it). A claim that does not exist yet is
-KubeSpawner's to create, at the chosen size. Needs `get`/`patch`
-on persistentvolumeclaims and `get` on storageclasses (helm-values/rbac.yaml), and `list` on
+Otherwise the claim's requested size is patched and the storage driver expands the volume;
+the start waits (up to ``home_resize_wait_seconds``) for the driver's side of it, so that the
+pod does not mount the volume mid-resize: a driver that grows offline cannot finish while a
+pod holds the volume. The claim's ``status.capacity`` reaching the size, or its
+``FileSystemResizePending`` condition (the node finishes when it mounts the volume), ends the
+wait; past the bound the start goes on and says the new size shows once the driver is done.
+A claim that does not exist yet is KubeSpawner's to create, at the chosen size. Needs
+`get`/`patch` on persistentvolumeclaims and `get` on storageclasses (helm-values/rbac.yaml), and `list` on
 persistentvolumeclaims (the chart's own hub Role) for group quotas.
 
 Every claim DCloud sizes carries the label ``dcloud.io/volume=home`` and, in the annotation
@@ -17,7 +21,9 @@ claim, and patched onto an existing one at a start where they differ.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from kubernetes_asyncio.client import ApiException, StorageV1Api
@@ -75,7 +81,29 @@ async def grow(spawner: Any, plan: Plan, most: int | None, groups: list[str]) ->
         said = f"Growing your home volume from {format_memory(current)} to {size}"
     if patch:
         await spawner.api.patch_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace, patch)
+    if "spec" in patch and not await _resized(spawner, plan.home_bytes, spawner.home_resize_wait_seconds):
+        said = (f"{said}; the storage driver has not finished yet, so your home shows its new size "
+                "once it has (a volume that grows offline: after your next start)")
     return said
+
+
+RESIZE_POLL = 0.5  # seconds between reads of the claim while it grows
+
+
+async def _resized(spawner: Any, size: int, bound: float) -> bool:
+    """Whether the driver grew the claim to ``size`` (or left only the node's part) within ``bound``."""
+    deadline = time.monotonic() + bound
+    while True:
+        claim = await spawner.api.read_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace)
+        status = claim.status
+        capacity = ((status.capacity if status else None) or {}).get("storage")
+        if capacity and memory_bytes(capacity) >= size:
+            return True
+        if any(c.type == "FileSystemResizePending" for c in ((status.conditions if status else None) or [])):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(RESIZE_POLL)
 
 
 async def _expandable(spawner: Any, name: str | None) -> bool:

@@ -80,6 +80,14 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         nodes on demand.""",
     )
 
+    home_resize_wait_seconds = Float(
+        60.0,
+        config=True,
+        help="""How long a start that grows the user's home volume waits for the storage driver
+        to grow it (the claim's capacity reaching the new size, or only the node's file-system
+        step left) before it creates the pod. Past it the start goes on with the volume as it
+        is, and the progress page says the new size shows once the driver has finished.""",
+    )
     volume_pending_grace_seconds = Float(
         120.0,
         config=True,

@@ -23,9 +23,13 @@ MARKED = {"labels": {"dcloud.io/volume": "home"}, "annotations": {"dcloud.io/gro
 class Claims:
     """The calls home_volume makes on KubeSpawner's client, on one claim (or none)."""
 
-    def __init__(self, size: str | None, storage_class: str | None = "standard", marked: dict | None = None) -> None:
+    def __init__(self, size: str | None, storage_class: str | None = "standard", marked: dict | None = None,
+                 driver: str = "grows") -> None:
         self.size, self.storage_class, self.patches = size, storage_class, []
         self.marked = marked if marked is not None else MARKED
+        # the storage driver after a resize request: "grows" the volume at once, leaves the
+        # file system to the "node", or "never" gets to it
+        self.capacity, self.driver, self.conditions, self.reads = size, driver, [], 0
 
     async def read_namespaced_persistent_volume_claim(self, name, namespace, **kwargs):
         if self.size is None:
@@ -34,10 +38,19 @@ class Claims:
             resources=SimpleNamespace(requests={"storage": self.size}), storage_class_name=self.storage_class
         )
         meta = SimpleNamespace(name=name, labels=self.marked.get("labels"), annotations=self.marked.get("annotations"))
-        return SimpleNamespace(metadata=meta, spec=spec)
+        self.reads += 1
+        status = SimpleNamespace(capacity={"storage": self.capacity}, conditions=self.conditions)
+        return SimpleNamespace(metadata=meta, spec=spec, status=status)
 
     async def patch_namespaced_persistent_volume_claim(self, name, namespace, body):
         self.patches.append((name, namespace, body))
+        wanted = body.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+        if wanted:
+            self.size = wanted
+            if self.driver == "grows":
+                self.capacity = wanted
+            elif self.driver == "node":
+                self.conditions = [SimpleNamespace(type="FileSystemResizePending")]
 
 
 def spawner_on(claims: Claims, ensure: bool = True, storage_class: str = "standard"):
@@ -48,6 +61,7 @@ def spawner_on(claims: Claims, ensure: bool = True, storage_class: str = "standa
         namespace="dcloud",
         storage_class=storage_class,
         k8s_api_request_timeout=3,
+        home_resize_wait_seconds=5,
     )
 
 
@@ -308,3 +322,27 @@ async def test_the_form_shows_the_size_and_waits_for_the_cluster_only_a_moment(h
     html = await spawner.get_options_form()
     assert time.monotonic() - began < 2  # the form, without the size
     assert "1Gi to 50Gi" in html and "Your home volume is" not in html
+
+
+@pytest.mark.usefixtures("expandable")
+async def test_growth_waits_for_the_driver_before_the_pod(monkeypatch):
+    """The pod must not mount a volume the driver is still growing (offline drivers cannot
+    finish under a pod): the start reads the claim until its capacity is there, or only the
+    node's file-system step is left."""
+    for driver in ("grows", "node"):
+        claims = Claims("5Gi", driver=driver)
+        said = await home_volume.grow(spawner_on(claims), plan(8 * GI), 50 * GI, ["students"])
+        assert said == "Growing your home volume from 5Gi to 8Gi"
+        assert claims.reads == 2  # before the patch, then once after it
+
+
+@pytest.mark.usefixtures("expandable")
+async def test_a_driver_that_does_not_finish_in_time_is_said_and_the_start_goes_on(monkeypatch):
+    monkeypatch.setattr(home_volume, "RESIZE_POLL", 0.01)
+    claims = Claims("5Gi", driver="never")
+    spawner = spawner_on(claims)
+    spawner.home_resize_wait_seconds = 0.05
+    said = await home_volume.grow(spawner, plan(8 * GI), 50 * GI, ["students"])
+    assert said.startswith("Growing your home volume from 5Gi to 8Gi; the storage driver has not finished yet")
+    assert claims.reads > 2  # it kept looking until the bound
+    assert claims.patches[-1][2]["spec"] == {"resources": {"requests": {"storage": "8Gi"}}}
