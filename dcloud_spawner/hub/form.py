@@ -34,6 +34,7 @@ class FormContext:
     can_queue: bool = False  # the backend queues (Kubernetes with Kueue), so the form offers to wait
     home_size: int | None = None  # the user's home volume as it is now (it only grows)
     home_used: int | None = None  # bytes used on it, where the backend can read it
+    home_used_at: float | None = None  # when it was read, if not now (the server's last stop)
 
 
 def _num(value: float) -> str:
@@ -152,6 +153,9 @@ def _storage_field(offered: Any, most: int | None, context: FormContext | None) 
         note = f"Your home volume is {format_memory(context.home_size)} now"
         if context.home_used is not None:
             note += f", {format_size(context.home_used)} used"
+            if context.home_used_at is not None:
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(context.home_used_at))
+                note += f" when your server stopped ({when})"
         note += "; it only grows."
     return {"min": format_memory(low), "max": format_memory(most), "note": note}
 

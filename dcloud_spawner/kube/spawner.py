@@ -101,10 +101,10 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         True,
         config=True,
         help="""Show in the form how much of the home volume is used, where a running server of
-        the user mounts it: read from that node's kubelet (its /stats/summary), with the hub's
-        credentials and the cluster's CA, which needs `get` on `nodes/stats` (helm-values/rbac.yaml).
-        Where the kubelet cannot be reached or its certificate is not from the cluster's CA, the
-        form shows the size alone.""",
+        the user mounts it, else as read when the server last stopped (with the time): read from
+        that node's kubelet (its /stats/summary), with the hub's credentials and the cluster's CA,
+        which needs `get` on `nodes/stats` (helm-values/rbac.yaml). Where the kubelet cannot be
+        reached or its certificate is not from the cluster's CA, the form shows the size alone.""",
     )
 
     show_availability = Bool(
@@ -153,6 +153,9 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         return {"restartPolicy": "Never"}
 
     dcloud_last_stop: str | None = None  # why the last server ended unasked, for the next form
+    # [bytes, unix time]: the home volume's use as its kubelet reported it at the last stop, for
+    # the next form (the form of a stopped server has no running pod to read it from)
+    dcloud_home_used: list[float] | None = None
 
     # Whether a pod may exist for this server. Assumed of a spawner built from the database (the
     # hub restarted under a running server); not after JupyterHub's clear_state, which begins
@@ -355,6 +358,8 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         reflector = self.pod_reflector if self.show_home_usage and context.home_size is not None else None
         node = volume_stats.node_mounting(reflector.pods.values(), self.namespace, self.pvc_name) if reflector else None
         if node is None:
+            if self.show_home_usage and context.home_size is not None and self.dcloud_home_used:
+                context.home_used, context.home_used_at = int(self.dcloud_home_used[0]), self.dcloud_home_used[1]
             return
         stats = hub_state().part(volume_stats.KubeletStats, volume_stats.KubeletStats)
         try:
@@ -435,10 +440,32 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         if not self._dcloud_may_have_pod:  # no pod asked for: nothing to delete, nothing to audit
             self.release_resources()
             return
+        await self._note_home_use()
         await super().stop(now=now)
         self.release_resources()
         extra = {"reason": self.dcloud_last_stop} if self.dcloud_last_stop else {}
         self.audit("stopped", self.user_options, pod=self.pod_name, **extra)
+
+    async def _note_home_use(self) -> None:
+        """The home volume's use, read from its kubelet before the pod goes, for the next form:
+        one read, bounded by FORM_READ_SECONDS; a stop never waits longer or fails for it."""
+        reflector = self.pod_reflector
+        if not (self.show_home_usage and self.catalog.storage.home is not None and self.storage_pvc_ensure
+                and reflector is not None):
+            return
+        node = volume_stats.node_mounting(reflector.pods.values(), self.namespace, self.pvc_name)
+        if node is None:
+            return
+        stats = hub_state().part(volume_stats.KubeletStats, volume_stats.KubeletStats)
+        try:
+            used = await asyncio.wait_for(
+                stats.used(self.api, node, self.namespace, self.pvc_name, FORM_READ_SECONDS, max_age=0),
+                FORM_READ_SECONDS)
+        except Exception as exc:  # the stop goes on whatever the kubelet does
+            self.log.debug("DCloud: the use of %s was not read at stop: %s", self.pvc_name, exc)
+            return
+        if used is not None:
+            self.dcloud_home_used = [used, time.time()]
 
     def get_state(self) -> dict:
         state = super().get_state()
@@ -446,6 +473,8 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
             state.update(self.dcloud_state())
         if self.dcloud_last_stop:
             state["dcloud_last_stop"] = self.dcloud_last_stop
+        if self.dcloud_home_used:
+            state["dcloud_home_used"] = self.dcloud_home_used
         return state
 
     def clear_state(self) -> None:
@@ -465,6 +494,9 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         super().load_state(state)
         self.load_dcloud_state(state)
         self.dcloud_last_stop = state.get("dcloud_last_stop") or self.dcloud_last_stop
+        used = state.get("dcloud_home_used")
+        if isinstance(used, list) and len(used) == 2 and all(isinstance(v, (int, float)) for v in used):
+            self.dcloud_home_used = [float(v) for v in used]
 
 
 def _problems(settings: Any) -> list[str]:

@@ -83,10 +83,12 @@ class KubeletStats:
     def __init__(self) -> None:
         self._read: dict[str, tuple[float, dict[tuple[str, str], int]]] = {}
 
-    async def used(self, api: Any, node: str, namespace: str, claim: str, timeout: float) -> int | None:
-        """Bytes used on ``claim`` as ``node``'s kubelet reports it (``api``: a CoreV1Api)."""
+    async def used(self, api: Any, node: str, namespace: str, claim: str, timeout: float,
+                   max_age: float = CACHE_SECONDS) -> int | None:
+        """Bytes used on ``claim`` as ``node``'s kubelet reports it (``api``: a CoreV1Api), read
+        afresh when the node's last reading is older than ``max_age`` seconds."""
         read = self._read.get(node)
-        if read is None or time.monotonic() - read[0] > CACHE_SECONDS:
+        if read is None or time.monotonic() - read[0] > max_age:
             try:
                 usage = await self._summary(api, node, timeout)
             except (ApiException, aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:

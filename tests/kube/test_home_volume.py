@@ -346,3 +346,37 @@ async def test_a_driver_that_does_not_finish_in_time_is_said_and_the_start_goes_
     assert said.startswith("Growing your home volume from 5Gi to 8Gi; the storage driver has not finished yet")
     assert claims.reads > 2  # it kept looking until the bound
     assert claims.patches[-1][2]["spec"] == {"resources": {"requests": {"storage": "8Gi"}}}
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_the_use_read_at_stop_is_shown_on_the_next_form_and_kept_across_restarts(home_catalog, monkeypatch):
+    """A stopped server's form has no running pod to read the use from: the stop reads it once
+    (afresh, not from the forms' cache), keeps it in the spawner's state, and the form says when."""
+    from dcloud_spawner.hub.state import hub_state
+    from tests.support.spawners import make_spawner
+
+    spawner = make_spawner(["students"], catalog_path=home_catalog, storage_pvc_ensure=True)
+    pod = {"metadata": {"namespace": spawner.namespace, "name": spawner.pod_name},
+           "spec": {"nodeName": "real-0", "volumes": [{"persistentVolumeClaim": {"claimName": spawner.pvc_name}}]},
+           "status": {"phase": "Running"}}
+    watched = {"x": pod}
+    monkeypatch.setattr(type(spawner), "pod_reflector", property(lambda self: SimpleNamespace(pods=watched)))
+    kubelet = Kubelet({"pods": [{"volume": [{"usedBytes": 2 * GI,
+                                             "pvcRef": {"name": spawner.pvc_name, "namespace": spawner.namespace}}]}]})
+    stats = hub_state().part(volume_stats.KubeletStats, volume_stats.KubeletStats)
+    await stats.used(kubelet, "real-0", spawner.namespace, spawner.pvc_name, 2)  # a form's reading, cached
+    kubelet.summary["pods"][0]["volume"][0]["usedBytes"] = 3 * GI  # written since
+    spawner.api = kubelet
+    await spawner._note_home_use()
+    assert spawner.dcloud_home_used[0] == 3 * GI
+
+    state = spawner.get_state()
+    again = make_spawner(["students"], catalog_path=home_catalog, storage_pvc_ensure=True)
+    again.load_state(state)
+    again.api = Claims("6Gi")
+    watched.clear()  # no server running now
+    html = await again.get_options_form()
+    assert "Your home volume is 6Gi now, 3Gi used when your server stopped (" in html, html
+
+    again.load_state({"dcloud_home_used": ["<script>", 1]})  # state is the hub's, but read strictly
+    assert again.dcloud_home_used[0] == 3 * GI
