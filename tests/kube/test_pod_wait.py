@@ -226,3 +226,29 @@ async def test_the_reflector_wakes_waiters_of_one_pod_only(api):
     await reflector.stop()  # replaced: waiters look at the new one
     assert last.done()
     assert reflector._waiting == {}
+
+
+# What KubeSpawner 7.1's _start does after its final wait (pod_id, the events' debug log, the
+# URL), as a fingerprint of those statements' syntax tree. pod_wait._finish does the same when
+# the watch ends the wait early: if upstream adds a step there, this fails, so _finish is
+# re-checked against it rather than silently skipping the new step.
+AFTER_THE_WAIT = "c24d3bc39f5de8adcc73434b49129bfc57a988b747cabf349b9960fc04c1622f"
+
+
+def test_what_kubespawner_does_after_its_wait_is_what_finish_does():
+    import ast
+    import hashlib
+    import inspect
+    import textwrap
+
+    from kubespawner import KubeSpawner
+
+    function = ast.parse(textwrap.dedent(inspect.getsource(KubeSpawner._start))).body[0]
+    assert isinstance(function, ast.AsyncFunctionDef)
+    waits = [i for i, statement in enumerate(function.body) if "is_pod_running" in ast.dump(statement)]
+    assert waits, "KubeSpawner._start no longer waits on is_pod_running: re-check dcloud_spawner/kube/pod_wait.py"
+    after = function.body[waits[-1] + 1:]
+    fingerprint = hashlib.sha256("\n".join(ast.dump(s) for s in after).encode()).hexdigest()
+    assert fingerprint == AFTER_THE_WAIT, (
+        "KubeSpawner._start changed after its final wait: make pod_wait._finish do what it does now, "
+        "then update AFTER_THE_WAIT")
