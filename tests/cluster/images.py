@@ -9,7 +9,9 @@ harness runs ``ctr -n k8s.io images import`` on each :attr:`Image.archive`):
   mount, which sets up loop devices; ``images/local/volume-helper``), imported with the pause image;
 - stand-ins for the upstream bases: a Debian bookworm rootfs (``images/local/debian-rootfs.sh``),
   a Jupyter Docker Stacks look-alike (:data:`NOTEBOOK_BASE`) and a k8s-hub look-alike;
-- DCloud's own images, from their real Dockerfiles with ``--build-arg BASE_IMAGE=<stand-in>``.
+- DCloud's own images, from their real Dockerfiles with ``--build-arg BASE_IMAGE=<stand-in>``;
+- the public images KubeSpawner's own cluster tests run (:data:`UPSTREAM_SUITE`), under their
+  exact names, which those tests ask for: imported into real-0 by tests/upstream, not by ``up``.
 
 ``images/README.md`` ("Local builds") says what the stand-ins are and are not. Everything goes to
 ``$DCLOUD_IMAGE_CACHE`` (default ``~/.cache/dcloud-images``): buildah's storage (vfs driver, its
@@ -17,7 +19,7 @@ own root, so the system's storage is never touched), pip wheelhouses, build logs
 archives. Each archive's file name carries a hash of everything its image is built from, so an
 image is rebuilt only when one of its inputs (or a base's) changes.
 
-    python -m tests.cluster.images build    # builds what is missing; prints name and archive
+    python -m tests.cluster.images build    # builds what is missing (all groups); prints name and archive
     python -m tests.cluster.images names    # real name -> local name, nothing built
 
 Needs root (debootstrap, chroot), buildah, debootstrap, Go, and pip access to an index.
@@ -64,6 +66,15 @@ NOTEBOOK_PYTORCH_CUDA = PREFIX + "notebook-pytorch-cuda:2026.11"
 NOTEBOOK_PYTORCH_CPU = PREFIX + "notebook-pytorch-cpu:2026.11"
 NOTEBOOK_TENSORFLOW_CUDA = PREFIX + "notebook-tensorflow-cuda:2026.11"
 NOTEBOOK_TENSORFLOW_CPU = PREFIX + "notebook-tensorflow-cpu:2026.11"
+
+# KubeSpawner's tests/conftest.py and default image, by the names its pods ask for (the kubelet
+# runs what is imported under that name; nothing is pulled). Two are the stand-ins above under a
+# second name, same content: the Debian base has the Python 3 and /bin/sh the exec pod uses,
+# and the notebook stand-in is what the singleuser image is (jupyterhub-singleuser as jovyan).
+PYTHON_SLIM = "docker.io/library/python:3.12-slim"  # the suite's exec pod
+JUPYTERHUB = "quay.io/jupyterhub/jupyterhub:latest"  # the suite's hub pod
+SINGLEUSER = "quay.io/jupyterhub/singleuser:latest"  # KubeSpawner's default user image
+UPSTREAM_SUITE = (PYTHON_SLIM, JUPYTERHUB, SINGLEUSER)
 
 # The name an image has in images/images.yaml, hub_config/catalog.yaml and the Helm values,
 # mapped to the image built here that stands in for it. The SciPy environment's upstream image
@@ -114,15 +125,16 @@ class _Spec:
     """How to build one image. ``files`` (repository paths) and ``base``'s key make its key."""
 
     name: str
-    how: str  # "pause", "debian" or "build" (buildah build of ``dockerfile``)
+    how: str  # "pause", "debian", "build" (buildah build of ``dockerfile``) or "alias" (``base`` renamed)
     files: tuple[str, ...]
     base: str | None = None
     dockerfile: str | None = None
     context: str | None = None
     base_arg: str | None = None  # the build argument that names the base
-    wheels: str | None = None  # the wheelhouse it mounts: "notebook", "hub" or "dcloud"
+    wheels: str | None = None  # the wheelhouse it mounts: "notebook", "hub", "jupyterhub" or "dcloud"
     ignorefile: str | None = None
     export: bool = True  # returned by build_all (the node imports it)
+    upstream: bool = False  # in UPSTREAM_SUITE: built and returned only when asked for (upstream=True)
 
 
 def _package_files() -> tuple[str, ...]:
@@ -170,6 +182,13 @@ def _specs() -> list[_Spec]:
         _Spec(HUB, "build", hub_files, base=HUB_BASE, dockerfile="images/hub/Dockerfile",
               context=".", base_arg="BASE_IMAGE", wheels="dcloud",
               ignorefile="images/hub/Dockerfile.dockerignore"),
+        _Spec(PYTHON_SLIM, "alias", (), base=DEBIAN, upstream=True),
+        _Spec(SINGLEUSER, "alias", (), base=NOTEBOOK_BASE, upstream=True),
+        _Spec(JUPYTERHUB, "build", ("images/local/jupyterhub-standin/Containerfile",
+                                    "images/local/jupyterhub-standin/requirements.txt"),
+              base=DEBIAN, dockerfile="images/local/jupyterhub-standin/Containerfile",
+              context="images/local/jupyterhub-standin", base_arg="DEBIAN_IMAGE", wheels="jupyterhub",
+              upstream=True),
     ]  # fmt: skip
 
 
@@ -323,7 +342,14 @@ class _Builder:
     # --- storage and archives -------------------------------------------------------------
 
     def ensure_stored(self, spec: _Spec, key: str, specs: dict[str, _Spec], keys: dict[str, str]) -> None:
-        """Make ``spec``'s image, at ``key``, present in buildah's storage."""
+        """Make ``spec``'s image, at ``key``, present in buildah's storage; an alias is only
+        exported (its base's image under its name: one copy in storage, the base's)."""
+        if spec.how == "alias":
+            assert spec.base
+            self.ensure_stored(specs[spec.base], keys[spec.base], specs, keys)
+            self.log(f"exporting {spec.base} as {spec.name}")
+            self.export(spec.name, key, source=spec.base)
+            return
         if self.stored_key(spec.name) == key:
             return
         archive = archive_path(spec.name, key)
@@ -344,12 +370,13 @@ class _Builder:
             # image is a full copy of its layers (~0.5 GB a notebook image).
             self.run([*self.buildah, "rmi", spec.name], _slug(spec.name))
 
-    def export(self, name: str, key: str) -> None:
+    def export(self, name: str, key: str, source: str | None = None) -> None:
+        """Write the stored image ``source`` (default: ``name``) to ``name``'s archive, as ``name``."""
         archive = archive_path(name, key)
         archive.parent.mkdir(parents=True, exist_ok=True)
         partial = archive.with_name(archive.name + ".partial")
         partial.unlink(missing_ok=True)
-        self.run([*self.buildah, "push", "--quiet", name, f"docker-archive:{partial}:{name}"], _slug(name))
+        self.run([*self.buildah, "push", "--quiet", source or name, f"docker-archive:{partial}:{name}"], _slug(name))
         partial.rename(archive)
         for old in archive.parent.glob(f"{_slug(name)}-*.tar"):
             if old != archive:
@@ -369,28 +396,31 @@ def _locked() -> Iterator[None]:
         yield
 
 
-def images() -> list[Image]:
-    """Every image the node imports, with the archive it has when built from the current inputs."""
+def images(upstream: bool = False) -> list[Image]:
+    """Every image the node imports (``upstream``: those of :data:`UPSTREAM_SUITE` instead), with
+    the archive it has when built from the current inputs."""
     specs = _specs()
     keys = _keys(specs)
-    return [Image(s.name, archive_path(s.name, keys[s.name])) for s in specs if s.export]
+    return [Image(s.name, archive_path(s.name, keys[s.name])) for s in specs if s.export and s.upstream == upstream]
 
 
-def missing() -> list[Image]:
-    return [image for image in images() if not image.archive.is_file()]
+def missing(upstream: bool = False) -> list[Image]:
+    return [image for image in images(upstream) if not image.archive.is_file()]
 
 
-def build_all(log: Callable[[str], None] = print, names: Collection[str] | None = None) -> list[Image]:
+def build_all(
+    log: Callable[[str], None] = print, names: Collection[str] | None = None, upstream: bool = False
+) -> list[Image]:
     """Build every image (or those ``names``) whose archive is missing, and the bases they need;
-    return them."""
+    return them. ``upstream``: the images of :data:`UPSTREAM_SUITE` instead of the node's."""
 
     def chosen(found: list[Image]) -> list[Image]:
         return [image for image in found if names is None or image.name in names]
 
     with _locked():
-        wanted = chosen(missing())
+        wanted = chosen(missing(upstream))
         if not wanted:
-            return chosen(images())
+            return chosen(images(upstream))
         started = time.monotonic()
         builder = _Builder(log)
         specs = _specs()
@@ -404,7 +434,11 @@ def build_all(log: Callable[[str], None] = print, names: Collection[str] | None 
                 builder.ensure_stored(spec, key, by_name, keys)
         builder.prune()
         log(f"images built in {time.monotonic() - started:.0f} s; archives in {cache_dir() / 'archives'}")
-        return chosen(images())
+        return chosen(images(upstream))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         for real, local in LOCAL_NAMES.items():
             print(f"{real} {local}")
         print(f"(pod sandbox) {PAUSE}")
+        for name in UPSTREAM_SUITE:
+            print(f"{name} {name} (KubeSpawner's own tests)")
         return 0
     try:
-        built = build_all(log=lambda line: print(line, file=sys.stderr, flush=True))
+        built = build_all(log=_stderr) + build_all(log=_stderr, upstream=True)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
