@@ -213,78 +213,113 @@ class Ledger:
         self._claims.clear()
 
 
+VolumeKey = tuple[str, str]  # a claim's namespace and name
+Holder = tuple[str, str]  # the (user, server) whose start recorded a claim
+
+
 @dataclass(frozen=True)
 class HomeVolume:
-    """One home volume: its claim's name (unique where the volumes live), the groups its owner
+    """One home volume: its claim's namespace and name, the groups with a ``max_home`` its owner
     had at its last start, and its size."""
 
+    namespace: str
     name: str
     groups: tuple[str, ...]
     size: int
 
+    @property
+    def key(self) -> VolumeKey:
+        return (self.namespace, self.name)
 
-def check_home(catalog: Catalog, volumes: Iterable[HomeVolume], volume: HomeVolume) -> None:
-    """Raise QuotaExceeded when ``volume`` grows its owner's groups past their ``max_home``.
+
+def check_home(catalog: Catalog, volumes: Iterable[HomeVolume], volume: HomeVolume, most: int | None = None) -> None:
+    """Raise QuotaExceeded when ``volume`` grows its owner's groups past their ``max_home``;
+    ``most`` is the owner's own largest home (their policies' ``max_home``), if any.
 
     A start that does not grow its volume is never refused: the group's sum does not change
     (and refusing would keep the owner from their files, e.g. after the quota was lowered)."""
     volumes = list(volumes)
-    current = next((v.size for v in volumes if v.name == volume.name), 0)
+    current = next((v.size for v in volumes if v.key == volume.key), 0)
     if volume.size <= current:
         return
+    rooms = []
     for group in volume.groups:
         quota = catalog.quotas.groups.get(group)
         if quota is None or quota.max_home is None:
             continue
-        held = sum(v.size for v in volumes if v.name != volume.name and group in v.groups)
-        if held + volume.size > quota.max_home:
-            raise refusals.group_home_quota(group, held, quota.max_home, volume.size, current)
+        held = sum(v.size for v in volumes if v.key != volume.key and group in v.groups)
+        rooms.append((quota.max_home - held, group, held, quota.max_home))
+    if not rooms:
+        return
+    # the group with the least room: refused there if anywhere, and what it leaves fits every group
+    _, group, held, max_home = min(rooms)
+    if held + volume.size > max_home:
+        raise refusals.group_home_quota(group, held, max_home, volume.size, current, most)
 
 
 class HomeVolumes:
-    """The home volumes of the hub's users, by claim name, shared by every spawner in the hub.
+    """The home volumes of the hub's users, by claim, shared by every spawner in the hub.
 
-    The backend lists the volumes that exist before each claim (:meth:`seen`); claims made
-    since that listing began are kept over it, since their volumes may not exist yet."""
+    Before each claim the backend lists the volumes of a namespace (:meth:`seen`). A start's
+    claim (:meth:`record`) is made before its volume is created or grown, later in the start, so
+    it is kept over the listings until one shows the volume at least at its size and with its
+    groups, or until its start has ended (:meth:`release`) and a listing begun since shows what
+    that start left."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._volumes: dict[str, HomeVolume] = {}
-        self._claimed_at: dict[str, float] = {}
+        self._listed: dict[VolumeKey, HomeVolume] = {}
+        self._claims: dict[Holder, HomeVolume] = {}  # recorded by starts, not yet shown by a listing
+        self._released: dict[Holder, float] = {}  # when the start that recorded it ended
 
     @property
     def volumes(self) -> list[HomeVolume]:
-        return list(self._volumes.values())
+        """What counts: the listed volumes, with the claims no listing has shown laid over them
+        (the larger size, and the groups of both: never less than either)."""
+        merged = dict(self._listed)
+        for claim in self._claims.values():
+            known = merged.get(claim.key)
+            if known is not None:
+                claim = HomeVolume(claim.namespace, claim.name, tuple(sorted({*known.groups, *claim.groups})),
+                                   max(known.size, claim.size))
+            merged[claim.key] = claim
+        return list(merged.values())
 
     def now(self) -> float:
         """The time to pass to :meth:`seen` for a listing that begins now."""
         return self._clock()
 
-    def seen(self, listed: Iterable[HomeVolume], since: float) -> None:
-        """What a listing begun at ``since`` found replaces what was known: volumes it lacks are
-        gone, unless claimed after it began."""
-        known = {v.name: v for v in listed}
-        for name, at in list(self._claimed_at.items()):
-            if at < since:
-                del self._claimed_at[name]  # the listing saw its claim's outcome
-            elif name in self._volumes:
-                known[name] = self._volumes[name]
-        self._volumes = known
+    def seen(self, namespace: str, listed: Iterable[HomeVolume], since: float) -> None:
+        """What a listing of ``namespace`` begun at ``since`` found replaces what was known there."""
+        self._listed = {k: v for k, v in self._listed.items() if k[0] != namespace}
+        self._listed.update((v.key, v) for v in listed if v.namespace == namespace)
+        for holder, claim in list(self._claims.items()):
+            if claim.namespace != namespace:
+                continue
+            shown = self._listed.get(claim.key)
+            made = shown is not None and shown.size >= claim.size and set(claim.groups) <= set(shown.groups)
+            ended = self._released.get(holder)
+            if made or (ended is not None and ended <= since):
+                del self._claims[holder]
+                self._released.pop(holder, None)
 
-    def claim(self, catalog: Catalog, volume: HomeVolume) -> None:
+    def claim(self, catalog: Catalog, volume: HomeVolume, holder: Holder, most: int | None = None) -> None:
         """Check and record ``volume`` in one step (not a coroutine, as :meth:`Ledger.claim`)."""
-        self.check(catalog, volume)
-        self.record(volume)
+        self.check(catalog, volume, most)
+        self.record(volume, holder)
 
-    def check(self, catalog: Catalog, volume: HomeVolume) -> None:
-        check_home(catalog, self._volumes.values(), volume)
+    def check(self, catalog: Catalog, volume: HomeVolume, most: int | None = None) -> None:
+        check_home(catalog, self.volumes, volume, most)
 
-    def record(self, volume: HomeVolume) -> None:
-        known = self._volumes.get(volume.name)
+    def record(self, volume: HomeVolume, holder: Holder) -> None:
+        """Count ``volume`` as ``holder``'s start will leave it."""
+        known = next((v for v in self.volumes if v.key == volume.key), None)
         size = max(volume.size, known.size) if known is not None else volume.size  # it only grows
-        self._volumes[volume.name] = HomeVolume(volume.name, volume.groups, size)
-        self._claimed_at[volume.name] = self._clock()
+        self._claims[holder] = HomeVolume(volume.namespace, volume.name, volume.groups, size)
+        self._released.pop(holder, None)
 
-    def size_of(self, name: str) -> int | None:
-        known = self._volumes.get(name)
-        return known.size if known is not None else None
+    def release(self, holder: Holder) -> None:
+        """``holder``'s start has ended (failed or stopped): the next listing begun from now on
+        decides whether its volume exists, and how large."""
+        if holder in self._claims:
+            self._released[holder] = self._clock()

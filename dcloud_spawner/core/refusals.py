@@ -153,10 +153,12 @@ def home_cannot_grow(current: int, storage_class: str | None) -> Refusal:
                    field="home", reason="storage")
 
 
-def group_home_quota(group: str, held: int, most: int, asked: int, current: int) -> QuotaExceeded:
+def group_home_quota(group: str, held: int, most: int, asked: int, current: int,
+                     own_most: int | None = None) -> QuotaExceeded:
     """Growing (or making) a home volume to ``asked`` would take ``group`` past its ``max_home``;
-    its other members' volumes hold ``held``, this one is ``current`` now (0: none yet)."""
-    room = most - held
+    its other members' volumes hold ``held``, this one is ``current`` now (0: none yet), and its
+    owner may have at most ``own_most`` (their policies' ``max_home``; None: no such limit)."""
+    room = most - held if own_most is None else min(most - held, own_most)  # never more than they may ask
     if room > current:
         allowed = f"ask for at most {format_memory(room)}"
     elif current:
@@ -164,7 +166,7 @@ def group_home_quota(group: str, held: int, most: int, asked: int, current: int)
     else:
         allowed = "there is no room for a new one, so ask the administrators for more"
     return QuotaExceeded(f"Home size {format_memory(asked)} would take group '{clip(group, 60)}' past its "
-                         f"{format_memory(most)} of home volumes, since its other members' already hold "
+                         f"{format_memory(most)} of home volumes, since its other members already hold "
                          f"{format_memory(held)}; {allowed}.", field="home", reason="quota")
 
 

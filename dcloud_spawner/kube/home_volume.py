@@ -14,9 +14,12 @@ A claim that does not exist yet is KubeSpawner's to create, at the chosen size. 
 persistentvolumeclaims (the chart's own hub Role) for group quotas.
 
 Every claim DCloud sizes carries the label ``dcloud.io/volume=home`` and, in the annotation
-``dcloud.io/groups``, its owner's groups at their last start: the hub's group quotas read them
-(state that outlives the hub lives on the claim). They are written when KubeSpawner creates the
-claim, and patched onto an existing one at a start where they differ.
+``dcloud.io/groups``, those of its owner's groups at their last start that have a ``max_home``
+(only those: the claim does not publish the rest of their membership): the hub's group quotas
+read them (state that outlives the hub lives on the claim). They are written when KubeSpawner
+creates the claim, and patched onto an existing one at a start where they differ. A claim made
+before DCloud marked claims (KubeSpawner's label ``component=singleuser-storage`` alone) counts
+for its owner's groups as the hub knows them now (see :func:`listed`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubernetes_asyncio.client import ApiException, StorageV1Api
@@ -39,10 +43,14 @@ DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 VOLUME_LABEL = f"{LABEL_PREFIX}/volume"
 GROUPS_ANNOTATION = f"{LABEL_PREFIX}/groups"
 MAX_GROUPS = 100  # read of an annotation: more is not a list DCloud wrote
+# on every claim KubeSpawner makes (its get_pvc_manifest sets it after the site's extra labels)
+STORAGE_LABEL = "component=singleuser-storage"
+USERNAME_ANNOTATION = "hub.jupyter.org/username"  # KubeSpawner's, the name unescaped
 
 
 def metadata(groups: list[str]) -> dict[str, dict[str, str]]:
-    """The label and annotation DCloud keeps on a home volume's claim."""
+    """The label and annotation DCloud keeps on a home volume's claim; ``groups``: those of the
+    owner's with a ``max_home`` (:func:`quota_groups`)."""
     return {"labels": {VOLUME_LABEL: "home"}, "annotations": {GROUPS_ANNOTATION: json.dumps(sorted(groups))}}
 
 
@@ -121,32 +129,68 @@ async def _expandable(spawner: Any, name: str | None) -> bool:
     return bool(found is not None and found.allow_volume_expansion)
 
 
+def quota_groups(catalog: Catalog, groups: Iterable[str]) -> list[str]:
+    """Those of ``groups`` whose quota sums home volumes: all a claim needs to say."""
+    return sorted(g for g in groups if (q := catalog.quotas.groups.get(g)) is not None and q.max_home is not None)
+
+
 def has_quota(catalog: Catalog, groups: list[str]) -> bool:
     """Whether a group quota sums home volumes for any of ``groups``."""
-    return any((q := catalog.quotas.groups.get(g)) is not None and q.max_home is not None for g in groups)
+    return bool(quota_groups(catalog, groups))
 
 
-async def listed(spawner: Any) -> list[HomeVolume]:
-    """The home volumes that exist in the spawner's namespace (one list request)."""
-    found = await spawner.api.list_namespaced_persistent_volume_claim(
-        spawner.namespace, label_selector=f"{VOLUME_LABEL}=home", _request_timeout=spawner.k8s_api_request_timeout
-    )
-    return [v for v in (volume_of(c.metadata, c.spec) for c in found.items) if v is not None]
+async def listed(spawner: Any, groups_of: Callable[[set[str]], dict[str, list[str]]]) -> list[HomeVolume]:
+    """The home volumes that exist in the spawner's namespace: the claims KubeSpawner made and
+    those DCloud marked (two list requests at once; a label selector cannot say "or").
+
+    A claim whose groups DCloud did not write, or wrote unreadably, counts for the groups that
+    ``groups_of`` gives its owner (named by KubeSpawner's annotation on it; those with a
+    ``max_home``), so claims made before an upgrade count too."""
+    answers = await asyncio.gather(*(
+        spawner.api.list_namespaced_persistent_volume_claim(
+            spawner.namespace, label_selector=selector, _request_timeout=spawner.k8s_api_request_timeout)
+        for selector in (f"{VOLUME_LABEL}=home", STORAGE_LABEL)
+    ))
+    found = {c.metadata.name: c for answer in answers for c in answer.items}
+    volumes: list[HomeVolume] = []
+    unknown: dict[str, list[HomeVolume]] = {}  # owner -> their claims without groups
+    for claim in found.values():
+        volume = volume_of(claim.metadata, claim.spec, spawner.namespace)
+        if volume is None:
+            continue
+        owner = (claim.metadata.annotations or {}).get(USERNAME_ANNOTATION)
+        if groups_on(claim.metadata) is None and isinstance(owner, str):
+            unknown.setdefault(owner, []).append(volume)
+        else:
+            volumes.append(volume)
+    known = groups_of(set(unknown)) if unknown else {}
+    for owner, theirs in unknown.items():
+        groups = tuple(sorted(known.get(owner, [])))
+        volumes += [HomeVolume(v.namespace, v.name, groups, v.size) for v in theirs]
+    return volumes
 
 
-def volume_of(meta: Any, spec: Any) -> HomeVolume | None:
-    """A claim as the quota counts it; its annotation is read as untrusted (at worst, no groups)."""
+def groups_on(meta: Any) -> tuple[str, ...] | None:
+    """The groups DCloud wrote on a claim, read as untrusted; None where there are none to read."""
+    text = (meta.annotations or {}).get(GROUPS_ANNOTATION)
+    if not isinstance(text, str):
+        return None
+    try:
+        groups = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(groups, list) or len(groups) > MAX_GROUPS or not all(isinstance(g, str) for g in groups):
+        return None
+    return tuple(sorted(groups))
+
+
+def volume_of(meta: Any, spec: Any, namespace: str) -> HomeVolume | None:
+    """A claim as the quota counts it, with the groups written on it (none where unreadable)."""
     try:
         size = memory_bytes((spec.resources.requests or {}).get("storage") or 0)
     except (AttributeError, ValueError):
         return None
-    try:
-        groups = json.loads((meta.annotations or {}).get(GROUPS_ANNOTATION) or "[]")
-    except ValueError:
-        groups = []
-    if not isinstance(groups, list) or len(groups) > MAX_GROUPS or not all(isinstance(g, str) for g in groups):
-        groups = []
-    return HomeVolume(meta.name, tuple(sorted(groups)), size)
+    return HomeVolume(namespace, meta.name, groups_on(meta) or (), size)
 
 
 async def size_now(spawner: Any, timeout: float) -> int | None:
@@ -159,5 +203,5 @@ async def size_now(spawner: Any, timeout: float) -> int | None:
         if exc.status == 404:
             return None
         raise
-    volume = volume_of(claim.metadata, claim.spec)
+    volume = volume_of(claim.metadata, claim.spec, spawner.namespace)
     return volume.size if volume is not None and volume.size else None

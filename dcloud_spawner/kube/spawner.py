@@ -193,8 +193,8 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
 
     async def read_claim_facts(self, plan: Plan) -> None:
         """Before anything is held or made: the StorageClasses of the claims this start would make
-        exist (a missing one is refused), and the home volumes that exist, where a group quota
-        of the user's sums them (one list)."""
+        exist (a missing one is refused), the home volume's size now (one read), and the home
+        volumes that exist, where a group quota of the user's sums them (see home_volume.listed)."""
         self._dcloud_home_claim = None
         try:
             await self._read_claim_facts(plan)
@@ -207,33 +207,55 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
             await claims.require_class(self, "scratch", storage.scratch.storage_class)
         if plan.home_bytes is None or not self.storage_pvc_ensure:
             return
-        groups = self.user_groups()
-        current: int | None = None
-        if home_volume.has_quota(self.catalog, groups):
+        groups = home_volume.quota_groups(self.catalog, self.user_groups())
+        # with user namespaces each claim is in its owner's namespace and the hub may list one:
+        # max_home is not enforced there (said by _problems), rather than counted from a part
+        counted = bool(groups) and not self.enable_user_namespaces
+        # the claim itself, whatever labels it has (one made before an upgrade has none of
+        # DCloud's): what it may grow from, and whether KubeSpawner makes a new one
+        reading = home_volume.size_now(self, self.k8s_api_request_timeout)
+        if counted:
             volumes = home_volumes()
             since = volumes.now()
-            volumes.seen(await home_volume.listed(self), since)
-            current = volumes.size_of(self.pvc_name)
-            self._dcloud_home_claim = HomeVolume(self.pvc_name, tuple(groups), max(plan.home_bytes, current or 0))
+            current, found = await asyncio.gather(reading, home_volume.listed(self, self._quota_groups_of))
+            mine = HomeVolume(self.namespace, self.pvc_name, tuple(groups), current or 0)
+            volumes.seen(self.namespace, [v for v in found if v.key != mine.key] + ([mine] if current else []), since)
+            self._dcloud_home_claim = HomeVolume(self.namespace, self.pvc_name, tuple(groups),
+                                                 max(plan.home_bytes, current or 0))
         else:
-            current = await home_volume.size_now(self, self.k8s_api_request_timeout)
+            current = await reading
         if current is None:  # KubeSpawner will make the claim: on the catalog's class, else the site's
             home_class = (storage.home.storage_class if storage is not None and storage.home is not None else None)
             await claims.require_class(self, "home", home_class or self.storage_class or None)
 
     def claim_resources(self, plan: Plan) -> None:
         home = self._dcloud_home_claim
-        if home is not None:
-            home_volumes().check(self.catalog, home)  # before anything is held
+        if home is not None:  # before anything is held
+            home_volumes().check(self.catalog, home, self.catalog.allowance(self.user_groups()).max_home)
         super().claim_resources(plan)  # raises if a quota refuses: then nothing is starting
         if home is not None:  # in the same step as the check: no other claim comes between
-            home_volumes().record(home)
+            home_volumes().record(home, self.claim_key)
         if self.start_attempt.gpus is not None:
             admission.starting_servers()[self.claim_key] = self.start_attempt.gpus
 
     def release_resources(self) -> None:
         super().release_resources()
         admission.starting_servers().pop(self.claim_key, None)
+        home_volumes().release(self.claim_key)  # the next listing says what the start left
+
+    def _quota_groups_of(self, names: set[str]) -> dict[str, list[str]]:
+        """The groups with a ``max_home`` of the users ``names``, as the hub knows them now (its
+        database, one query): for claims no start of DCloud's has marked yet."""
+        found = {self.user.name: self.user_groups()} if self.user.name in names else {}
+        db = getattr(self.user, "db", None)  # JupyterHub's User has it; a stand-in may not
+        if db is not None and names - found.keys():
+            from jupyterhub import orm
+            from sqlalchemy.orm import selectinload
+
+            users = db.query(orm.User).filter(orm.User.name.in_(names - found.keys()))
+            for user in users.options(selectinload(orm.User.groups)):
+                found[user.name] = [g.name for g in user.groups]
+        return {name: home_volume.quota_groups(self.catalog, groups) for name, groups in found.items()}
 
     def kueue_view(self) -> KueueView | None:
         if not self.catalog.queueing.enabled:
@@ -264,12 +286,13 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         apply_plan(self, plan, self.image_path, list(self.package_install_args), gpu_resources)
         self._dcloud_planned = True
         groups = self.user_groups()
+        marked = home_volume.quota_groups(self.catalog, groups)  # only those the claim counts for
         if plan.home_bytes is not None and self.storage_pvc_ensure:  # a new claim is made with them
-            marks = home_volume.metadata(groups)
+            marks = home_volume.metadata(marked)
             self.storage_extra_labels = {**self.storage_extra_labels, **marks["labels"]}
             self.storage_extra_annotations = {**self.storage_extra_annotations, **literal(marks["annotations"])}
         try:
-            grown = await home_volume.grow(self, plan, self.catalog.allowance(groups).max_home, groups)
+            grown = await home_volume.grow(self, plan, self.catalog.allowance(groups).max_home, marked)
         except Refusal as refusal:
             self.refuse(refusal)
         if grown:
@@ -298,7 +321,8 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         """:meth:`config_problems` of the settings in ``config`` alone: no spawner is made
         (that needs a user and a cluster's credentials), each setting is read from the
         sections KubeSpawner reads it from, the most specific winning."""
-        settings = {name: cls.hub_setting(config, name) for name in ("profile_list", "uid", "privileged")}
+        settings = {name: cls.hub_setting(config, name)
+                    for name in ("profile_list", "uid", "privileged", "enable_user_namespaces")}
         for name in ("container_security_context", "pod_security_context"):  # DCloud's defaults are callables
             settings[name] = cls.hub_setting(config, name) if any(
                 name in config[k.__name__] for k in cls.mro() if k.__name__ in config) else None
@@ -506,6 +530,12 @@ def _problems(settings: Any) -> list[str]:
     if callable(profiles) or profiles:
         problems.append("KubeSpawner.profile_list is set, but DCloud's catalog replaces profiles, so it is "
                         "ignored: describe the environments, GPU classes and resources in the catalog instead.")
+    if settings.enable_user_namespaces:
+        # listing claims in every user's namespace would need a cluster-wide right to list
+        # claims, more than rbac.yaml grants; counting only the namespaces seen would be wrong
+        problems.append("KubeSpawner.enable_user_namespaces is set, so each user's home volume is in their own "
+                        "namespace, where the hub does not list claims: the catalog's quotas.groups.<g>.max_home "
+                        "is not enforced (each user's own max_home still is).")
     problem = security.static_contradiction(settings)
     if problem:
         problems.append(f"Refused: {problem}")

@@ -278,61 +278,126 @@ def home_quota(with_storage) -> Catalog:
 
 
 def volume(name: str, size_gib: int, *groups: str) -> quota.HomeVolume:
-    return quota.HomeVolume(name, tuple(groups), size_gib * GI)
+    return quota.HomeVolume("dcloud", name, tuple(groups), size_gib * GI)
+
+
+def claim(volumes: quota.HomeVolumes, catalog: Catalog, home: quota.HomeVolume, most: int | None = None) -> None:
+    """The claim of the start of the volume's owner (claim-<user>), as the spawner makes it."""
+    volumes.claim(catalog, home, (home.name.removeprefix("claim-"), ""), most)
 
 
 def test_home_volumes_of_a_group_s_members_stay_within_its_max_home(home_quota):
     volumes = quota.HomeVolumes()
-    volumes.seen([volume("claim-sam", 8, "students"), volume("claim-kim", 6, "students", "physics"),
-                  volume("claim-lee", 30, "physics")], since=volumes.now())
-    volumes.claim(home_quota, volume("claim-ann", 6, "students"))  # 8 + 6 + 6 = 20: just fits
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students"), volume("claim-kim", 6, "students", "physics"),
+                            volume("claim-lee", 30, "physics")], since=volumes.now())
+    claim(volumes, home_quota, volume("claim-ann", 6, "students"))  # 8 + 6 + 6 = 20: just fits
     with pytest.raises(quota.QuotaExceeded) as err:
-        volumes.claim(home_quota, volume("claim-bo", 1, "students"))
+        claim(volumes, home_quota, volume("claim-bo", 1, "students"))
     assert err.value.field == "home" and err.value.sentence == (
-        "Home size 1Gi would take group 'students' past its 20Gi of home volumes, since its other members' already "
+        "Home size 1Gi would take group 'students' past its 20Gi of home volumes, since its other members already "
         "hold 20Gi; there is no room for a new one, so ask the administrators for more.")
     assert "claim-bo" not in [v.name for v in volumes.volumes]  # a refusal records nothing
     with pytest.raises(quota.QuotaExceeded) as err:  # growing: the room left, from its own size
-        volumes.claim(home_quota, volume("claim-sam", 10, "students"))
-    assert err.value.sentence.endswith("since its other members' already hold 12Gi; your home cannot grow now, "
+        claim(volumes, home_quota, volume("claim-sam", 10, "students"))
+    assert err.value.sentence.endswith("since its other members already hold 12Gi; your home cannot grow now, "
                                        "so ask for 8Gi, its size now.")
-    volumes.claim(home_quota, volume("claim-lee", 40, "physics"))  # physics sums no home volumes
+    claim(volumes, home_quota, volume("claim-lee", 40, "physics"))  # physics sums no home volumes
+
+
+def test_the_same_claim_name_in_another_namespace_is_another_volume(home_quota):
+    volumes = quota.HomeVolumes()
+    volumes.seen("dcloud", [volume("claim-sam", 15, "students")], since=volumes.now())
+    volumes.seen("other", [quota.HomeVolume("other", "claim-sam", ("students",), 5 * GI)], since=volumes.now())
+    with pytest.raises(quota.QuotaExceeded) as err:  # 15 + 5 held by the two claim-sam
+        volumes.claim(home_quota, volume("claim-ann", 1, "students"), ("ann", ""))
+    assert "its other members already hold 20Gi" in err.value.sentence
+    volumes.seen("other", [], since=volumes.now())  # a listing of one namespace says nothing of another
+    assert [(v.namespace, v.name) for v in volumes.volumes] == [("dcloud", "claim-sam")]
 
 
 def test_a_start_that_does_not_grow_its_home_is_never_refused(home_quota):
     volumes = quota.HomeVolumes()
     # the quota was lowered under volumes that already exist
-    volumes.seen([volume("claim-sam", 15, "students"), volume("claim-kim", 15, "students")], since=volumes.now())
-    volumes.claim(home_quota, volume("claim-sam", 15, "students"))
+    volumes.seen("dcloud", [volume("claim-sam", 15, "students"), volume("claim-kim", 15, "students")],
+                 since=volumes.now())
+    claim(volumes, home_quota, volume("claim-sam", 15, "students"))
     with pytest.raises(quota.QuotaExceeded) as err:
-        volumes.claim(home_quota, volume("claim-kim", 16, "students"))
+        claim(volumes, home_quota, volume("claim-kim", 16, "students"))
     assert "your home cannot grow now, so ask for 15Gi" in err.value.sentence
 
 
 def test_room_left_is_what_may_be_asked(home_quota):
     volumes = quota.HomeVolumes()
-    volumes.seen([volume("claim-sam", 12, "students"), volume("claim-kim", 2, "students")], since=volumes.now())
+    volumes.seen("dcloud", [volume("claim-sam", 12, "students"), volume("claim-kim", 2, "students")],
+                 since=volumes.now())
     with pytest.raises(quota.QuotaExceeded) as err:
-        volumes.claim(home_quota, volume("claim-kim", 9, "students"))
+        claim(volumes, home_quota, volume("claim-kim", 9, "students"))
     assert err.value.sentence == (
-        "Home size 9Gi would take group 'students' past its 20Gi of home volumes, since its other members' already "
+        "Home size 9Gi would take group 'students' past its 20Gi of home volumes, since its other members already "
         "hold 12Gi; ask for at most 8Gi.")
-    volumes.claim(home_quota, volume("claim-kim", 8, "students"))
+    claim(volumes, home_quota, volume("claim-kim", 8, "students"))
 
 
-def test_racing_claims_see_each_other_and_a_listing_never_forgets_a_newer_claim(home_quota):
+def test_the_size_suggested_fits_every_group_and_the_user_s_own_max_home(home_quota):
+    """The sentence names the group with the least room, and never suggests more than the user
+    may have (their policies' max_home), whatever the groups leave."""
+    quotas = {"students": {"max_home": "20Gi"}, "lab": {"max_home": "12Gi"}}
+    catalog = home_quota.model_copy(update={"quotas": home_quota.quotas.model_validate({"groups": quotas})})
+    volumes = quota.HomeVolumes()
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students"), volume("claim-kim", 9, "lab")], since=volumes.now())
+    with pytest.raises(quota.QuotaExceeded) as err:  # students leave 12Gi, lab only 3Gi
+        claim(volumes, catalog, volume("claim-ann", 13, "lab", "students"), most=50 * GI)
+    assert err.value.sentence == (
+        "Home size 13Gi would take group 'lab' past its 12Gi of home volumes, since its other members already "
+        "hold 9Gi; ask for at most 3Gi.")
+    with pytest.raises(quota.QuotaExceeded) as err:  # students leave 12Gi; ann may have 10Gi at most
+        claim(volumes, catalog, volume("claim-ann", 14, "students"), most=10 * GI)
+    assert err.value.sentence.endswith("since its other members already hold 8Gi; ask for at most 10Gi.")
+
+
+def test_racing_claims_see_each_other_and_a_listing_never_forgets_a_claim_not_made_yet(home_quota):
     """Two members' starts list the volumes (neither exists yet), then claim one after the other:
-    each fits alone, not both. A listing begun before a claim keeps it; a later one decides."""
+    each fits alone, not both. A claim stays until a listing shows its volume, or until its start
+    has ended and a listing begun since shows what it left."""
     clock = iter(range(100))
     volumes = quota.HomeVolumes(clock=lambda: float(next(clock)))
     began_a, began_b = volumes.now(), volumes.now()
-    volumes.seen([volume("claim-sam", 8, "students")], since=began_a)
-    volumes.seen([volume("claim-sam", 8, "students")], since=began_b)
-    volumes.claim(home_quota, volume("claim-ann", 10, "students"))
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=began_a)
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=began_b)
+    claim(volumes, home_quota, volume("claim-ann", 10, "students"))
     with pytest.raises(quota.QuotaExceeded):
-        volumes.claim(home_quota, volume("claim-bo", 10, "students"))
-    volumes.seen([volume("claim-sam", 8, "students")], since=began_b)  # a slow listing, from before ann's claim
+        claim(volumes, home_quota, volume("claim-bo", 10, "students"))
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=began_b)  # slow: from before ann claimed
     assert sorted(v.name for v in volumes.volumes) == ["claim-ann", "claim-sam"]
-    volumes.seen([volume("claim-sam", 8, "students")], since=volumes.now())  # ann's start failed before its claim
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=volumes.now())  # ann's claim not made yet
+    assert sorted(v.name for v in volumes.volumes) == ["claim-ann", "claim-sam"]
+    volumes.release(("ann", ""))  # ann's start failed before KubeSpawner made the claim
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=volumes.now())
     assert [v.name for v in volumes.volumes] == ["claim-sam"]
-    volumes.claim(home_quota, volume("claim-bo", 10, "students"))
+    claim(volumes, home_quota, volume("claim-bo", 10, "students"))
+
+
+def test_a_listing_between_a_claim_and_its_volume_keeps_the_claim(home_quota):
+    """Ann's start claims 10Gi; her claim is made later in the start, by KubeSpawner. A third
+    member's listing that begins after Ann's claim but before her claim exists must still count it
+    (8 + 10 + 10 would be 28Gi of 20Gi); so must one that shows a grown claim at its old size."""
+    clock = iter(range(100))
+    volumes = quota.HomeVolumes(clock=lambda: float(next(clock)))
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=volumes.now())
+    claim(volumes, home_quota, volume("claim-ann", 10, "students"))
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students")], since=volumes.now())  # bo's, before ann's claim exists
+    with pytest.raises(quota.QuotaExceeded) as err:
+        claim(volumes, home_quota, volume("claim-bo", 10, "students"))
+    assert "its other members already hold 18Gi; ask for at most 2Gi." in err.value.sentence
+    # sam grows 8 -> 10 (within 20: ann 10 + sam 10); a listing before the patch shows 8
+    claim(volumes, home_quota, volume("claim-sam", 10, "students"))
+    volumes.seen("dcloud", [volume("claim-sam", 8, "students"), volume("claim-ann", 10, "students")],
+                 since=volumes.now())
+    with pytest.raises(quota.QuotaExceeded) as err:
+        claim(volumes, home_quota, volume("claim-bo", 1, "students"))
+    assert "its other members already hold 20Gi" in err.value.sentence
+    # once listings show both volumes as their starts left them, the listings alone decide
+    volumes.seen("dcloud", [volume("claim-sam", 10, "students"), volume("claim-ann", 10, "students")],
+                 since=volumes.now())
+    volumes.seen("dcloud", [volume("claim-sam", 10, "students")], since=volumes.now())  # ann's volume deleted
+    claim(volumes, home_quota, volume("claim-bo", 10, "students"))

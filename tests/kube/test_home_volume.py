@@ -183,9 +183,180 @@ async def test_a_class_the_cluster_lacks_is_refused_naming_the_field(monkeypatch
 def test_a_claim_s_groups_are_read_as_untrusted(annotation, groups):
     meta = SimpleNamespace(name="claim-x", annotations={"dcloud.io/groups": annotation} if annotation else None)
     spec = SimpleNamespace(resources=SimpleNamespace(requests={"storage": "3Gi"}))
-    assert home_volume.volume_of(meta, spec) == home_volume.HomeVolume("claim-x", groups, 3 * GI)
+    assert home_volume.volume_of(meta, spec, "dcloud") == home_volume.HomeVolume("dcloud", "claim-x", groups, 3 * GI)
     spec.resources.requests = {"storage": "lots"}
-    assert home_volume.volume_of(meta, spec) is None
+    assert home_volume.volume_of(meta, spec, "dcloud") is None
+
+
+# -- group quotas: the claims that count, labelled or not ------------------------------------
+
+
+def pvc(name: str, size: str, labels: dict, annotations: dict) -> SimpleNamespace:
+    return SimpleNamespace(metadata=SimpleNamespace(name=name, labels=labels, annotations=annotations),
+                           spec=SimpleNamespace(resources=SimpleNamespace(requests={"storage": size}),
+                                                storage_class_name="old-class"))
+
+
+KUBESPAWNER = {"component": "singleuser-storage", "hub.jupyter.org/username": "x"}  # its labels on a claim
+DCLOUD = {**KUBESPAWNER, "dcloud.io/volume": "home"}
+
+
+class Namespace:
+    """The claims of one namespace, as KubeSpawner's client lists and reads them."""
+
+    def __init__(self, *claims: SimpleNamespace) -> None:
+        self.claims = {c.metadata.name: c for c in claims}
+        self.selectors: list[str] = []
+        self.api_client = None
+
+    async def list_namespaced_persistent_volume_claim(self, namespace, label_selector, **kwargs):
+        self.selectors.append(label_selector)
+        key, value = label_selector.split("=")
+        return SimpleNamespace(items=[c for c in self.claims.values() if (c.metadata.labels or {}).get(key) == value])
+
+    async def read_namespaced_persistent_volume_claim(self, name, namespace, **kwargs):
+        if name not in self.claims:
+            raise ApiException(status=404)
+        return self.claims[name]
+
+
+async def test_claims_made_before_dcloud_marked_them_count_for_their_owner_s_groups():
+    api = Namespace(
+        pvc("claim-sam", "8Gi", DCLOUD, {"dcloud.io/groups": '["students"]', "hub.jupyter.org/username": "sam"}),
+        pvc("claim-kim", "6Gi", KUBESPAWNER, {"hub.jupyter.org/username": "kim"}),  # before the upgrade
+        pvc("claim-eve", "5Gi", DCLOUD, {"dcloud.io/groups": json.dumps(["g"] * 101),
+                                         "hub.jupyter.org/username": "eve"}),  # unreadable: eve's groups
+        pvc("claim-old", "4Gi", KUBESPAWNER, {}),  # no owner named on it: no groups known
+        pvc("hub-db-dir", "1Gi", {"component": "hub"}, {}),
+    )
+    spawner = SimpleNamespace(api=api, namespace="dcloud", k8s_api_request_timeout=3)
+    asked: list[set[str]] = []
+
+    def groups_of(names: set[str]) -> dict[str, list[str]]:
+        asked.append(names)
+        return {"kim": ["students"], "eve": ["students"]}
+
+    found = {v.name: (v.groups, v.size // GI) for v in await home_volume.listed(spawner, groups_of)}
+    assert found == {"claim-sam": (("students",), 8), "claim-kim": (("students",), 6),
+                     "claim-eve": (("students",), 5), "claim-old": ((), 4)}
+    assert sorted(api.selectors) == ["component=singleuser-storage", "dcloud.io/volume=home"]
+    assert asked == [{"kim", "eve"}]  # one question for all of them
+
+
+@pytest.fixture
+def quota_catalog(tmp_path):
+    import yaml
+
+    from tests.conftest import EXAMPLE_CATALOG
+
+    data = yaml.safe_load(EXAMPLE_CATALOG.read_text())
+    data["storage"] = {"home": {"storage_class": "renamed", "min": "1Gi", "default": "5Gi", "max": "50Gi"}}
+    data["quotas"] = {"groups": {"students": {"max_home": "20Gi"}}}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.fixture
+def hub_database():
+    """JupyterHub's database, with kim in students (her claim predates DCloud's marks)."""
+    from jupyterhub import orm
+
+    db = orm.new_session_factory("sqlite://")()
+    students = orm.Group(name="students")
+    db.add_all([students, orm.Group(name="physics")])
+    for name in ("ann", "bo", "kim"):
+        db.add(orm.User(name=name))
+    db.commit()
+    students.users.append(orm.User.find(db, "kim"))
+    db.commit()
+    yield db
+    db.close()
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_after_an_upgrade_unlabelled_claims_count_and_a_start_that_does_not_grow_is_let_through(
+    quota_catalog, hub_database, monkeypatch
+):
+    """Claims KubeSpawner made before DCloud labelled them: the owner's is read directly (its
+    size; no class check for a claim that exists, though the catalog's class was renamed), and
+    the others count for their owners' groups as the hub's database has them."""
+    from dcloud_spawner.hub.mixin import SpawnRefused
+    from tests.support.spawners import make_spawner
+
+    looked_up: list[str] = []
+    missing = {"renamed"}  # the catalog's class, renamed since ann's claim was made
+
+    class Classes:
+        def __init__(self, api_client):
+            pass
+
+        async def read_storage_class(self, name, **kwargs):
+            looked_up.append(name)
+            if name in missing:
+                raise ApiException(status=404)
+
+    monkeypatch.setattr(claims_module, "StorageV1Api", Classes)
+    api = Namespace(pvc("claim-ann", "12Gi", KUBESPAWNER, {"hub.jupyter.org/username": "ann"}),
+                    pvc("claim-kim", "10Gi", KUBESPAWNER, {"hub.jupyter.org/username": "kim"}))
+    ann = make_spawner(["students"], name="ann", catalog_path=quota_catalog, storage_pvc_ensure=True)
+    ann.api, ann.user.db = api, hub_database
+    await ann.dcloud_apply_user_options(ann, {"environment": "scipy", "home": "12Gi"})  # 12 + 10 > 20, not grown
+    assert ann.dcloud_plan.home_bytes == 12 * GI and looked_up == []
+
+    missing.clear()  # bo's new claim is made on it
+    bo = make_spawner(["students"], name="bo", catalog_path=quota_catalog, storage_pvc_ensure=True)
+    bo.api, bo.user.db = api, hub_database
+    with pytest.raises(SpawnRefused) as err:
+        await bo.dcloud_apply_user_options(bo, {"environment": "scipy", "home": "1Gi"})
+    assert err.value.jupyterhub_message == (
+        "Home size 1Gi would take group 'students' past its 20Gi of home volumes, since its other members already "
+        "hold 22Gi; there is no room for a new one, so ask the administrators for more.")
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_a_claim_is_marked_only_with_the_groups_that_have_a_max_home(quota_catalog):
+    """The claim Kubernetes receives names the owner's groups with a max_home, not all of them."""
+    from tests.support.spawners import make_spawner
+
+    spawner = make_spawner(["physics", "students", "zz-private"], catalog_path=quota_catalog,
+                           storage_pvc_ensure=True)
+    spawner.api = Claims(None)
+    spawner.dcloud_plan = spawner.validate_options({"environment": "scipy", "home": "3Gi"})
+    await spawner.load_user_options()
+    claim = spawner.get_pvc_manifest()
+    assert claim.metadata.labels["dcloud.io/volume"] == "home"
+    assert claim.metadata.annotations["dcloud.io/groups"] == '["students"]'
+    existing = Claims("3Gi", marked={"labels": {}, "annotations": {"dcloud.io/groups": '["physics", "students"]'}})
+    spawner.api = existing
+    await spawner.load_user_options()
+    assert [body["metadata"]["annotations"] for *_, body in existing.patches] == [{"dcloud.io/groups": '["students"]'}]
+
+
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_with_user_namespaces_max_home_is_said_not_to_be_enforced(quota_catalog):
+    from traitlets.config import Config
+
+    from dcloud_spawner.kube import DCloudSpawner
+    from tests.support.spawners import make_spawner
+
+    spawner = make_spawner(["students"], catalog_path=quota_catalog, storage_pvc_ensure=True,
+                           enable_user_namespaces=True)
+    sentence = ("KubeSpawner.enable_user_namespaces is set, so each user's home volume is in their own namespace, "
+                "where the hub does not list claims: the catalog's quotas.groups.<g>.max_home is not enforced (each "
+                "user's own max_home still is).")
+    assert sentence in spawner.config_problems()
+    cfg = Config()
+    cfg.KubeSpawner.enable_user_namespaces = True
+    assert DCloudSpawner.config_problems_of(cfg) == [sentence]  # the hub's start and `dcloud check`
+
+    class Unlisted(Namespace):
+        async def list_namespaced_persistent_volume_claim(self, *args, **kwargs):
+            raise AssertionError("one namespace's claims are not the group's")
+
+    spawner.api = Unlisted(pvc(spawner.pvc_name, "30Gi", DCLOUD, {"dcloud.io/groups": '["students"]'}))
+    await spawner.dcloud_apply_user_options(spawner, {"environment": "scipy", "home": "40Gi"})
+    assert spawner.dcloud_plan.home_bytes == 40 * GI
 
 
 # -- the form: size and use ------------------------------------------------------------------

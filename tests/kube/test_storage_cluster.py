@@ -230,7 +230,7 @@ async def test_a_group_s_home_volumes_count_while_their_servers_are_stopped(clus
             with pytest.raises(SpawnException) as err:
                 await late.dcloud_apply_user_options(late, {"environment": "scipy", "home": "15Gi"})
             assert err.value.jupyterhub_message == (
-                "Home size 15Gi would take group 'students' past its 20Gi of home volumes, since its other members' "
+                "Home size 15Gi would take group 'students' past its 20Gi of home volumes, since its other members "
                 "already hold 8Gi; ask for at most 12Gi."
             )
             assert objects_of(core, cluster.namespace, "homeq-bo") == []
