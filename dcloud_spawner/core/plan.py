@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,9 @@ class Plan:
     package_index_url: str | None
     wait: bool = False  # may wait in line (Kueue) when the GPUs are not free now
     home_bytes: int | None = None  # the home volume's size; None: the catalog offers no choice
+    # the request named no home size, so home_bytes is the catalog's default: a backend that knows
+    # the volume's size now takes the larger (an unnamed size never asks a volume to shrink)
+    home_defaulted: bool = field(default=False, compare=False)
     scratch_bytes: int | None = None  # /scratch; None: no scratch disk
     storage: Storage | None = None  # the catalog's storage settings (classes, ephemeral limits)
 

@@ -190,3 +190,20 @@ def volume_pending(field: str, storage_class: str | None, seconds: float) -> Ref
     return Refusal(f"{label}: {where} did not provision {volume} within {duration_words(seconds)}, so the server "
                    f"was not started{kept}; try again later, and tell the administrators if it lasts.",
                    field=field, reason="storage")
+
+
+def home_not_bound(asked: int, current: int) -> Refusal:
+    """Growing a claim no volume is bound to yet: the API server refuses to resize unbound claims
+    (with WaitForFirstConsumer a claim binds at its first pod); nothing was changed."""
+    return Refusal(f"Home size: your home volume is {format_memory(current)} and has no disk bound to it yet, and "
+                   f"Kubernetes grows only bound volumes, so nothing was changed; start with {format_memory(current)} "
+                   f"(which binds it), then ask for {format_memory(asked)}.", field="home", reason="storage")
+
+
+def volume_api_error(field: str, doing: str, answer: str) -> Refusal:
+    """The API server answered an error (``answer``, e.g. "HTTP 403 (Forbidden)") while DCloud was
+    ``doing`` something for the home volume or scratch disk (e.g. "reading your home volume")."""
+    label, _ = _VOLUMES[field]
+    return Refusal(f"{label}: the cluster answered {clip(answer, 80)} to {doing}, so the server was not started; "
+                   "try again in a minute, and tell the administrators if it lasts.", field=field,
+                   reason="cluster_error")

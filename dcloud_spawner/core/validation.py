@@ -66,6 +66,7 @@ def validate(request: ServerRequest | dict[str, Any] | None, catalog: Catalog,
         package_index_url=catalog.packages.index_url,
         wait=request.wait,
         home_bytes=home,
+        home_defaulted=request.home is None and home is not None,
         scratch_bytes=scratch,
         storage=catalog.storage,
     )

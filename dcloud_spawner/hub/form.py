@@ -11,7 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..core.availability import GpuAvailability
 from ..core.catalog import Allowance, Catalog
-from ..core.quantity import format_memory, format_size
+from ..core.quantity import format_memory, format_size, memory_bytes
 from ..core.request import MAX_FILE_BYTES, load_options_file
 
 # Templates are read on first render, not at import.
@@ -76,6 +76,10 @@ def render_form(
     """
     context = context or FormContext()
     values = form_values(catalog, allowance, options)
+    if context.home_size is not None and _smaller(values["home"], context.home_size):
+        # the home volume only grows: a size below it (the default, or one it has grown past
+        # since) would be refused, so the form offers the volume as it is
+        values["home"] = format_memory(context.home_size)
     queueing = catalog.queueing
     offer_wait = queueing.enabled and context.can_queue
     gpu_classes = []
@@ -140,6 +144,17 @@ def render_form(
         queueing={"enabled": offer_wait and bool(gpu_classes), "wait": queueing.wait_words(),
                   "preemption": queueing.preemption},
     )
+
+
+def _smaller(size: str, than: int) -> bool:
+    """Whether a size field's value is a size below ``than`` (an empty field is; text that is no
+    size is left for the user to see)."""
+    if not size:
+        return True
+    try:
+        return memory_bytes(size) < than
+    except ValueError:
+        return False
 
 
 def _storage_field(offered: Any, most: int | None, context: FormContext | None) -> dict[str, str] | None:

@@ -242,11 +242,14 @@ class DCloudMixin(LoggingConfigurable):
     def check_capacity(self, plan: Plan) -> None:
         """Refuse (CapacityRefusal) a plan that cannot fit right now; backends override."""
 
-    async def read_claim_facts(self, plan: Plan) -> None:
+    async def read_claim_facts(self, plan: Plan) -> Plan:
         """Read from the backend what the start needs before anything is held or made (the
         Kubernetes backend: that the claims' StorageClasses exist, and the home volumes that
-        :meth:`claim_resources` counts); backends override, refusing with a Refusal. Awaited
-        before the capacity check, so nothing is awaited between that check and the claim."""
+        :meth:`claim_resources` counts); backends override, refusing with a Refusal. Returns the
+        plan, as what was read completes it (a home size not asked: the volume's size now, where
+        larger than the default). Awaited before the capacity check, so nothing is awaited
+        between that check and the claim."""
+        return plan
 
     # -- JupyterHub hooks ---------------------------------------------------------------
 
@@ -286,7 +289,7 @@ class DCloudMixin(LoggingConfigurable):
         try:
             plan = self.validate_options(user_options)
             await self.refresh_live_data()
-            await self.read_claim_facts(plan)
+            plan = await self.read_claim_facts(plan)
             self.check_capacity(plan)
             self.claim_resources(plan)
         except Refusal as exc:

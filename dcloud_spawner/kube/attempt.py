@@ -93,9 +93,10 @@ class StartAttempt:
 def unschedulable(spawner: DCloudSpawner, pod: dict | None, first_seen: float | None,
                   plan: Plan | None, volumes_pending: bool = False) -> float | Refusal | None:
     """The scheduler's verdict: when it first said the pod fits nowhere, or the refusal once
-    it has said so for the spawner's ``unschedulable_grace_seconds``. While the pod's own
-    claims are Pending (``volumes_pending``), its words about unbound volumes are no verdict:
-    the volumes' longer grace time decides (see claims.py)."""
+    it has said so for the spawner's ``unschedulable_grace_seconds``. While one of the pod's own
+    claims is Pending on its provisioner (``volumes_pending``), its words about unbound volumes
+    are no verdict: the volumes' longer grace time decides. A WaitForFirstConsumer claim that
+    waits for the scheduler to choose a node is not: this verdict decides (see claims.py)."""
     if not spawner.events_enabled or spawner.event_reflector is None:
         return first_seen
     if pod and (pod.get("spec") or {}).get("nodeName"):

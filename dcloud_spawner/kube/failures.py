@@ -1,13 +1,17 @@
 """What went wrong with a pod or the API, in the user's terms.
 
 Pure readings of Kubernetes' answers (a pod's statuses, the scheduler's FailedScheduling
-message, an API error); the sentences themselves live in ``core/refusals.py``.
+message, an API error), and :func:`volume_call`, which turns the API's errors on the volumes'
+calls into refusals; the sentences themselves live in ``core/refusals.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
@@ -143,3 +147,22 @@ def start_refusal(exc: BaseException, queued: bool, watch_stale: bool) -> Refusa
     if cluster_unreachable(exc, watch_stale):
         return refusals.cluster_unreachable()
     return None
+
+
+def api_answer(exc: ApiException) -> str:
+    """An API error as a sentence quotes it: its status and reason."""
+    return f"HTTP {exc.status} ({exc.reason})" if exc.reason else f"HTTP {exc.status}"
+
+
+@contextmanager
+def volume_call(field: str, doing: str) -> Iterator[None]:
+    """Calls of the API for the home volume or scratch disk (``field``) while DCloud is ``doing``
+    something ("reading your home volume"): an error answer becomes the refusal that says so, an
+    API server that does not answer :func:`~..core.refusals.cluster_unreachable`; a raw error would
+    reach the user as JupyterHub's 500. A Refusal raised inside passes as it is."""
+    try:
+        yield
+    except ApiException as exc:
+        raise refusals.volume_api_error(field, doing, api_answer(exc)) from None
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        raise refusals.cluster_unreachable() from None

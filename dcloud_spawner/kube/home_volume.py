@@ -2,8 +2,12 @@
 counted in its groups' ``max_home``, and its size now for the form.
 
 A home volume only grows: asking for less than it has is refused in one sentence, and so is
-asking for more where its StorageClass does not allow expansion (nothing is changed then).
-Otherwise the claim's requested size is patched and the storage driver expands the volume;
+asking for more where its StorageClass does not allow expansion, or where no volume is bound to
+the claim yet (the API server resizes bound claims only); nothing is changed then. A start that
+names no size takes the volume as it is where it is larger than the catalog's default.
+Otherwise the claim's requested size is patched, naming the resourceVersion it was read at (two
+starts growing a shared claim at once: the later reads it again and decides again), and the
+storage driver expands the volume;
 the start waits (up to ``home_resize_wait_seconds``) for the driver's side of it, so that the
 pod does not mount the volume mid-resize: a driver that grows offline cannot finish while a
 pod holds the volume. The claim's ``status.capacity`` reaching the size, or its
@@ -17,7 +21,9 @@ Every claim DCloud sizes carries the label ``dcloud.io/volume=home`` and, in the
 ``dcloud.io/groups``, those of its owner's groups at their last start that have a ``max_home``
 (only those: the claim does not publish the rest of their membership): the hub's group quotas
 read them (state that outlives the hub lives on the claim). They are written when KubeSpawner
-creates the claim, and patched onto an existing one at a start where they differ. A claim made
+creates the claim, and patched onto an existing one at a start where they differ; a patch of
+the marks alone that fails (a hub without `patch` on claims) is logged and never ends a start.
+The API server's error answers end a start in one sentence (``failures.volume_call``). A claim made
 before DCloud marked claims (KubeSpawner's label ``component=singleuser-storage`` alone) counts
 for its owner's groups as the hub knows them now (see :func:`listed`).
 """
@@ -26,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client import ApiException, StorageV1Api
 
 from ..core import refusals
@@ -37,7 +45,10 @@ from ..core.catalog import Catalog
 from ..core.plan import Plan
 from ..core.quantity import format_memory, memory_bytes
 from ..core.quotas import HomeVolume
+from .failures import volume_call
 from .pod import LABEL_PREFIX
+
+log = logging.getLogger("dcloud")
 
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 VOLUME_LABEL = f"{LABEL_PREFIX}/volume"
@@ -54,45 +65,85 @@ def metadata(groups: list[str]) -> dict[str, dict[str, str]]:
     return {"labels": {VOLUME_LABEL: "home"}, "annotations": {GROUPS_ANNOTATION: json.dumps(sorted(groups))}}
 
 
-async def grow(spawner: Any, plan: Plan, most: int | None, groups: list[str]) -> str | None:
-    """Make the claim at least ``plan.home_bytes`` and mark it with ``groups``; return what was
-    done for the progress page.
+CONFLICT_TRIES = 3  # reads and patches of the size while other starts grow the same claim (shared homes)
 
-    Raises a :class:`~..core.errors.Refusal` (shrinking, or a class that cannot expand)."""
+
+async def grow(spawner: Any, plan: Plan, most: int | None, groups: list[str]) -> str | None:
+    """Make the claim at least ``plan.home_bytes`` (with no size asked, as large as it is: never
+    smaller) and mark it with ``groups``; return what was done for the progress page.
+
+    Raises a :class:`~..core.errors.Refusal`: shrinking, an unbound claim or a class that cannot
+    expand (nothing changed then), or an error answer of the API server in one sentence."""
     if plan.home_bytes is None or not spawner.storage_pvc_ensure:
         return None
-    try:
-        claim = await spawner.api.read_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None  # KubeSpawner creates it at the chosen size (its class was checked before)
-        raise
-    requested = (claim.spec.resources.requests or {}).get("storage")
-    current = memory_bytes(requested) if requested else 0
-    if plan.home_bytes < current:
-        raise refusals.home_only_grows(plan.home_bytes, current, most)
-    patch: dict[str, Any] = {}
-    wanted = metadata(groups)
-    if any(
-        (getattr(claim.metadata, kind) or {}).get(key) != value
-        for kind, pairs in wanted.items()
-        for key, value in pairs.items()
-    ):
-        patch["metadata"] = wanted
-    said = None
-    if plan.home_bytes > current:
+    for attempt in range(CONFLICT_TRIES):
+        with volume_call("home", "reading your home volume"):
+            try:
+                claim = await spawner.api.read_namespaced_persistent_volume_claim(
+                    spawner.pvc_name, spawner.namespace, _request_timeout=spawner.k8s_api_request_timeout)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None  # KubeSpawner creates it at the chosen size (its class was checked before)
+                raise
+        requested = (claim.spec.resources.requests or {}).get("storage")
+        current = memory_bytes(requested) if requested else 0
+        # a start that named no size takes the volume as it is (a second server may have grown it)
+        asked = max(plan.home_bytes, current) if plan.home_defaulted else plan.home_bytes
+        if asked < current:
+            raise refusals.home_only_grows(asked, current, most)
+        wanted = metadata(groups)
+        marks = wanted if any(
+            (getattr(claim.metadata, kind) or {}).get(key) != value
+            for kind, pairs in wanted.items()
+            for key, value in pairs.items()
+        ) else None
+        if asked == current:
+            if marks is not None:
+                await _mark(spawner, marks)
+            return None
+        if (claim.status.phase if claim.status else None) != "Bound":
+            raise refusals.home_not_bound(asked, current)  # the API server resizes bound claims only
         storage_class = claim.spec.storage_class_name
-        if not await _expandable(spawner, storage_class):
+        with volume_call("home", "reading the storage class of your home volume"):
+            expandable = await _expandable(spawner, storage_class)
+        if not expandable:
             raise refusals.home_cannot_grow(current, storage_class)
-        size = format_memory(plan.home_bytes)
-        patch["spec"] = {"resources": {"requests": {"storage": size}}}
-        said = f"Growing your home volume from {format_memory(current)} to {size}"
-    if patch:
-        await spawner.api.patch_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace, patch)
-    if "spec" in patch and not await _resized(spawner, plan.home_bytes, spawner.home_resize_wait_seconds):
+        size = format_memory(asked)
+        # resourceVersion: the patch applies only to the claim as read, so two starts of a shared
+        # home never race (the smaller, applied last, would be refused as a shrink)
+        patch = {"metadata": {**(marks or {}), "resourceVersion": claim.metadata.resource_version},
+                 "spec": {"resources": {"requests": {"storage": size}}}}
+        with volume_call("home", f"growing your home volume to {size}"):
+            try:
+                await spawner.api.patch_namespaced_persistent_volume_claim(
+                    spawner.pvc_name, spawner.namespace, patch, _request_timeout=spawner.k8s_api_request_timeout)
+            except ApiException as exc:
+                if exc.status == 409 and attempt < CONFLICT_TRIES - 1:
+                    continue  # changed since it was read: read it again and decide again
+                raise
+        break
+    said = f"Growing your home volume from {format_memory(current)} to {size}"
+    doing = f"reading your home volume as it grows to {size}"
+    with volume_call("home", doing):
+        try:
+            resized = await _resized(spawner, asked, spawner.home_resize_wait_seconds)
+        except ValueError:  # a capacity that is no quantity
+            raise refusals.volume_api_error("home", doing, "a size DCloud cannot read") from None
+    if not resized:
         said = (f"{said}; the storage driver has not finished yet, so your home shows its new size "
                 "once it has (a volume that grows offline: after your next start)")
     return said
+
+
+async def _mark(spawner: Any, marks: dict[str, dict[str, str]]) -> None:
+    """Patch DCloud's marks alone onto the claim. Marking never ends a start: a site whose hub may
+    not patch claims still starts its users' servers (its group quotas miss the claim)."""
+    try:
+        await spawner.api.patch_namespaced_persistent_volume_claim(
+            spawner.pvc_name, spawner.namespace, {"metadata": marks}, _request_timeout=spawner.k8s_api_request_timeout)
+    except (ApiException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("DCloud: could not mark the home volume %s with its owner's groups, so group quotas do not "
+                    "count it: %s", spawner.pvc_name, exc)
 
 
 RESIZE_POLL = 0.5  # seconds between reads of the claim while it grows
@@ -102,7 +153,8 @@ async def _resized(spawner: Any, size: int, bound: float) -> bool:
     """Whether the driver grew the claim to ``size`` (or left only the node's part) within ``bound``."""
     deadline = time.monotonic() + bound
     while True:
-        claim = await spawner.api.read_namespaced_persistent_volume_claim(spawner.pvc_name, spawner.namespace)
+        claim = await spawner.api.read_namespaced_persistent_volume_claim(
+            spawner.pvc_name, spawner.namespace, _request_timeout=spawner.k8s_api_request_timeout)
         status = claim.status
         capacity = ((status.capacity if status else None) or {}).get("storage")
         if capacity and memory_bytes(capacity) >= size:
@@ -116,11 +168,12 @@ async def _resized(spawner: Any, size: int, bound: float) -> bool:
 
 async def _expandable(spawner: Any, name: str | None) -> bool:
     storage = StorageV1Api(spawner.api.api_client)
+    timeout = spawner.k8s_api_request_timeout
     try:
         if name:
-            found = await storage.read_storage_class(name)
+            found = await storage.read_storage_class(name, _request_timeout=timeout)
         else:
-            classes = (await storage.list_storage_class()).items
+            classes = (await storage.list_storage_class(_request_timeout=timeout)).items
             found = next((c for c in classes if (c.metadata.annotations or {}).get(DEFAULT_CLASS) == "true"), None)
     except ApiException as exc:
         if exc.status in (403, 404):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import math
 import time
 import types
 from typing import Any
@@ -93,8 +95,9 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         config=True,
         help="""How long the claim of a home volume or of a scratch disk may stay Pending (no
         volume provisioned for it) while the pod waits for a node, before the spawn is refused
-        with the field named: the pod is deleted, a home volume's claim kept. Raise it where
-        provisioning a volume takes longer.""",
+        with the field named: the pod is deleted, a home volume's claim kept. With a
+        WaitForFirstConsumer class it counts from when the scheduler has chosen a node; until
+        then unschedulable_grace_seconds applies. Raise it where provisioning a volume takes longer.""",
     )
 
     show_home_usage = Bool(
@@ -190,16 +193,25 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
     queued_servers = staticmethod(admission.queued_servers)
 
     _dcloud_home_claim: HomeVolume | None = None  # this start's home volume, for group quotas
+    _dcloud_home_now: int | None = None  # its size as this start read it (None: not made yet)
 
-    async def read_claim_facts(self, plan: Plan) -> None:
+    async def read_claim_facts(self, plan: Plan) -> Plan:
         """Before anything is held or made: the StorageClasses of the claims this start would make
         exist (a missing one is refused), the home volume's size now (one read), and the home
         volumes that exist, where a group quota of the user's sums them (see home_volume.listed)."""
         self._dcloud_home_claim = None
+        self._dcloud_home_now = None
         try:
             await self._read_claim_facts(plan)
+        except ApiException as exc:  # a raw one would be JupyterHub's 500 (a class's own are told by require_class)
+            raise refusals.volume_api_error("home", "reading the home volumes", failures.api_answer(exc)) from None
         except (aiohttp.ClientError, asyncio.TimeoutError):
             raise refusals.cluster_unreachable() from None
+        now = self._dcloud_home_now
+        if plan.home_defaulted and plan.home_bytes is not None and now is not None and now > plan.home_bytes:
+            # no size asked: the volume as it is, not the catalog's default (refused as a shrink)
+            plan = dataclasses.replace(plan, home_bytes=now)
+        return plan
 
     async def _read_claim_facts(self, plan: Plan) -> None:
         storage = plan.storage
@@ -224,6 +236,7 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
                                                  max(plan.home_bytes, current or 0))
         else:
             current = await reading
+        self._dcloud_home_now = current
         if current is None:  # KubeSpawner will make the claim: on the catalog's class, else the site's
             home_class = (storage.home.storage_class if storage is not None and storage.home is not None else None)
             await claims.require_class(self, "home", home_class or self.storage_class or None)
@@ -376,7 +389,7 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         try:
             context.home_size = await asyncio.wait_for(home_volume.size_now(self, FORM_READ_SECONDS),
                                                        FORM_READ_SECONDS)
-        except (ApiException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # the form renders whatever the API server answers, without the size
             self.log.debug("DCloud: the size of %s is not known: %s", self.pvc_name, exc)
             return
         reflector = self.pod_reflector if self.show_home_usage and context.home_size is not None else None
@@ -389,8 +402,8 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         try:
             context.home_used = await asyncio.wait_for(
                 stats.used(self.api, node, self.namespace, self.pvc_name, FORM_READ_SECONDS), FORM_READ_SECONDS)
-        except asyncio.TimeoutError:
-            self.log.debug("DCloud: node %s's kubelet did not answer in time", node)
+        except Exception as exc:  # the form renders whatever the kubelet does, without the use
+            self.log.debug("DCloud: the use of %s on node %s is not known: %s", self.pvc_name, node, exc)
 
     def start(self) -> asyncio.Future[str]:  # type: ignore[override]
         """As KubeSpawner's: the spawn begins when start() is called, and its future is returned. A
@@ -519,8 +532,17 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
         self.load_dcloud_state(state)
         self.dcloud_last_stop = state.get("dcloud_last_stop") or self.dcloud_last_stop
         used = state.get("dcloud_home_used")
-        if isinstance(used, list) and len(used) == 2 and all(isinstance(v, (int, float)) for v in used):
+        if isinstance(used, list) and len(used) == 2 and all(_amount(v) for v in used):
             self.dcloud_home_used = [float(v) for v in used]
+
+
+def _amount(value: Any) -> bool:
+    """A finite non-negative number (bytes, a time) read from stored state; not a bool, which
+    Python counts as an int, nor NaN, infinity or an int past a float, which would render as garbage."""
+    try:
+        return type(value) in (int, float) and math.isfinite(value) and value >= 0
+    except OverflowError:
+        return False
 
 
 def _problems(settings: Any) -> list[str]:

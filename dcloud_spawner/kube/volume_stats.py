@@ -10,7 +10,9 @@ certificate is not from the cluster's CA, or the hub cannot reach it, nothing is
 
 Only a claim that a running pod mounts has a reading: found in KubeSpawner's pod watch (no
 request). One node's summary is read at most once per ``CACHE_SECONDS`` (with its Node, for the
-kubelet's address and port), so the form costs at most two requests, bounded in time.
+kubelet's address and port), so the form costs at most two requests, bounded in time; callers
+that want a node's summary while it is being read (forms at once, a culler stopping many
+servers) share that one read.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ import logging
 import time
 from collections.abc import Iterable
 from typing import Any
-
-import aiohttp
-from kubernetes_asyncio.client import ApiException
 
 log = logging.getLogger("dcloud")
 
@@ -65,14 +64,17 @@ def volume_usage(summary: Any) -> dict[tuple[str, str], int]:
 
 
 def kubelet_url(node: Any) -> str | None:
-    """The kubelet's summary URL from a Node object (its address and port)."""
-    status = node.status
-    addresses = {a.type: a.address for a in (status.addresses or []) if a.address}
+    """The kubelet's summary URL from a Node object (its address and port); None where it has
+    none (a Node without status, as a node being registered may be)."""
+    status = getattr(node, "status", None)
+    addresses = {a.type: a.address for a in (getattr(status, "addresses", None) or [])
+                 if isinstance(getattr(a, "address", None), str) and a.address}
     address = next((addresses[t] for t in ADDRESS_TYPES if t in addresses), None)
     if address is None:
         return None
-    endpoint = status.daemon_endpoints.kubelet_endpoint if status.daemon_endpoints else None
-    port = endpoint.port if endpoint is not None and endpoint.port else KUBELET_PORT
+    endpoint = getattr(getattr(status, "daemon_endpoints", None), "kubelet_endpoint", None)
+    port = getattr(endpoint, "port", None)
+    port = port if type(port) is int and 0 < port < 65536 else KUBELET_PORT
     host = f"[{address}]" if ":" in address else address
     return f"https://{host}:{port}/stats/summary"
 
@@ -82,20 +84,37 @@ class KubeletStats:
 
     def __init__(self) -> None:
         self._read: dict[str, tuple[float, dict[tuple[str, str], int]]] = {}
+        self._reading: dict[str, asyncio.Task[dict[tuple[str, str], int]]] = {}  # node -> its read now
 
     async def used(self, api: Any, node: str, namespace: str, claim: str, timeout: float,
                    max_age: float = CACHE_SECONDS) -> int | None:
         """Bytes used on ``claim`` as ``node``'s kubelet reports it (``api``: a CoreV1Api), read
-        afresh when the node's last reading is older than ``max_age`` seconds."""
+        afresh when the node's last reading is older than ``max_age`` seconds, or taken from the
+        read of the node under way."""
         read = self._read.get(node)
-        if read is None or time.monotonic() - read[0] > max_age:
-            try:
-                usage = await self._summary(api, node, timeout)
-            except (ApiException, aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                log.debug("DCloud: no volume stats from node %s's kubelet: %s", node, exc)
-                usage = {}  # not asked again before CACHE_SECONDS: a failing kubelet costs each form nothing
-            read = self._read[node] = (time.monotonic(), usage)
-        return read[1].get((namespace, claim))
+        if read is not None and time.monotonic() - read[0] <= max_age:
+            return read[1].get((namespace, claim))
+        task = self._reading.get(node)
+        if task is None:
+            task = self._reading[node] = asyncio.ensure_future(self._read_node(api, node, timeout))
+        # shielded: a caller that stops waiting (its own bound) does not end the others' read
+        return (await asyncio.shield(task)).get((namespace, claim))
+
+    async def _read_node(self, api: Any, node: str, timeout: float) -> dict[tuple[str, str], int]:
+        try:
+            usage = await asyncio.wait_for(self._summary(api, node, timeout), timeout)
+        except Exception as exc:  # anything a kubelet sends (nested past Python's recursion limit, too)
+            log.debug("DCloud: no volume stats from node %s's kubelet: %s", node, exc)
+            usage = {}  # not asked again before CACHE_SECONDS: a failing kubelet costs each form nothing
+        finally:
+            self._reading.pop(node, None)
+        now = time.monotonic()
+        # readings past CACHE_SECONDS are read afresh anyway: dropped, so nodes gone (autoscaled
+        # away) are not kept for the hub's lifetime
+        for old in [n for n, (at, _) in self._read.items() if now - at > CACHE_SECONDS]:
+            del self._read[old]
+        self._read[node] = (now, usage)
+        return usage
 
     @staticmethod
     async def _summary(api: Any, node: str, timeout: float) -> dict[tuple[str, str], int]:

@@ -51,6 +51,8 @@ def every_refusal(catalog):
         "group_home_quota": refusals.group_home_quota("students", 18 * 1024**3, 20 * 1024**3, 5 * 1024**3, 0),
         "storage_class_missing": refusals.storage_class_missing("scratch", "fast"),
         "volume_pending": refusals.volume_pending("home", None, 120),
+        "home_not_bound": refusals.home_not_bound(8 * 1024**3, 5 * 1024**3),
+        "volume_api_error": refusals.volume_api_error("home", "reading your home volume", "HTTP 403 (Forbidden)"),
         "validation": RequestError("gpu.type", "GPU class 'a100' is not available to you; you can use: t4."),
         "quota": QuotaExceeded("Quota of group 'students' reached."),
         "short_of_gpus": CapacityRefusal.short_of_gpus("NVIDIA T4 16GB", 2, 1, where="node"),

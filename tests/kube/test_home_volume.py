@@ -13,6 +13,7 @@ import pytest
 from kubernetes_asyncio.client import ApiException
 
 from dcloud_spawner.core.errors import Refusal
+from dcloud_spawner.core.quantity import memory_bytes
 from dcloud_spawner.kube import claims as claims_module
 from dcloud_spawner.kube import home_volume, volume_stats
 
@@ -21,30 +22,52 @@ MARKED = {"labels": {"dcloud.io/volume": "home"}, "annotations": {"dcloud.io/gro
 
 
 class Claims:
-    """The calls home_volume makes on KubeSpawner's client, on one claim (or none)."""
+    """The calls home_volume makes on KubeSpawner's client, on one claim (or none), with the API
+    server's rules: a patch naming a resourceVersion applies to that version only (409), a claim
+    never shrinks and grows only when bound (422)."""
 
     def __init__(self, size: str | None, storage_class: str | None = "standard", marked: dict | None = None,
-                 driver: str = "grows") -> None:
+                 driver: str = "grows", phase: str = "Bound") -> None:
         self.size, self.storage_class, self.patches = size, storage_class, []
         self.marked = marked if marked is not None else MARKED
         # the storage driver after a resize request: "grows" the volume at once, leaves the
         # file system to the "node", or "never" gets to it
         self.capacity, self.driver, self.conditions, self.reads = size, driver, [], 0
+        self.phase, self.version = phase, 1
+        self.timeouts: list = []  # the _request_timeout of each call
+        self.fail: dict[str, Exception] = {}  # "read", "patch", or "reread" (a read after a patch): raised
+        self.meanwhile: list = []  # calls of another start's, each made just before one of this start's patches
 
     async def read_namespaced_persistent_volume_claim(self, name, namespace, **kwargs):
+        self.timeouts.append(kwargs.get("_request_timeout"))
+        failure = self.fail.get("reread" if self.version > 1 else "read") or self.fail.get("read")
+        if failure is not None:
+            raise failure
         if self.size is None:
             raise ApiException(status=404)
         spec = SimpleNamespace(
             resources=SimpleNamespace(requests={"storage": self.size}), storage_class_name=self.storage_class
         )
-        meta = SimpleNamespace(name=name, labels=self.marked.get("labels"), annotations=self.marked.get("annotations"))
+        meta = SimpleNamespace(name=name, labels=self.marked.get("labels"), annotations=self.marked.get("annotations"),
+                               resource_version=str(self.version))
         self.reads += 1
-        status = SimpleNamespace(capacity={"storage": self.capacity}, conditions=self.conditions)
+        status = SimpleNamespace(phase=self.phase, capacity={"storage": self.capacity}, conditions=self.conditions)
         return SimpleNamespace(metadata=meta, spec=spec, status=status)
 
-    async def patch_namespaced_persistent_volume_claim(self, name, namespace, body):
+    async def patch_namespaced_persistent_volume_claim(self, name, namespace, body, **kwargs):
+        if self.meanwhile:
+            self.meanwhile.pop(0)(self)
+        self.timeouts.append(kwargs.get("_request_timeout"))
         self.patches.append((name, namespace, body))
+        if "patch" in self.fail:
+            raise self.fail["patch"]
+        version = body.get("metadata", {}).get("resourceVersion")
+        if version is not None and version != str(self.version):
+            raise ApiException(status=409, reason="Conflict")
         wanted = body.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+        if wanted and (self.phase != "Bound" or memory_bytes(wanted) < memory_bytes(self.size)):
+            raise ApiException(status=422, reason="Unprocessable Entity")
+        self.version += 1
         if wanted:
             self.size = wanted
             if self.driver == "grows":
@@ -65,8 +88,8 @@ def spawner_on(claims: Claims, ensure: bool = True, storage_class: str = "standa
     )
 
 
-def plan(home: int | None):
-    return SimpleNamespace(home_bytes=home)
+def plan(home: int | None, defaulted: bool = False):
+    return SimpleNamespace(home_bytes=home, home_defaulted=defaulted)
 
 
 @pytest.fixture
@@ -84,7 +107,8 @@ async def test_a_larger_size_patches_the_claim():
     claims = Claims("5Gi")
     said = await home_volume.grow(spawner_on(claims), plan(8 * GI), 50 * GI, ["students"])
     assert said == "Growing your home volume from 5Gi to 8Gi"
-    assert claims.patches == [("claim-alice", "dcloud", {"spec": {"resources": {"requests": {"storage": "8Gi"}}}})]
+    assert claims.patches == [("claim-alice", "dcloud", {"metadata": {"resourceVersion": "1"},
+                                                         "spec": {"resources": {"requests": {"storage": "8Gi"}}}})]
 
 
 @pytest.mark.usefixtures("expandable")
@@ -114,7 +138,7 @@ async def test_a_claim_is_marked_with_its_owner_s_groups_where_they_differ():
     grown = Claims("5Gi", marked={})  # grown and marked in one patch
     await home_volume.grow(spawner_on(grown), plan(8 * GI), 50 * GI, ["students"])
     assert [body for *_, body in grown.patches] == [
-        {"metadata": MARKED, "spec": {"resources": {"requests": {"storage": "8Gi"}}}}
+        {"metadata": {**MARKED, "resourceVersion": "1"}, "spec": {"resources": {"requests": {"storage": "8Gi"}}}}
     ]
 
 
@@ -146,13 +170,14 @@ async def test_a_class_the_cluster_lacks_is_refused_naming_the_field(monkeypatch
         def __init__(self, api_client):
             pass
 
-        async def read_storage_class(self, name):
+        async def read_storage_class(self, name, **kwargs):
             looked_up.append(name)
+            assert kwargs == {"_request_timeout": 3}
             if name != "standard":
                 raise ApiException(status=403 if name == "secret" else 404)
 
     monkeypatch.setattr(claims_module, "StorageV1Api", Classes)
-    spawner = SimpleNamespace(api=SimpleNamespace(api_client=None))
+    spawner = SimpleNamespace(api=SimpleNamespace(api_client=None), k8s_api_request_timeout=3)
     with pytest.raises(Refusal) as err:
         await claims_module.require_class(spawner, "home", "gone")
     assert err.value.field == "home" and err.value.sentence == (

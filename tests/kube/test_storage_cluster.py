@@ -198,6 +198,30 @@ async def test_a_home_volume_nothing_provisions_ends_the_start_and_its_claim_is_
             delete_claims(core, cluster.namespace, spawner.pvc_name)
 
 
+async def test_a_claim_waiting_for_a_node_is_not_cut_by_the_volume_s_grace(cluster, core, kube_cluster, tmp_path):
+    """WaitForFirstConsumer: while no node fits the pod (a cluster autoscaler would be adding one),
+    the scheduler chooses none and the claim waits unprovisioned; the site's raised
+    unschedulable_grace_seconds decides, not the volume's shorter grace."""
+    user = "nopv-node"
+    with storage_class(kube_cluster, "dcloud-test-nobody-node", NOBODY, "WaitForFirstConsumer") as name:
+        path = catalog_with(tmp_path / "catalog.yaml", home_class=name)
+        spawner = cluster_spawner(cluster, user, ["students"], catalog=path, volume_pending_grace_seconds=2,
+                                  unschedulable_grace_seconds=8, node_selector={"dcloud.test/autoscaled": "yes"},
+                                  **HOME)
+        try:
+            await spawner.dcloud_apply_user_options(spawner, {"environment": "scipy", "home": "3Gi"})
+            began = time.monotonic()
+            with pytest.raises(SpawnException) as err:
+                await asyncio.wait_for(spawner.start(), timeout=50)
+            assert err.value.jupyterhub_message == "No node of the chosen kind exists or accepts this server right now."
+            assert time.monotonic() - began >= 8
+            claim = core.read_namespaced_persistent_volume_claim(spawner.pvc_name, cluster.namespace)
+            assert "volume.kubernetes.io/selected-node" not in (claim.metadata.annotations or {})
+        finally:
+            await spawner.stop(now=True)
+            delete_claims(core, cluster.namespace, spawner.pvc_name)
+
+
 async def test_a_scratch_disk_nothing_provisions_ends_the_start(cluster, core, kube_cluster, tmp_path):
     with storage_class(kube_cluster, "dcloud-test-nobody-scratch", NOBODY) as name:
         path = catalog_with(tmp_path / "catalog.yaml", home_class=None, scratch_class=name)
