@@ -23,7 +23,7 @@ from ..core import refusals
 from ..core.errors import Refusal
 from ..core.plan import Plan
 from .admission import Starting
-from .claims import PendingClaims, about_volumes
+from .claims import PendingClaims, about_volumes, claim_not_made_yet
 from .failures import explain_unschedulable, package_failure, packages_outcome
 from .line import InLine
 from .pod import PACKAGE_INSTALLER
@@ -96,13 +96,16 @@ def unschedulable(spawner: DCloudSpawner, pod: dict | None, first_seen: float | 
     it has said so for the spawner's ``unschedulable_grace_seconds``. While one of the pod's own
     claims is Pending on its provisioner (``volumes_pending``), its words about unbound volumes
     are no verdict: the volumes' longer grace time decides. A WaitForFirstConsumer claim that
-    waits for the scheduler to choose a node is not: this verdict decides (see claims.py)."""
+    waits for the scheduler to choose a node is not: this verdict decides (see claims.py). Nor is
+    a scratch claim the ephemeral volume controller has not made yet (its words stay the last
+    event while the volume is provisioned after it)."""
     if not spawner.events_enabled or spawner.event_reflector is None:
         return first_seen
     if pod and (pod.get("spec") or {}).get("nodeName"):
         return None  # placed after all
     failed = [e for e in spawner.events if e.get("reason") == "FailedScheduling"]
-    if not failed or (volumes_pending and about_volumes(failed[-1].get("message") or "")):
+    said = (failed[-1].get("message") or "") if failed else ""
+    if not failed or (volumes_pending and about_volumes(said)) or claim_not_made_yet(said):
         return first_seen
     first_seen = first_seen or time.monotonic()
     if time.monotonic() - first_seen >= spawner.unschedulable_grace_seconds:

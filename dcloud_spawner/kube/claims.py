@@ -78,6 +78,15 @@ def about_volumes(message: str) -> bool:
     return "persistentvolumeclaim" in lowered or "persistent volumes" in lowered or "volumebinding" in lowered
 
 
+def claim_not_made_yet(message: str) -> bool:
+    """Whether the scheduler's FailedScheduling message says only that a generic ephemeral
+    volume's claim (the scratch disk's) does not exist yet: normal right after the pod is made,
+    until the ephemeral volume controller makes it. The scheduler tries again then, and its next
+    words decide (or the claim's grace time, once provisioning); a controller that never makes
+    it is bounded by the start's own timeout."""
+    return "waiting for ephemeral volume controller to create the persistentvolumeclaim" in message
+
+
 class PendingClaims:
     """One start's watch of its pod's claims while the pod waits for a node."""
 

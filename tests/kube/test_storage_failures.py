@@ -25,7 +25,7 @@ from dcloud_spawner.core.errors import Refusal
 from dcloud_spawner.core.refusals import UNREACHABLE
 from dcloud_spawner.kube import claims as claims_module
 from dcloud_spawner.kube import home_volume
-from dcloud_spawner.kube.attempt import StartAttempt
+from dcloud_spawner.kube.attempt import StartAttempt, unschedulable
 from tests.conftest import EXAMPLE_CATALOG
 from tests.kube.test_home_volume import GI, Claims, plan, spawner_on
 
@@ -117,6 +117,21 @@ async def test_a_claim_its_provisioner_was_asked_for_ends_the_start_after_the_vo
 async def test_a_class_that_cannot_be_read_leaves_a_claim_without_a_node_to_the_scheduler(classes):
     refusal, took = await ends_how(classes, {}, None)
     assert refusal.reason == "unschedulable" and took >= 2.5
+
+
+def test_a_scratch_claim_the_ephemeral_volume_controller_has_not_made_yet_is_no_verdict():
+    """Right after the pod is made the scheduler may say it waits for the scratch disk's claim;
+    those words stay the last event while the volume is then provisioned: they end no start."""
+    spawner = WaitingPod({}, "WaitForFirstConsumer")
+    pod = spawner.pod_reflector.pods["dcloud/jupyter-alice"]
+    spawner.events = [{"reason": "FailedScheduling", "message": (
+        '0/8 nodes are available: waiting for ephemeral volume controller to create the persistentvolumeclaim '
+        '"jupyter-alice-dcloud-scratch". not found. preemption: 0/8 nodes are available.')}]
+    long_ago = time.monotonic() - 60
+    assert unschedulable(spawner, pod, long_ago, None) == long_ago  # no refusal, however long it waits
+    spawner.events.append({"reason": "FailedScheduling", "message": AUTOSCALING})
+    refusal = unschedulable(spawner, pod, long_ago, None)
+    assert isinstance(refusal, Refusal) and refusal.reason == "unschedulable"
 
 
 # -- error answers of the API server: one sentence each ---------------------------------------------
