@@ -290,7 +290,10 @@ def _mount_shm_and_datasets(plan: Plan, parts: _Parts) -> None:
 def _install_packages(plan: Plan, pip_args: list[str], uid: int | None, home: dict[str, Any] | None,
                       image_path: str, parts: _Parts) -> None:
     if home is not None:  # persistent: built once on the home volume, reused after
-        parts.init_containers.append(literal(home_package_installer(plan, pip_args, uid, home)))
+        installer = home_package_installer(plan, pip_args, uid, home)
+        # the mount is the admin's, not the plan's: its templates ("volume-{user_server}" in
+        # Zero to JupyterHub's config) must expand as in the notebook's own mount of the volume
+        parts.init_containers.append({**literal(installer), "volumeMounts": installer["volumeMounts"]})
         where = f"{HOME_DIR}/{package_envs.ENVS_DIR}/{package_env_key(plan, pip_args)}"
     else:  # no home volume: installed at every start into a volume of the pod's own
         parts.volumes.append({"name": "dcloud-packages", "emptyDir": {"sizeLimit": format_memory(PACKAGES_SIZE)}})

@@ -227,6 +227,23 @@ async def test_packages_go_to_an_environment_on_the_home_volume(storage_catalog_
     assert notebook["resources"]["limits"]["ephemeral-storage"] == "7Gi"  # no package emptyDir to count
 
 
+@pytest.mark.usefixtures("offline_kubeconfig")
+async def test_the_package_installer_mounts_the_home_as_zero_to_jupyterhub_names_it(storage_catalog_file):
+    """The chart's home volume is named by a template KubeSpawner expands ("volume-{user_server}");
+    the installer's mount of it expands the same way, or the API server refuses the pod."""
+    from tests.support.spawners import pod_for
+
+    home = {"volumes": [{"name": "volume-{user_server}", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}],
+            "volume_mounts": [{"name": "volume-{user_server}", "mountPath": "/home/jovyan", "subPath": "{username}"}]}
+    pod = await pod_for({"packages": ["tqdm"]}, ["students"], catalog_path=storage_catalog_file(), **home)
+    (installer,) = pod["spec"]["initContainers"]
+    notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
+    (mount,) = [m for m in notebook["volumeMounts"] if m["mountPath"] == "/home/jovyan"]
+    assert installer["volumeMounts"] == [mount]
+    assert mount["name"] in [v["name"] for v in pod["spec"]["volumes"]]
+    assert "{" not in mount["name"] and "{" not in mount["subPath"]
+
+
 @pytest.mark.parametrize("message, sentence", [
     ('Usage of EmptyDir volume "dcloud-scratch" exceeds the limit "3Gi". ',
      "Your last server was stopped because it wrote more than its 3Gi scratch disk (/scratch) holds, so Kubernetes "
