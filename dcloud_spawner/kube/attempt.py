@@ -41,15 +41,27 @@ class StartAttempt:
         self.gpus = gpus  # held in the ledger of starting servers until the pod is on a node
         self.messages: asyncio.Queue[Event] = asyncio.Queue()
         self.line: InLine | None = None  # the wait in Kueue's line, if the pod is queued
+        self._packages_told = False
+        self._pod: Callable[[], dict | None] | None = None  # the pod as the watch shows it, once doomed() runs
+        self._plan: Plan | None = None
 
     def say(self, message: str, progress: int = 5) -> None:
         """A line for the progress page, besides KubeSpawner's events (e.g. the place in line)."""
         self.messages.put_nowait({"progress": progress, "message": message})
 
     def started(self) -> None:
-        """The pod is Running before the watch's next look: still tell how long it waited."""
+        """The pod is Running before the watch's next look: still tell how long it waited, and
+        what the package installer did (it may have ended in the same status as the pod ran)."""
+        if self._pod is not None:
+            self._tell_packages(self._pod())
         if self.line is not None:
             self.line.started()
+
+    def _tell_packages(self, pod: dict | None) -> None:
+        outcome = packages_outcome(pod, self._plan) if not self._packages_told else None
+        if outcome is not None:
+            self.say(outcome, 50)
+            self._packages_told = True
 
     async def doomed(self, spawner: DCloudSpawner, plan: Plan | None) -> Refusal:
         """Wait until the pod cannot start: the scheduler has reported it unplaceable for the
@@ -59,19 +71,20 @@ class StartAttempt:
         line = self.line = InLine(spawner, plan, queue, self.say) if plan and queue else None
         volumes = PendingClaims(spawner, spawner.volume_pending_grace_seconds)
         first_seen: float | None = None
-        told_packages = False
+
+        def look() -> dict | None:
+            return spawner.pod_reflector.pods.get(f"{spawner.namespace}/{spawner.pod_name}") \
+                if spawner.pod_reflector else None
+
+        self._pod, self._plan = look, plan
         try:
             while True:
                 await asyncio.sleep(0.25)
-                pod = spawner.pod_reflector.pods.get(f"{spawner.namespace}/{spawner.pod_name}") \
-                    if spawner.pod_reflector else None
+                pod = look()
                 failure = package_failure(pod, plan)
                 if failure is not None:
                     return refusals.packages_failed(failure)
-                outcome = packages_outcome(pod, plan) if not told_packages else None
-                if outcome is not None:
-                    self.say(outcome, 50)
-                    told_packages = True
+                self._tell_packages(pod)
                 if line is not None:
                     refusal = await line.check(pod)
                     if refusal is not None:

@@ -134,6 +134,31 @@ def test_a_scratch_claim_the_ephemeral_volume_controller_has_not_made_yet_is_no_
     assert isinstance(refusal, Refusal) and refusal.reason == "unschedulable"
 
 
+async def test_what_the_installer_did_is_told_when_the_pod_runs_before_the_watch_s_next_look():
+    """The installer's end and the notebook's start can come in one status: the start ends at
+    once, yet the progress page still says what the installer did, once."""
+    pod = {"metadata": {"name": "jupyter-alice"}, "spec": {"nodeName": "real-0"}, "status": {
+        "phase": "Running",
+        "initContainerStatuses": [{"name": "dcloud-packages", "state": {"terminated": {
+            "exitCode": 0, "message": "reused 0123abcd"}}}]}}
+    spawner = SimpleNamespace(
+        namespace="dcloud", pod_name="jupyter-alice", dcloud_queue=lambda plan: None,
+        volume_pending_grace_seconds=120.0, events_enabled=False, event_reflector=None,
+        pod_reflector=SimpleNamespace(pods={"dcloud/jupyter-alice": pod}))
+    reused = "Reusing your packages: tqdm, rich (built at an earlier start; pip did not run)"
+
+    async def said(looks: float) -> list[str]:
+        attempt = StartAttempt()
+        watch = asyncio.ensure_future(attempt.doomed(spawner, SimpleNamespace(packages=["tqdm", "rich"])))
+        await asyncio.sleep(looks)  # 0: the watch has not looked yet (its first look is 0.25 s in)
+        attempt.started()
+        watch.cancel()
+        return [attempt.messages.get_nowait()["message"] for _ in range(attempt.messages.qsize())]
+
+    assert await said(0) == [reused]
+    assert await said(0.6) == [reused]  # told by the watch's look, not again at the end
+
+
 # -- error answers of the API server: one sentence each ---------------------------------------------
 
 
