@@ -71,11 +71,26 @@ SUITES: dict[str, Suite] = {
             name="kubespawner",
             distribution="jupyterhub-kubespawner",
             package="kubespawner",
-            # the files that need no cluster (tests/test_spawner.py does: expected_failures.NOT_RUN)
-            tests=("tests/test_objects.py", "tests/test_profile.py", "tests/test_slugs.py",
-                   "tests/test_utils.py", "tests/test_clients.py"),
+            # every test file; those that use the cluster run on node real-0 (tests/upstream/cluster.py)
+            tests=(
+                "tests/test_objects.py",
+                "tests/test_profile.py",
+                "tests/test_slugs.py",
+                "tests/test_utils.py",
+                "tests/test_clients.py",
+                "tests/test_spawner.py",
+            ),
             marker="tests/test_spawner.py",
             ini="pyproject.toml",
+            # The suite pins pytest-asyncio<0.23, whose one event loop served the whole session (its
+            # conftest's session `event_loop`): the session-scoped kube_client is used by every
+            # test. pytest-asyncio 1.x ignores that fixture; these options give the same one loop.
+            options=(
+                "-o",
+                "asyncio_default_fixture_loop_scope=session",
+                "-o",
+                "asyncio_default_test_loop_scope=session",
+            ),
             github="jupyterhub/kubespawner",
         ),
     )
@@ -117,7 +132,7 @@ def sdist(suite: Suite) -> Path:
         done = subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps", spec, "-d", CACHE],
             capture_output=True, text=True, check=False,
-        )
+        )  # fmt: skip
         if done.returncode != 0 or not archive.is_file():
             raise Unavailable(f"pip download {spec} failed: {done.stderr.strip()[-500:]}")
     return _extract(archive, tree)

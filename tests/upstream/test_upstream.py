@@ -4,6 +4,8 @@ Each suite (tests/upstream/sources.py) runs in a pytest subprocess of its own, w
 upstream's own pytest configuration and tests/upstream/plugin.py putting DCloud's class in place
 of upstream's. The test passes when exactly the tests listed in expected_failures.py fail: a
 failure not listed, and a listed test that passes or no longer exists, both fail it, by name.
+KubeSpawner's tests that use a cluster run on node real-0 of the harness's cluster, in the same
+pytest session (and ``kube_cluster`` fixture) as DCloud's own cluster tests: see cluster.py.
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
-from .expected_failures import DEFECTS_BEING_FIXED, DELIBERATE, EXPECTED_SKIPS
+from tests.support.real_node import require_real_node
+
+from .cluster import run_env, suite_env
+from .expected_failures import DEFECTS_BEING_FIXED, DELIBERATE, EXPECTED_SKIPS, NOT_RUN
 from .sources import SUITES, Suite, Unavailable, ini, root, version
 
 REPO = Path(__file__).resolve().parents[2]
+CATALOG = Path(str(files("dcloud_spawner.demo") / "catalog.yaml"))  # plugin.py's, less the images
 # a whole suite's budget: the JupyterHub one spawns real servers, the KubeSpawner one real pods
 SUITE_TIMEOUT = 900
+RUNS = ("dcloud", "upstream")  # DCloud's class, and upstream's own as the baseline
 
 
 def in_ci() -> bool:
@@ -37,7 +46,7 @@ def judge(results: Results, baseline: Results, expected: dict[str, str], skips: 
     ``baseline`` is the same suite run with upstream's own class: a test that fails there too
     fails for the suite's own reasons at these versions, not DCloud's, and is not judged. A
     listed test must fail; a test not listed must pass, fail as upstream expects (xfail), or be
-    skipped where ``skips`` says why (with CI=true)."""
+    skipped where ``skips`` says why. Skips count only with CI=true, where everything must run."""
     problems: list[str] = []
     for nodeid, result in sorted(results.items()):
         outcome, message = result["outcome"], result["message"]
@@ -47,7 +56,7 @@ def judge(results: Results, baseline: Results, expected: dict[str, str], skips: 
                 problems.append(f"listed, but fails with upstream's own class too (not DCloud's doing): {nodeid}")
             elif outcome in ("passed", "xfailed", "xpassed"):
                 problems.append(f"listed as failing but {outcome} (remove it from the list): {nodeid}")
-            elif outcome == "skipped":
+            elif outcome == "skipped" and in_ci():  # elsewhere a skip is no problem (no cluster, say)
                 problems.append(f"listed as failing but skipped ({message}): {nodeid}")
         elif outcome in ("failed", "xpassed") and not upstream_fails:
             problems.append(f"unexpected failure: {nodeid}: {message}")
@@ -60,17 +69,21 @@ def judge(results: Results, baseline: Results, expected: dict[str, str], skips: 
     return problems
 
 
-def start_suite(suite: Suite, workdir: Path, env: dict[str, str], *, substitute: bool) -> subprocess.Popen[str]:
-    """Start the suite in a pytest subprocess; ``substitute``: DCloud's class, else upstream's."""
+def sources(suite: Suite) -> tuple[Path, Path]:
+    """The suite's root and its pytest configuration; skips (fails in CI) where they are not here."""
     try:
-        tests_root = root(suite)
-        config = ini(suite)
+        return root(suite), ini(suite)
     except Unavailable as error:
         # A suite whose tests are in no registry artefact (KubeSpawner's) cannot be had in CI,
         # which reaches only the registries: it runs where its archive was cached by hand.
         if in_ci() and not suite.github:
             pytest.fail(f"{suite.name}: {error} (CI=true: upstream suites must run)", pytrace=False)
         pytest.skip(f"{suite.name}: {error}")
+
+
+def start_suite(suite: Suite, workdir: Path, env: dict[str, str], *, substitute: bool) -> subprocess.Popen[str]:
+    """Start the suite in a pytest subprocess; ``substitute``: DCloud's class, else upstream's."""
+    tests_root, config = sources(suite)
     servers = workdir / "servers"
     servers.mkdir(parents=True)
     command = [
@@ -82,8 +95,10 @@ def start_suite(suite: Suite, workdir: Path, env: dict[str, str], *, substitute:
         "-p", "no:cacheprovider",  # nothing written into site-packages or the cache
         "--color=no", "-q",
         *suite.options,
+        # what cannot run here, each with why (expected_failures.NOT_RUN): node id prefixes
+        *(arg for nodeid in NOT_RUN.get(suite.name, {}) for arg in ("--deselect", nodeid)),
         *(str(tests_root / path) for path in suite.tests),
-    ]
+    ]  # fmt: skip
     env = {
         **os.environ,
         **env,
@@ -114,10 +129,12 @@ def finish_suite(process: subprocess.Popen[str], workdir: Path) -> Results:
     return json.loads(report.read_text())
 
 
-def run_and_check(suite: Suite, tmp_path: Path, env: dict[str, str]) -> None:
-    """Run the suite with DCloud's class and, side by side, with upstream's; judge the first."""
-    runs = {name: start_suite(suite, tmp_path / name, env, substitute=name == "dcloud")
-            for name in ("dcloud", "upstream")}
+def run_and_check(suite: Suite, tmp_path: Path, env: dict[str, str],
+                  per_run: Callable[[str], dict[str, str]] = lambda _run: {}) -> None:  # fmt: skip
+    """Run the suite with DCloud's class and, side by side, with upstream's; judge the first.
+    ``per_run``: environment of one run only (by its name in RUNS)."""
+    runs = {name: start_suite(suite, tmp_path / name, {**env, **per_run(name)}, substitute=name == "dcloud")
+            for name in RUNS}  # fmt: skip
     results = {name: finish_suite(process, tmp_path / name) for name, process in runs.items()}
     dcloud, baseline = results["dcloud"], results["upstream"]
     expected = {**DELIBERATE.get(suite.name, {}), **DEFECTS_BEING_FIXED.get(suite.name, {})}
@@ -144,15 +161,26 @@ def test_upstream_suite(name: str, tmp_path: Path) -> None:
     run_and_check(SUITES[name], tmp_path, {})
 
 
-def test_kubespawner_suite(tmp_path: Path) -> None:
-    """KubeSpawner's tests that need no cluster; its conftest still loads a kubeconfig at import."""
+def test_kubespawner_suite(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """KubeSpawner's tests. Those that use a cluster run on node real-0 of the harness's cluster
+    (tests/upstream/cluster.py); where there is none (outside CI) they skip themselves."""
+    sources(SUITES["kubespawner"])  # before the cluster is started for a suite that is not here
+    try:
+        cluster = request.getfixturevalue("kube_cluster")
+        real = require_real_node(cluster)  # the suite's pods really run: KWOK's would only pretend
+    except pytest.skip.Exception as why:  # with CI=true these fail instead (fixture.unavailable)
+        print(f"KubeSpawner's cluster tests skip: {why}")
+    else:
+        run_and_check(SUITES["kubespawner"], tmp_path, suite_env(cluster, real, CATALOG, tmp_path), run_env)
+        return
+    # no cluster: the conftest still loads a kubeconfig at import, and finds no cluster there
     kubeconfig = tmp_path / "offline.kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "offline",
         "clusters": [{"name": "offline", "cluster": {"server": "https://127.0.0.1:9"}}],
         "users": [{"name": "offline", "user": {"token": "offline"}}],
         "contexts": [{"name": "offline", "context": {"cluster": "offline", "user": "offline"}}],
-    }))
+    }))  # fmt: skip
     run_and_check(SUITES["kubespawner"], tmp_path, {"KUBECONFIG": str(kubeconfig)})
 
 
@@ -181,3 +209,16 @@ def test_judge_leaves_upstreams_own_failures_alone() -> None:
     results = {"t::a": {"outcome": "failed", "message": "x"}}
     assert judge(results, results, {}, {}) == []
     assert judge(results, results, {"t::a": "why"}, {})[0].startswith("listed, but fails with upstream's")
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_judge_counts_skips_only_in_ci(ci: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside CI a suite's cluster tests skip where there is no cluster, listed ones too; in CI
+    a skip, listed or not, is a test that did not run."""
+    monkeypatch.setenv("CI", ci)
+    results = {"t::listed": {"outcome": "skipped", "message": "no cluster"},
+               "t::other": {"outcome": "skipped", "message": "no cluster"}}  # fmt: skip
+    problems = judge(results, {}, {"t::listed": "why"}, {})
+    assert [p.split(" (")[0].split(":")[0] for p in problems] == (
+        ["listed as failing but skipped", "skipped"] if ci else []
+    ), problems
