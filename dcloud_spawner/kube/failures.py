@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import aiohttp
@@ -67,13 +67,22 @@ def out_of_memory(pod: dict | None, plan: Plan | None) -> str | None:
             f"limit{limit}, so the kernel killed it. Choose more memory below, or use less.")
 
 
-def evicted(pod: dict | None, plan: Plan | None) -> str | None:
+def evicted(pod: dict | None, plan: Plan | None, events: Sequence[dict] = ()) -> str | None:
     """The sentence for a server the kubelet evicted, above all for writing more than its
-    scratch disk or its own disk allowance (ephemeral-storage) may hold."""
+    scratch disk or its own disk allowance (ephemeral-storage) may hold.
+
+    The pod's status says so (phase Failed, reason Evicted) only where its container died of
+    the kill. A notebook server ends cleanly on SIGTERM (exit 0), and since Kubernetes 1.27 its
+    pod then ends Succeeded with no reason at all (kubernetes/kubernetes#120182); what remains
+    is the kubelet's Warning event ``Evicted`` on the pod, read from ``events`` (this pod's
+    only: matched by its uid), once the pod or its notebook container has ended."""
     status = (pod or {}).get("status") or {}
-    if status.get("reason") != "Evicted":
+    if status.get("reason") == "Evicted":
+        message = str(status.get("message") or "")
+    elif _ended(pod) and (said := _evicted_event(pod, events)) is not None:
+        message = said
+    else:
         return None
-    message = str(status.get("message") or "")
     scratch = format_memory(plan.scratch_bytes) if plan is not None and plan.scratch_bytes else None
     if "EmptyDir volume" in message and "dcloud-scratch" in message:
         size = f"{scratch} " if scratch else ""
@@ -90,6 +99,19 @@ def evicted(pod: dict | None, plan: Plan | None) -> str | None:
                 f"{'disk' if 'ephemeral-storage' in message or 'nodefs' in message else 'resources'}, so Kubernetes "
                 "evicted it; start it again.")
     return f"Your last server was evicted by Kubernetes: {clip(message, 200) or 'no reason given'}."
+
+
+def _ended(pod: dict | None) -> bool:
+    status = (pod or {}).get("status") or {}
+    notebook = (_container(pod, "notebook").get("state") or {}).get("terminated")
+    return status.get("phase") in ("Succeeded", "Failed") or bool(notebook)
+
+
+def _evicted_event(pod: dict | None, events: Sequence[dict]) -> str | None:
+    uid = ((pod or {}).get("metadata") or {}).get("uid")
+    said = [e for e in events if isinstance(e, dict) and e.get("reason") == "Evicted"
+            and uid and (e.get("involvedObject") or {}).get("uid") == uid]
+    return str(said[-1].get("message") or "") if said else None
 
 
 def webhook_failed(exc: ApiException) -> bool:

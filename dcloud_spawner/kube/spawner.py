@@ -465,7 +465,7 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
             self.release_resources()  # claimed by apply_user_options, then the start failed early
             return 0
         pod = self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}") if self.pod_reflector else None
-        ended = failures.out_of_memory(pod, self.dcloud_plan) or failures.evicted(pod, self.dcloud_plan)
+        ended = failures.out_of_memory(pod, self.dcloud_plan) or failures.evicted(pod, self.dcloud_plan, self.events)
         if ended is not None:  # before KubeSpawner's poll, which stops (and audits) the server
             self.dcloud_last_stop = ended
         status = await super().poll()

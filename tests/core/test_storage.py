@@ -267,6 +267,27 @@ def test_an_evicted_server_is_told_why_on_the_next_visit(with_storage, message, 
     assert evicted({"status": {"phase": "Running"}}, plan) is None
 
 
+def test_an_evicted_server_that_ended_cleanly_is_told_why_from_the_kubelet_s_event(with_storage):
+    """A notebook server exits 0 on the eviction's SIGTERM: its pod ends Succeeded with no reason
+    (Kubernetes >= 1.27); the kubelet's Evicted event on that pod is what tells why."""
+    from dcloud_spawner.kube.failures import evicted
+
+    plan = validate({"scratch": "2Gi"}, with_storage, ["students"])
+    pod = {"metadata": {"uid": "uid-2"}, "status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "notebook", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}}
+    event = {"reason": "Evicted", "type": "Warning", "involvedObject": {"kind": "Pod", "uid": "uid-2"},
+             "message": 'Usage of EmptyDir volume "dcloud-scratch" exceeds the limit "2Gi". '}
+    assert evicted(pod, plan, [event]) == (
+        "Your last server was stopped because it wrote more than its 2Gi scratch disk (/scratch) holds, so Kubernetes "
+        "evicted it. Choose a larger scratch size below, or write less there.")
+    assert evicted(pod, plan, []) is None  # stopped by its user, or its process ended: nothing to tell
+    earlier = {**event, "involvedObject": {"kind": "Pod", "uid": "uid-1"}}  # an earlier pod of the same name
+    assert evicted(pod, plan, [earlier]) is None
+    running = {"metadata": {"uid": "uid-2"}, "status": {"phase": "Running", "containerStatuses": [
+        {"name": "notebook", "state": {"running": {}}}]}}
+    assert evicted(running, plan, [event]) is None  # told once it has ended, not while the kill is under way
+
+
 def test_the_progress_page_says_when_packages_were_reused(with_storage):
     from dcloud_spawner.kube.failures import packages_outcome
 
