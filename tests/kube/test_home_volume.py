@@ -1,8 +1,10 @@
 """The home volume before the pod: grow only, never shrink, never where the class cannot
 expand; marked with its owner's groups for the group quotas; its size and use for the form.
-The Kubernetes API is stood in for here (an unbound claim cannot be resized, and the test
-cluster has no storage provisioner: see the README); tests/kube/test_storage_cluster.py runs
-the same code against the test cluster."""
+The Kubernetes API is stood in for here, so that each storage driver's way (growing at once,
+leaving the file system to the node, never finishing) and each answer can be had on demand;
+tests/kube/test_storage_cluster.py runs the same code against the test cluster, and
+tests/browser/test_storage_real.py grows a real volume of its default class (dcloud-local, on
+real-0) through the form."""
 
 from __future__ import annotations
 

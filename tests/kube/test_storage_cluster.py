@@ -1,11 +1,13 @@
 """Storage on a real control plane: classes the cluster lacks, claims no provisioner serves,
 group quotas of home volumes, and a home volume's use in the form (node real-0's kubelet).
 
-The test cluster has no dynamic provisioner, which is what these tests need: a StorageClass
-whose provisioner does not exist keeps its claims Pending for real (the API server, the PV
-controller and the scheduler are Kubernetes' own). Volumes that must exist are static
-PersistentVolumes bound to the claim KubeSpawner will make. Everything runs as the hub's
-ServiceAccount with Zero to JupyterHub's Role plus helm-values/rbac.yaml.
+The test cluster's default class, dcloud-local, provisions real volumes on real-0 (see
+tests/cluster/README.md; tests/browser/test_storage_real.py sizes and grows them). These tests
+need what it does not do: a StorageClass of their own whose provisioner does not exist keeps its
+claims Pending for real (the API server, the PV controller and the scheduler are Kubernetes'
+own), and a volume that must be a given folder is a static PersistentVolume bound to the claim
+KubeSpawner will make. Everything runs as the hub's ServiceAccount with Zero to JupyterHub's Role
+plus helm-values/rbac.yaml.
 """
 
 from __future__ import annotations
