@@ -52,18 +52,32 @@ c.DCloudSpawner.http_timeout = 120
 """
 
 
-def start_kube_hub(state: Path, cluster, *, real_node: RealNode | None = None, catalog: Path = EXAMPLE_CATALOG,
-                   users: dict[str, list[str]] | None = None) -> DemoHub:
+def start_kube_hub(
+    state: Path,
+    cluster,
+    *,
+    real_node: RealNode | None = None,
+    catalog: Path = EXAMPLE_CATALOG,
+    users: dict[str, list[str]] | None = None,
+    spawner: dict[str, object] | None = None,
+) -> DemoHub:
     """A hub whose servers run on ``real_node`` (with ``catalog`` naming images it has), or
-    on the KWOK fleet."""
+    on the KWOK fleet; ``spawner``: more DCloudSpawner (KubeSpawner) settings, e.g. a home volume."""
     state.mkdir(parents=True, exist_ok=True)
     port, token, password = free_port(), secrets.token_hex(16), secrets.token_hex(8)
-    spawner = spawner_config(catalog) if real_node else {"catalog_path": str(catalog)}
+    spawner = {**(spawner_config(catalog) if real_node else {"catalog_path": str(catalog)}), **(spawner or {})}
     hub_ip = real_node.address if real_node else "127.0.0.1"
     settings = {
-        "port": port, "hub_ip": hub_ip, "hub_port": free_port(hub_ip), "proxy_port": free_port(),
-        "state": str(state), "proxy": [sys.executable, "-m", "dcloud_spawner.demo.proxy"],
-        "password": password, "token": token, "namespace": cluster.namespace, "spawner": spawner,
+        "port": port,
+        "hub_ip": hub_ip,
+        "hub_port": free_port(hub_ip),
+        "proxy_port": free_port(),
+        "state": str(state),
+        "proxy": [sys.executable, "-m", "dcloud_spawner.demo.proxy"],
+        "password": password,
+        "token": token,
+        "namespace": cluster.namespace,
+        "spawner": spawner,
         "users": users or {"student": ["students"]},
     }
     config = state / "jupyterhub_config.py"

@@ -1,4 +1,6 @@
-"""A PEP 503 simple package index with one wheel, served from this machine for the tests.
+"""A PEP 503 simple package index with a few wheels, served from this machine for the tests:
+``dcloud-probe`` 1.0, and ``dcloud-extra`` 1.0 and 2.0 (a second package, in two versions, for
+a set of packages that changes by one).
 
 Pods on the test cluster's bridge reach it at the node's address, so the package init
 container installs from here and the tests never depend on the public index.
@@ -20,25 +22,28 @@ from pathlib import Path
 NAME = "dcloud-probe"
 VERSION = "1.0"
 MODULE = "dcloud_probe"
+EXTRA_NAME = "dcloud-extra"
+EXTRA_MODULE = "dcloud_extra"
+EXTRA_VERSIONS = ("1.0", "2.0")
+PROJECTS = {NAME: (MODULE, (VERSION,)), EXTRA_NAME: (EXTRA_MODULE, EXTRA_VERSIONS)}
 
 
 def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def build_wheel(folder: Path) -> Path:
-    """A pure-Python wheel whose module says where it was installed from."""
-    dist = f"{MODULE}-{VERSION}"
+def build_wheel(folder: Path, name: str = NAME, version: str = VERSION, module: str = MODULE) -> Path:
+    """A pure-Python wheel whose module says where it was installed from, and its version."""
+    dist = f"{module}-{version}"
     files = {
-        f"{MODULE}/__init__.py": (
-            '"""Installed by DCloud\'s package init container from the tests\' own index."""\n'
-            f'VERSION = "{VERSION}"\n'
+        f"{module}/__init__.py": (
+            f'"""Installed by DCloud\'s package init container from the tests\' own index."""\nVERSION = "{version}"\n'
         ).encode(),
         f"{dist}.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\nSummary: DCloud test probe\n"
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: DCloud test probe\n"
         ).encode(),
         f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: dcloud-tests\nRoot-Is-Purelib: true\n"
-                                   b"Tag: py3-none-any\n",
+        b"Tag: py3-none-any\n",
     }
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())
     files[f"{dist}.dist-info/RECORD"] = (record + f"{dist}.dist-info/RECORD,,\n").encode()
@@ -52,15 +57,18 @@ def build_wheel(folder: Path) -> Path:
 
 
 def build_index(root: Path) -> Path:
-    """``root/simple/``: the index page, and the project page linking the wheel with its hash."""
-    project = root / "simple" / NAME
-    project.mkdir(parents=True, exist_ok=True)
-    wheel = build_wheel(project)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    (root / "simple" / "index.html").write_text(
-        f'<!DOCTYPE html><html><body><a href="{NAME}/">{NAME}</a></body></html>\n')
-    (project / "index.html").write_text(
-        f'<!DOCTYPE html><html><body><a href="{wheel.name}#sha256={digest}">{wheel.name}</a></body></html>\n')
+    """``root/simple/``: the index page, and each project's page linking its wheels with their hashes."""
+    for name, (module, versions) in PROJECTS.items():
+        project = root / "simple" / name
+        project.mkdir(parents=True, exist_ok=True)
+        links = []
+        for version in versions:
+            wheel = build_wheel(project, name, version, module)
+            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+            links.append(f'<a href="{wheel.name}#sha256={digest}">{wheel.name}</a>')
+        (project / "index.html").write_text(f"<!DOCTYPE html><html><body>{''.join(links)}</body></html>\n")
+    names = "".join(f'<a href="{name}/">{name}</a>' for name in PROJECTS)
+    (root / "simple" / "index.html").write_text(f"<!DOCTYPE html><html><body>{names}</body></html>\n")
     return root / "simple"
 
 
