@@ -51,6 +51,12 @@ class Plan:
     def gpu_id(self) -> str | None:
         return self.gpu.id if self.gpu else None
 
+    @property
+    def package_environments(self) -> int:
+        """How many package environments a user's home keeps: the catalog's setting, or its
+        model's default where the catalog has no ``storage`` section."""
+        return (self.storage if self.storage is not None else Storage()).package_environments
+
     def user_options(self) -> dict[str, Any]:
         """The request in normal form (JSON-safe); what JupyterHub stores and pre-fills."""
         options: dict[str, Any] = {

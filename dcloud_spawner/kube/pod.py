@@ -126,14 +126,13 @@ def home_package_installer(plan: Plan, pip_args: list[str], uid: int | None, hom
     volume (``home``: the notebook's mount of it), so packages persist across starts."""
     key = package_env_key(plan, pip_args)
     envs = f"{HOME_DIR}/{package_envs.ENVS_DIR}"
-    keep = plan.storage.package_environments if plan.storage is not None else 3
     pip = plan.pip_install_command(admin_args=pip_args, cache=True)
     mount = {"name": home["name"], "mountPath": HOME_DIR}
     if home.get("subPath"):
         mount["subPath"] = home["subPath"]
     container = package_installer(plan, pip_args, uid)
     container.update(
-        command=package_envs.installer_argv("python", envs, key, keep, pip),
+        command=package_envs.installer_argv("python", envs, key, plan.package_environments, pip),
         env=[
             {"name": "HOME", "value": HOME_DIR},
             {"name": "PIP_CACHE_DIR", "value": f"{HOME_DIR}/{package_envs.PIP_CACHE_DIR}"},
@@ -241,6 +240,7 @@ def apply_plan(spawner: Any, plan: Plan, image_path: str, pip_args: list[str],
     if plan.packages:
         uid = spawner.uid(spawner) if callable(spawner.uid) else spawner.uid
         _install_packages(plan, pip_args, installer_uid(uid), home, image_path, parts)
+    _mark_package_env(spawner, bool(plan.packages) and home is not None, parts)
     _add_storage(spawner, plan, packages_in_pod=home is None, parts=parts)
 
     kept = {k: v for k, v in spawner.extra_resource_limits.items() if k not in gpu_resources}
@@ -302,6 +302,16 @@ def _install_packages(plan: Plan, pip_args: list[str], uid: int | None, home: di
         where = PACKAGES_DIR
     parts.environment["PYTHONPATH"] = where
     parts.environment["PATH"] = literal(f"{where}/bin:{image_path}")
+
+
+def _mark_package_env(spawner: Any, uses: bool, parts: _Parts) -> None:
+    """This start's hold on its package environment on the home volume, which other servers may
+    share (see core/package_envs.py): the installer marks it as in use under the start's token
+    and drops the markers of the user's other servers' starts that are over."""
+    marks = spawner.mark_package_env(uses)
+    for container in parts.init_containers:
+        if container["name"] == PACKAGE_INSTALLER:
+            container["env"] += [{"name": name, "value": literal(value)} for name, value in marks.items()]
 
 
 def _add_storage(spawner: Any, plan: Plan, packages_in_pod: bool, parts: _Parts) -> None:

@@ -39,6 +39,7 @@ from ..core.queueing import QUEUE_LABEL, Queue, queue_for
 from ..core.quotas import HomeVolume, HomeVolumes
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin
+from ..hub.package_marks import PackageEnvHolder
 from ..hub.state import hub_state
 from . import admission, claims, failures, home_volume, security, volume_stats
 from .attempt import StartAttempt, merged_progress
@@ -62,7 +63,7 @@ class ConfigChecked:
     done = False
 
 
-class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors, KubeSpawner):
+class DCloudSpawner(DCloudMixin, PackageEnvHolder, WakesOnThePodWatch, DropsHalfStartedReflectors, KubeSpawner):
     """Spawns the notebook pod a user chose in DCloud's form, as validated by the catalog."""
 
     image_path = Unicode(
@@ -512,6 +513,7 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
             state["dcloud_last_stop"] = self.dcloud_last_stop
         if self.dcloud_home_used:
             state["dcloud_home_used"] = self.dcloud_home_used
+        state.update(self.package_env_state())  # also once stopped: the user's other starts read it
         return state
 
     def clear_state(self) -> None:
@@ -529,6 +531,7 @@ class DCloudSpawner(DCloudMixin, WakesOnThePodWatch, DropsHalfStartedReflectors,
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
+        self.load_package_env_state(state)
         self.load_dcloud_state(state)
         self.dcloud_last_stop = state.get("dcloud_last_stop") or self.dcloud_last_stop
         used = state.get("dcloud_home_used")

@@ -28,11 +28,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.utils import maybe_future
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
 from ..core import package_envs, refusals
@@ -40,12 +42,13 @@ from ..core.errors import CapacityRefusal, Refusal
 from ..core.plan import Plan
 from ..hub.form import FormContext
 from ..hub.mixin import DCloudMixin
+from ..hub.package_marks import PackageEnvHolder
 from ..hub.state import hub_state
 from . import dataset_views, gpus, limits, paths
 from .machine import LocalMachine
 
 
-class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
+class DCloudLocalSpawner(DCloudMixin, PackageEnvHolder, LocalProcessSpawner):
     """Runs the user's chosen environment as a local JupyterLab process."""
 
     run_as_system_users = Bool(
@@ -278,6 +281,8 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
                 packages = await self._install_packages(plan, python)
                 env_extra["PYTHONPATH"] = str(packages)
                 env_extra["PATH"] = f"{packages / 'bin'}:{os.environ.get('PATH', '')}"
+            else:
+                self.mark_package_env(False)  # the last start's environment is no longer this server's
             env_extra.update(plan.environment_variables())
             env_extra["DCLOUD_LIMITS_ENFORCED"] = "1" if self.limiter.enforced else "0"
             env_extra.update(datasets_env)
@@ -342,6 +347,20 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         self._gpu_uuids = []
         self.audit("stopped", self.user_options)
 
+    async def delete_forever(self) -> None:
+        """The named server is deleted: its package environment's marker goes with it, as no
+        later start of its name would replace it (the hub lists only existing servers' starts)."""
+        await maybe_future(super().delete_forever())
+        await asyncio.to_thread(self._drop_package_marker)
+
+    def _drop_package_marker(self) -> None:
+        with contextlib.suppress(OSError):
+            fd = paths.open_dir(self.user_dir, *_ENVS, package_envs.IN_USE)
+            try:
+                os.unlink(package_envs.slot(self.name), dir_fd=fd)
+            finally:
+                os.close(fd)
+
     async def poll(self) -> int | None:
         status = await super().poll()
         if status is not None:
@@ -355,6 +374,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             state["dcloud_gpus"] = self._gpu_uuids
         if self.pid:
             state.update(self.dcloud_state())
+        state.update(self.package_env_state())  # also once stopped: the user's other starts read it
         return state
 
     def load_state(self, state: dict) -> None:
@@ -364,6 +384,7 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
             self.machine.ledger.adopt(self.owner_key, self._gpu_uuids)
         if self.pid:
             self.load_dcloud_state(state)
+        self.load_package_env_state(state)
 
     # -- datasets and packages ----------------------------------------------------------
 
@@ -464,90 +485,120 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
         meanwhile.
         """
         home = self.user_dir
-        folder = Path(package_envs.ENVS_DIR).parts
-        key = package_envs.env_key(
-            await self._python_identity(python), plan.packages, plan.package_index_url, self.package_install_args
-        )
-        if not await asyncio.to_thread(paths.is_file_at, home, *folder, key, package_envs.COMPLETE):
+        key = await self._package_key(plan, python)
+        if not await asyncio.to_thread(paths.is_file_at, home, *_ENVS, key, package_envs.COMPLETE):
             self._say(f"Installing extra packages: {', '.join(plan.packages)}")
-        tag = secrets.token_hex(8)
-        building = f".building-{key}-{tag}"  # the installer's folder for this build, and no other's
-        limit = self.package_overlay_max_bytes
-        keep = plan.storage.package_environments if plan.storage is not None else 3  # the catalog's default
+        build = _Build(home, key, secrets.token_hex(8), f"{self.owner_key}/packages")
+        # this server runs on it from now on: no prune of another start of the user's takes it
+        marks = self.mark_package_env(True)
+        run = await self._watched_install(plan, build, *self._installer_command(plan, python, build, marks))
+        await self._install_outcome(plan, build, run)
+        return home / package_envs.ENVS_DIR / key
+
+    async def _package_key(self, plan: Plan, python: str) -> str:
+        """The environment's key: the interpreter as the server's user runs it, and the set."""
+        identity = await self._python_identity(python)
+        return package_envs.env_key(identity, plan.packages, plan.package_index_url, self.package_install_args)
+
+    def _installer_command(self, plan: Plan, python: str, build: _Build,
+                           marks: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        """The installer's argv (in the limiter's scope) and its whole environment (``marks``:
+        this start's marker of the environment as in use)."""
         pip = plan.pip_install_command(python, admin_args=self.package_install_args, cache=True)
-        installer = package_envs.installer_argv(python, str(home / package_envs.ENVS_DIR), key, keep, pip)
-        owner = f"{self.owner_key}/packages"
-        argv = self.limiter.wrap(installer, owner, plan.cpu_limit, plan.memory_limit)
+        envs = str(build.home / package_envs.ENVS_DIR)
+        installer = package_envs.installer_argv(python, envs, build.key, plan.package_environments, pip)
         env = {
             **self._package_env(),
-            "PIP_CACHE_DIR": str(home / package_envs.PIP_CACHE_DIR),  # the user's own: never shared
+            "PIP_CACHE_DIR": str(build.home / package_envs.PIP_CACHE_DIR),  # the user's own: never shared
             "PIP_NO_WARN_SCRIPT_LOCATION": "1",
-            "DCLOUD_BUILD_TAG": tag,
+            "DCLOUD_BUILD_TAG": build.tag,
             "DCLOUD_BUILD_TMP": "1",  # pip's temporary files are measured with the build
-            "DCLOUD_MAX_BYTES": str(limit),  # checked once more by the installer before it publishes
+            "DCLOUD_MAX_BYTES": str(self.package_overlay_max_bytes),  # checked once more before publishing
             "DCLOUD_DIE_WITH_PARENT": "1",
+            **marks,
         }
-        join = await asyncio.to_thread(self.limiter.prepare, owner, plan.cpu_limit, plan.memory_limit)
-        refusal: Refusal | None = None
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            preexec_fn=self._preexec_as_user(join, die_with_hub=True),
-            start_new_session=True,  # its own process group
-        )
-        head = bytearray()  # the installer's first words: whether it reused the environment
-        output = bytearray()
+        return self.limiter.wrap(installer, build.owner, plan.cpu_limit, plan.memory_limit), env
 
-        async def read() -> None:
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
-                if len(head) < len(package_envs.REUSED):
-                    head.extend(chunk[: len(package_envs.REUSED) - len(head)])
-                output.extend(chunk)
-                del output[:-65536]  # pip's tail is enough for the sentence
-
-        reader = asyncio.ensure_future(read())
-        deadline = time.monotonic() + self.package_install_timeout
+    async def _watched_install(self, plan: Plan, build: _Build, argv: list[str], env: dict[str, str]) -> _InstallRun:
+        """Run the installer to its end, or until it is stopped for its time or size; a
+        cancellation (the spawn stopped, the hub going down) kills it and removes its build."""
+        join = await asyncio.to_thread(self.limiter.prepare, build.owner, plan.cpu_limit, plan.memory_limit)
+        # its report ("built <key>", "reused <key>") comes through a pipe, apart from its output,
+        # where an interpreter's warning may come first; an inherited descriptor, as the
+        # installer, running as the server's user, could not open the hub's pipe by path
+        report, report_end = os.pipe()
+        proc: asyncio.subprocess.Process | None = None
+        reader: asyncio.Future[None] | None = None
         try:
-            while proc.returncode is None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), 0.5)
-                if proc.returncode is not None:
-                    break
-                if time.monotonic() > deadline:
-                    refusal = refusals.packages_too_slow(self.package_install_timeout)
-                elif limit and await self._build_size(home, folder, building, limit) > limit:
-                    refusal = self._packages_too_big()
-                if refusal is not None:
-                    _kill_group(proc.pid)
-                    await proc.wait()
-            _kill_group(proc.pid)  # whatever pip left running in its group goes with it
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**env, "DCLOUD_INSTALL_REPORT_FD": str(report_end)},
+                pass_fds=(report_end,),
+                preexec_fn=self._preexec_as_user(join, die_with_hub=True),
+                start_new_session=True,  # its own process group
+            )
+            os.close(report_end)  # the installer's copy alone remains: the pipe ends with it
+            report_end = -1
+            output = bytearray()
+            assert proc.stdout is not None
+            reader = asyncio.ensure_future(_keep_tail(proc.stdout, output))
+            refusal = await self._until_done(proc, build)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(reader, 5)  # a process outside the group may hold the pipe
-        except BaseException:  # cancelled (the spawn was stopped) or the hub is going down
-            _kill_group(proc.pid)
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(proc.wait(), 5)  # reap it: no zombie, no open pipe
-            await _to_the_end(paths.remove_entries, home, folder, building)
+            return _InstallRun(proc.returncode, output.decode(errors="replace"), _read_report(report), refusal)
+        except BaseException:
+            if reader is not None:
+                reader.cancel()
+            if proc is not None:
+                _kill_group(proc.pid)
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(proc.wait(), 5)  # reap it: no zombie, no open pipe
+            await _to_the_end(paths.remove_entries, build.home, _ENVS, build.folder)
             raise
         finally:
-            await _to_the_end(self._end_limits, owner)
-        if refusal is None and proc.returncode == package_envs.TOO_BIG:
+            for fd in (report, report_end):
+                if fd >= 0:
+                    os.close(fd)
+            await _to_the_end(self._end_limits, build.owner)
+
+    async def _until_done(self, proc: asyncio.subprocess.Process, build: _Build) -> Refusal | None:
+        """Wait for the installer, looking every half second at its time and its build's size;
+        returns the refusal it was killed for, if any. Whatever pip left in its group goes."""
+        deadline = time.monotonic() + self.package_install_timeout
+        limit = self.package_overlay_max_bytes
+        refusal: Refusal | None = None
+        while proc.returncode is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.5)
+            if proc.returncode is not None:
+                break
+            if time.monotonic() > deadline:
+                refusal = refusals.packages_too_slow(self.package_install_timeout)
+            elif limit and await self._build_size(build.home, _ENVS, build.folder, limit) > limit:
+                refusal = self._packages_too_big()
+            if refusal is not None:
+                _kill_group(proc.pid)
+                await proc.wait()
+        _kill_group(proc.pid)
+        return refusal
+
+    async def _install_outcome(self, plan: Plan, build: _Build, run: _InstallRun) -> None:
+        """Refuse a failed install, its half-built folder removed; or say what the installer did."""
+        refusal = run.refusal
+        if refusal is None and run.returncode == package_envs.TOO_BIG:
             refusal = self._packages_too_big()
-        elif refusal is None and proc.returncode != 0:
-            refusal = refusals.packages_failed(plan.install_failure(output.decode(errors="replace")))
+        elif refusal is None and run.returncode != 0:
+            refusal = refusals.packages_failed(plan.install_failure(run.output))
         if refusal is not None:
             # a killed installer could not remove its half-built folder; it was never published
-            await _to_the_end(paths.remove_entries, home, folder, building)
+            await _to_the_end(paths.remove_entries, build.home, _ENVS, build.folder)
             self.refuse(refusal)  # audited and counted like every refusal
-        reused = bytes(head) == package_envs.REUSED.encode()
+        reused = run.report == f"reused {build.key}"
         where = "your home" if self.run_as_system_users else "your directory"
         self._say(package_envs.outcome(reused, plan.packages, where))
-        return home / package_envs.ENVS_DIR / key
 
     @staticmethod
     async def _build_size(home: Path, folder: tuple[str, ...], building: str, limit: int) -> int:
@@ -563,6 +614,51 @@ class DCloudLocalSpawner(DCloudMixin, LocalProcessSpawner):
 
 
 _PR_SET_PDEATHSIG = 1
+_ENVS = Path(package_envs.ENVS_DIR).parts  # the environments' folder, as paths' functions take it
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One run of the installer: the user's directory, the environment, and this run's names."""
+
+    home: Path
+    key: str
+    tag: str  # in the name of this build's folder, and of no other build's
+    owner: str  # the limiter's name for its processes
+
+    @property
+    def folder(self) -> str:
+        return f".building-{self.key}-{self.tag}"  # as the installer names it (a suffix follows)
+
+
+@dataclass(frozen=True)
+class _InstallRun:
+    """How a run of the installer ended."""
+
+    returncode: int | None
+    output: str  # the tail of its output (pip's), for a failure's sentence
+    report: str  # what it reported: "built <key>", "reused <key>", or nothing
+    refusal: Refusal | None  # why the hub stopped it, if it did
+
+
+async def _keep_tail(stream: asyncio.StreamReader, tail: bytearray) -> None:
+    """Read the installer's output to its end, keeping the last 64 KiB: pip's tail is enough."""
+    while chunk := await stream.read(65536):
+        tail.extend(chunk)
+        del tail[:-65536]
+
+
+def _read_report(fd: int) -> str:
+    """The installer's report, from the pipe's read end once it has ended; empty where it
+    reported nothing (killed, failed). Never waits: a process that kept the pipe open is no report."""
+    os.set_blocking(fd, False)
+    report = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 4096):
+            report += chunk
+            if len(report) > 4096:
+                break
+    return report.decode(errors="replace").strip()
 
 
 @functools.cache

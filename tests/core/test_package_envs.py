@@ -3,10 +3,12 @@ built once, reused without pip, never used half-built, never corrupted by two bu
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,8 +61,22 @@ def runs(home: Path) -> int:
 
 
 def envs(home: Path) -> list[str]:
+    """The environments and builds in the folder (not the installers' markers and lock)."""
     folder = home / package_envs.ENVS_DIR
-    return sorted(os.listdir(folder)) if folder.exists() else []
+    names = sorted(os.listdir(folder)) if folder.exists() else []
+    return [name for name in names if name not in (package_envs.IN_USE, package_envs.LOCK)]
+
+
+def key_of(*packages: str) -> str:
+    return env_key("img:1", list(packages), None, [])
+
+
+def start(home: Path, server: str, token: str, packages: list[str], ended: tuple[str, ...] = (),
+          keep: int = 3) -> subprocess.CompletedProcess:
+    """An install as a start of ``server`` runs it: marking its environment under ``token``."""
+    result = install(home, packages, keep=keep, **package_envs.marker_env(server, token, ended))
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def test_the_key_is_what_decides_pips_result():
@@ -138,3 +154,62 @@ def test_a_watched_build_is_tagged_and_one_over_its_limit_is_never_published(hom
     assert os.path.basename(target).startswith(f".building-{key}-watched")
     assert envs(home) == []
     assert install(home, ["tqdm"], DCLOUD_MAX_BYTES=str(1024**2)).returncode == 0 and envs(home) == [key]
+
+
+def test_an_environment_a_running_server_marks_is_never_pruned(home):
+    """Four servers of one user share the folder, each on its own set, with keep=3: the 4th
+    install prunes none of them (the oldest was taken from under a running server). Once servers
+    have stopped (the hub lists their tokens as over), the next install prunes their sets past
+    the newest 3, and the stopped servers' markers go."""
+    for server, package in (("one", "a"), ("two", "b"), ("three", "c"), ("four", "d")):
+        start(home, server, f"t{server}", [package])
+    assert envs(home) == sorted(key_of(p) for p in "abcd")
+    # "one" and "four" stopped; "two" starts again with another set; an earlier start's token of
+    # "three" (over long ago) does not end its current start's marker
+    start(home, "two", "ttwo2", ["e"], ended=("tone", "tfour", "tthree-old"))
+    assert envs(home) == sorted(key_of(p) for p in "cde")  # b: no server's now; a: past the newest 3
+    marks = home / package_envs.ENVS_DIR / package_envs.IN_USE
+    assert sorted(os.listdir(marks)) == ["server-three", "server-two"]
+    assert (marks / "server-two").read_text() == f"ttwo2 {key_of('e')}"
+
+
+def test_a_start_after_the_hubs_list_keeps_its_environment(home):
+    """The hub lists the tokens of starts that are over; a start that began after the list was made
+    (its pod waited in line for minutes) has a token nobody listed, so its environment stays."""
+    start(home, "one", "old1", ["a"])  # an earlier start of "one", over
+    start(home, "one", "new1", ["a"])  # its next start, begun after the other server's hub list
+    start(home, "two", "t2", ["b"], ended=("old1",), keep=1)
+    assert envs(home) == sorted([key_of("a"), key_of("b")])
+
+
+def test_marking_and_looking_wait_for_a_prune_under_way(home):
+    """A start marks its environment and looks for it under the folder's lock, which a prune holds
+    while it chooses what to remove: no prune takes an environment between the two."""
+    start(home, "one", "t1", ["a"])
+    folder = home / package_envs.ENVS_DIR
+    with open(folder / package_envs.LOCK) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a prune of another start would
+        env = {**os.environ, "FAKE_PIP_RUNS": str(home.parent / "runs.txt"),
+               **package_envs.marker_env("two", "t2", ())}
+        pip = [sys.executable, str(home.parent / "fake_pip.py"), "install", "--", "a"]
+        waiting = subprocess.Popen(installer_argv(sys.executable, str(folder), key_of("a"), 3, pip), env=env)
+        time.sleep(1)
+        assert waiting.poll() is None and not (folder / package_envs.IN_USE / "server-two").exists()
+    assert waiting.wait(60) == 0
+    assert (folder / package_envs.IN_USE / "server-two").read_text() == f"t2 {key_of('a')}"
+    assert runs(home) == 1  # it reused the environment
+
+
+def test_the_installer_reports_through_an_inherited_descriptor(home):
+    """The local hub's way: a pipe's end the installer inherits (it may run as another user,
+    who could not open the hub's pipe by path)."""
+    for expected in ("built", "reused"):
+        read, write = os.pipe()
+        key = key_of("tqdm")
+        pip = [sys.executable, str(home.parent / "fake_pip.py"), "install", "--", "tqdm"]
+        env = {**os.environ, "FAKE_PIP_RUNS": str(home.parent / "runs.txt"), "DCLOUD_INSTALL_REPORT_FD": str(write)}
+        subprocess.run(installer_argv(sys.executable, str(home / package_envs.ENVS_DIR), key, 3, pip), env=env,
+                       pass_fds=(write,), check=True, timeout=60)
+        os.close(write)
+        assert os.read(read, 100).decode() == f"{expected} {key}"
+        os.close(read)

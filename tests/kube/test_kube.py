@@ -203,3 +203,99 @@ def test_the_catalogs_own_plain_http_index_is_trusted_and_nothing_else(catalog):
     data["packages"]["index_url"] = "https://pypi.lab.example/simple/"
     plan = validate({"packages": ["timm"]}, Catalog.from_data(data), [])
     assert "--trusted-host" not in plan.pip_install_command()
+
+
+SHARED_HOME = {"volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+               "volume_mounts": [{"name": "home", "mountPath": "/home/jovyan"}]}
+
+
+def shared_home_servers(names: list[str]) -> list:
+    """Named servers of one user on one home claim (a site's choice), each seeing the others as
+    JupyterHub's User lists them."""
+    from types import SimpleNamespace
+
+    from dcloud_spawner.hub.offline import OfflineUser
+
+    user = OfflineUser("alice", [])
+    servers = []
+    for name in names:
+        spawner = make_spawner(**SHARED_HOME)
+        spawner.user = user
+        spawner.orm_spawner = SimpleNamespace(name=name, display_name=name, server=None, state={}, user_options={})
+        servers.append(spawner)
+    user.all_spawners = lambda: iter(servers)
+    return servers
+
+
+async def installer_of(spawner, packages: list[str]) -> dict:
+    """The package init container of a start of ``spawner``'s with ``packages``, as Kubernetes gets it."""
+    from kubernetes_asyncio.client import ApiClient
+
+    spawner.clear_state()  # as JupyterHub begins each start
+    spawner.dcloud_plan = spawner.validate_options({"packages": packages})
+    await spawner.load_user_options()
+    async with ApiClient() as client:
+        pod = client.sanitize_for_serialization(await spawner.get_pod_manifest())
+    (installer,) = pod["spec"]["initContainers"]
+    return installer
+
+
+def run_in(home, installer: dict, fake_pip) -> str:
+    """Run the init container's command and environment here, with the home volume at ``home``
+    and a stand-in pip; returns its termination message."""
+    import subprocess
+    import sys
+
+    argv = list(installer["command"])
+    argv[0], argv[3] = sys.executable, argv[3].replace("/home/jovyan", str(home))
+    pip = argv.index("--") + 1
+    argv[pip:pip + 3] = [sys.executable, str(fake_pip)]  # python -m pip
+    env = {e["name"]: e["value"].replace("/home/jovyan", str(home)) for e in installer["env"]}
+    env["DCLOUD_INSTALL_REPORT"] = str(home.parent / "termination-log")
+    env.update(PATH="/usr/bin:/bin", FAKE_PIP_RUNS=str(home.parent / "runs.txt"))
+    subprocess.run(argv, env=env, check=True, timeout=120)
+    return (home.parent / "termination-log").read_text()
+
+
+def running(spawner, up: bool = True) -> None:
+    from jupyterhub import orm
+
+    spawner.orm_spawner.server = (
+        orm.Server(ip="10.0.0.1", port=8888, proto="http", base_url="/", cookie_name="c") if up else None
+    )
+
+
+async def test_servers_on_one_home_claim_never_prune_each_others_packages(tmp_path):
+    """A site's servers share one home claim: four run at once, each on its own set, with the
+    catalog's default keep of 3. Each init container marks its environment as in use under its
+    start's token and is told the tokens of the user's servers whose starts are over (none while
+    all run), so the fourth prunes none; once two have stopped, a later start prunes their sets
+    past the newest 3. Run here as the init containers' commands, with a stand-in pip."""
+    from dcloud_spawner.core.package_envs import IN_USE, env_key
+    from tests.core.test_package_envs import FAKE_PIP
+
+    (tmp_path / "fake_pip.py").write_text(FAKE_PIP)
+    home = tmp_path / "home"
+    servers = shared_home_servers(["one", "two", "three", "four"])
+    image = servers[0].validate_options({"packages": ["x"]}).image
+    keys = {p: env_key(image, [p], None, []) for p in ("a", "b", "c", "d", "e")}
+    for spawner, package in zip(servers, "abcd", strict=True):
+        installer = await installer_of(spawner, [package])
+        env = {e["name"]: e["value"] for e in installer["env"]}
+        assert env["DCLOUD_SERVER"] == f"server-{spawner.name}" and env["DCLOUD_START"] == spawner.dcloud_env_token
+        assert env["DCLOUD_ENDED"] == ""  # no other server's start is over
+        assert run_in(home, installer, tmp_path / "fake_pip.py") == f"built {keys[package]}"
+        running(spawner)
+    envs = home / ".dcloud" / "envs"
+    assert {p for p, key in keys.items() if (envs / key).is_dir()} == set("abcd")
+    one, two, _, four = servers
+    running(one, up=False)
+    running(four, up=False)
+    one.clear_state()  # JupyterHub's after a stop: the token stays in the state it saves
+    assert one.get_state()["dcloud_env_token"] == one.dcloud_env_token
+    installer = await installer_of(two, ["e"])
+    env = {e["name"]: e["value"] for e in installer["env"]}
+    assert sorted(env["DCLOUD_ENDED"].split()) == sorted([one.dcloud_env_token, four.dcloud_env_token])
+    run_in(home, installer, tmp_path / "fake_pip.py")
+    assert {p for p, key in keys.items() if (envs / key).is_dir()} == set("cde")
+    assert sorted(p.name for p in (envs / IN_USE).iterdir()) == ["server-three", "server-two"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from jupyterhub import orm
 from traitlets.config import Config
 
 from dcloud_spawner.core import package_envs
@@ -43,6 +44,9 @@ FAKE_PYTHON = """#!{python}
 import json, os, subprocess, sys, tempfile, time
 argv = sys.argv[1:]
 if argv[:2] != ["-m", "pip"]:  # the installer and the version probe: the real interpreter
+    if os.path.exists({mode!r} + ".warn"):  # as an interpreter that warns on stderr as it starts
+        sys.stderr.write("Could not find platform dependent libraries <exec_prefix>\\n")
+        sys.stderr.flush()
     os.execv({python!r}, [{python!r}, *argv])
 target = os.environ["PIP_TARGET"]
 with open({report!r}, "a") as f:
@@ -89,14 +93,15 @@ def no_stray_processes(tmp_path):
                 pass
 
 
-def local_spawner(tmp_path: Path, catalog: Path = EXAMPLE_CATALOG, name: str = "") -> DCloudLocalSpawner:
+def local_spawner(tmp_path: Path, catalog: Path = EXAMPLE_CATALOG, name: str = "",
+                  user: OfflineUser | None = None) -> DCloudLocalSpawner:
     """guest's local spawner (server ``name``) with its working directory made, under ``tmp_path``."""
     cfg = Config()
     cfg.DCloudLocalSpawner.catalog_path = str(catalog)
     cfg.DCloudLocalSpawner.server_root = str(tmp_path / "servers")
-    made = DCloudLocalSpawner(user=OfflineUser("guest", []), hub=offline_hub(), config=cfg)
+    made = DCloudLocalSpawner(user=user or OfflineUser("guest", []), hub=offline_hub(), config=cfg)
     if name:  # a named server: JupyterHub keeps its name in its database row
-        made.orm_spawner = SimpleNamespace(name=name, display_name=name, server=None)
+        made.orm_spawner = SimpleNamespace(name=name, display_name=name, server=None, state={})
     made.workdir.mkdir(parents=True)
     return made
 
@@ -111,6 +116,21 @@ def edited_catalog(tmp_path: Path, index_url: str | None = None, keep: int | Non
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(text)
     return catalog
+
+
+def users_servers(tmp_path: Path, names: list[str], catalog: Path = EXAMPLE_CATALOG) -> list[DCloudLocalSpawner]:
+    """Named servers of one user, each seeing the others as JupyterHub's User lists them."""
+    user = OfflineUser("guest", [])
+    servers = [local_spawner(tmp_path, catalog, name, user) for name in names]
+    user.all_spawners = lambda: iter(servers)  # type: ignore[attr-defined]
+    return servers
+
+
+def running(spawner: DCloudLocalSpawner, up: bool = True) -> None:
+    """The server runs (``up``) or has stopped, as JupyterHub records it."""
+    spawner.orm_spawner.server = (
+        orm.Server(ip="127.0.0.1", port=1, proto="http", base_url="/", cookie_name="c") if up else None
+    )
 
 
 def catalog_with_index(tmp_path: Path, index_url: str) -> Path:
@@ -155,9 +175,14 @@ def install(spawner, python: str, packages: tuple[str, ...] = ("dcloud-probe",),
 
 
 def envs(spawner) -> list[str]:
-    """The entries of the user's package environments folder (published ones and builds)."""
-    folder = spawner.user_dir / ENVS
-    return sorted(os.listdir(folder)) if folder.exists() else []
+    """The entries of the user's package environments folder (published ones and builds), not
+    the installers' markers and lock."""
+    return entries(spawner.user_dir / ENVS)
+
+
+def entries(folder: Path) -> list[str]:
+    names = sorted(os.listdir(folder)) if folder.exists() else []
+    return [name for name in names if name not in (package_envs.IN_USE, package_envs.LOCK)]
 
 
 def published(spawner) -> list[str]:
@@ -195,6 +220,10 @@ def test_pip_gets_a_minimal_environment_and_builds_in_the_users_directory(spawne
         "DCLOUD_BUILD_TMP",
         "DCLOUD_MAX_BYTES",
         "DCLOUD_DIE_WITH_PARENT",
+        "DCLOUD_INSTALL_REPORT_FD",
+        "DCLOUD_SERVER",
+        "DCLOUD_START",
+        "DCLOUD_ENDED",
     }
     assert set(env) <= set(spawner.package_env_keep) | installer | {
         "HOME",
@@ -277,6 +306,82 @@ def test_two_servers_of_one_user_starting_at_once_share_one_environment(tmp_path
     record = (package / "RECORD").read_text().splitlines()
     assert sorted(p.name for p in package.iterdir()) == sorted([*record, "RECORD", "__init__.py"])
     reset_hub_state()
+
+
+def test_a_running_servers_environment_is_never_pruned_by_another_servers_start(tmp_path):
+    """Four named servers of one user run at once, each on its own set, with the catalog's default
+    keep of 3: the fourth start leaves the first server's environment (it was pruned from under the
+    running server). Once servers have stopped, a later start prunes their sets past the newest 3."""
+    reset_hub_state()
+    servers = users_servers(tmp_path, ["one", "two", "three", "four"])
+    python = fake_python(tmp_path)
+    made = {}
+    for spawner, package in zip(servers, ("a-pkg", "b-pkg", "c-pkg", "d-pkg"), strict=True):
+        made[spawner.name] = install(spawner, python.path, (package,))
+        running(spawner)
+    assert published(servers[0]) == sorted(path.name for path in made.values())
+    assert (made["one"] / "a_pkg" / "__init__.py").is_file()
+    running(servers[0], up=False)
+    running(servers[3], up=False)
+    again = install(servers[1], python.path, ("e-pkg",))  # "two" runs on another set now
+    # a: "one" stopped, past the newest 3; b: no server's now; c and e in use; d: among the newest
+    assert published(servers[0]) == sorted([made["three"].name, made["four"].name, again.name])
+    assert sorted(os.listdir(servers[0].user_dir / ENVS / package_envs.IN_USE)) == ["server-three", "server-two"]
+    reset_hub_state()
+
+
+def test_the_hub_lists_as_over_only_starts_that_are_over(tmp_path):
+    """What a start tells the installer of the user's other servers: the tokens of starts that are
+    over (stopped; running without packages now; a stopped server's database row the hub made no
+    spawner for), never a running or starting server's, whose environment stays."""
+    reset_hub_state()
+    me, up, stopped, bare = users_servers(tmp_path, ["me", "up", "stopped", "bare"])
+    for spawner in (up, stopped, bare):
+        spawner.mark_package_env(True)
+        running(spawner)
+    running(stopped, up=False)
+    bare.mark_package_env(False)  # restarted without packages
+    starting = local_spawner(tmp_path, name="starting", user=me.user)
+    starting.mark_package_env(True)
+    starting._spawn_pending = True
+    # JupyterHub's rows of servers it holds no spawner for (it drops it at a stop)
+    row = orm.Spawner(name="row", state={"dcloud_env_token": "f00d", "dcloud_env_held": True})
+    live_row = orm.Spawner(name="live-row", state={"dcloud_env_token": "beef"})
+    live_row.server = orm.Server(ip="127.0.0.1", port=1, proto="http", base_url="/", cookie_name="c")
+    me.user.all_spawners = lambda: iter([me, up, stopped, bare, starting, row, live_row])
+    marks = me.mark_package_env(True)
+    assert sorted(marks["DCLOUD_ENDED"].split()) == sorted([stopped.dcloud_env_token, bare.dcloud_env_token, "f00d"])
+    assert marks["DCLOUD_SERVER"] == "server-me" and marks["DCLOUD_START"] == me.dcloud_env_token
+    assert me.mark_package_env(True)["DCLOUD_START"] != marks["DCLOUD_START"]  # never the same twice
+    # the token survives JupyterHub's clear_state after a stop, and a hub restart
+    stopped.clear_state()
+    reloaded = local_spawner(tmp_path, name="stopped-again")
+    reloaded.load_state(stopped.get_state())
+    assert (reloaded.dcloud_env_token, reloaded.dcloud_env_held) == (stopped.dcloud_env_token, True)
+    reset_hub_state()
+
+
+def test_a_deleted_servers_marker_goes_with_it(tmp_path):
+    """No later start of a deleted server's name replaces its marker: the hub drops it."""
+    reset_hub_state()
+    one, two = users_servers(tmp_path, ["one", "two"])
+    python = fake_python(tmp_path)
+    install(one, python.path)
+    install(two, python.path, ("b-pkg",))
+    asyncio.run(one.delete_forever())
+    assert os.listdir(one.user_dir / ENVS / package_envs.IN_USE) == ["server-two"]
+    reset_hub_state()
+
+
+def test_a_reuse_is_told_so_when_the_interpreter_warns_first(spawner, tmp_path):
+    """An interpreter that prints a warning on stderr as it starts: the outcome comes from the
+    installer's report, not from the first bytes of its output."""
+    python = fake_python(tmp_path)
+    Path(f"{python.mode_file}.warn").touch()
+    first = install(spawner, python.path)
+    spawner._progress = []
+    assert install(spawner, python.path) == first
+    assert spawner._progress == ["Reusing your packages: dcloud-probe (built at an earlier start; pip did not run)"]
 
 
 def test_a_hanging_pip_is_killed_with_its_children_after_the_timeout(spawner, tmp_path):
@@ -498,6 +603,16 @@ def pip_processes(marker: str) -> list[int]:
     return found
 
 
+def demo_hub_launcher(state: Path, catalog: Path) -> Callable[[], DemoHub]:
+    """Launches (and, called again, relaunches) a demo hub on ``catalog`` keeping its state in
+    ``state``, with one API token, password and port throughout."""
+    token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
+    env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
+    argv = [sys.executable, "-m", "dcloud_spawner.cli", "demo", "--port", str(port), f"--password={password}",
+            "--catalog", str(catalog)]
+    return lambda: launch_hub(argv, state, env, token, password, port)
+
+
 @dataclass
 class HangingInstall:
     """A demo hub whose guest server ``p`` is waiting in pip on an index that never answers."""
@@ -515,26 +630,8 @@ def hanging_install(tmp_path: Path) -> Iterator[HangingInstall]:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple/"
-        catalog = catalog_with_index(tmp_path, index)
-        token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
-        env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
-        argv = [
-            sys.executable,
-            "-m",
-            "dcloud_spawner.cli",
-            "demo",
-            "--port",
-            str(port),
-            f"--password={password}",
-            "--catalog",
-            str(catalog),
-        ]
-        install = HangingInstall(
-            launch_hub(argv, state, env, token, password, port),
-            lambda: launch_hub(argv, state, env, token, password, port),
-            state / "servers" / "guest" / ENVS,
-            [],
-        )
+        launch = demo_hub_launcher(state, catalog_with_index(tmp_path, index))
+        install = HangingInstall(launch(), launch, state / "servers" / "guest" / ENVS, [])
         try:
             status, _ = install.hub.api(
                 "POST",
@@ -568,7 +665,7 @@ def test_stopping_a_spawn_through_the_hub_kills_a_hanging_pip(tmp_path):
         assert os.listdir(install.envs)  # the build under way
         install.hub.stop_server("guest", "p")
         assert wait_gone(install.pids)
-        assert os.listdir(install.envs) == []
+        assert entries(install.envs) == []
 
 
 def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started_server(tmp_path):
@@ -579,7 +676,7 @@ def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started
         os.kill(install.hub.process.pid, signal.SIGKILL)  # a crash: the hub's own process only
         install.hub.process.wait()
         assert wait_gone(install.pids), "pip outlived the hub"
-        assert all(name.startswith(".building-") for name in os.listdir(install.envs))
+        assert all(name.startswith(".building-") for name in entries(install.envs))
         install.hub = hub = install.relaunch()
         _, model = hub.api("GET", "/users/guest")
         assert "p" not in model["servers"]  # not left half-way: it may simply be started again
@@ -592,24 +689,12 @@ def test_a_hub_killed_during_a_package_install_leaves_no_pip_and_no_half_started
 def test_a_real_server_imports_its_packages_and_a_restart_reuses_them(tmp_path):
     """Through a real hub: the first start builds from the catalog's index and the running server
     has the package on its path; stopped and started again, pip does not run (the index sees no
-    request) and the progress says so."""
+    request) and the progress says so. With storage.package_environments 1, another server of the
+    user's with another set leaves the running server's environment alone; once that server has
+    stopped, the other's next start prunes it."""
     state = tmp_path / "demo"
     with serve_index(tmp_path / "index", "127.0.0.1") as index:
-        catalog = catalog_with_index(tmp_path, index.url)
-        token, password, port = secrets.token_hex(16), secrets.token_hex(8), free_port()
-        env = {**os.environ, "DCLOUD_DEMO_DIR": str(state), "DCLOUD_DEMO_API_TOKEN": token}
-        argv = [
-            sys.executable,
-            "-m",
-            "dcloud_spawner.cli",
-            "demo",
-            "--port",
-            str(port),
-            f"--password={password}",
-            "--catalog",
-            str(catalog),
-        ]
-        hub = launch_hub(argv, state, env, token, password, port)
+        hub = demo_hub_launcher(state, edited_catalog(tmp_path, index_url=index.url, keep=1))()
         try:
             options = {"user_options": {"environment": "scipy", "packages": ["dcloud-probe"]}}
             assert hub.api("POST", "/users/guest/servers/p", options)[0] in (201, 202)
@@ -633,7 +718,17 @@ def test_a_real_server_imports_its_packages_and_a_restart_reuses_them(tmp_path):
             assert hub.server_env("guest", "p")["PYTHONPATH"] == str(made)
             assert len(index.requests) == asked
             assert "Reusing your packages: dcloud-probe" in hub.log_tail(200)
+            other = {"user_options": {"environment": "scipy", "packages": ["dcloud-probe==1.0"]}}
+            assert hub.api("POST", "/users/guest/servers/q", other)[0] in (201, 202)
+            hub.wait_ready("guest", "q")
+            assert Path(hub.server_env("guest", "q")["PYTHONPATH"]) != made
+            assert (made / "dcloud_probe" / "__init__.py").is_file()  # p runs on it: kept past keep=1
             hub.stop_server("guest", "p")
+            hub.stop_server("guest", "q")
+            assert hub.api("POST", "/users/guest/servers/q", other)[0] in (201, 202)
+            hub.wait_ready("guest", "q")
+            assert not made.exists()  # p's start is over: its environment went with q's prune
+            hub.stop_server("guest", "q")
         finally:
             stop_demo_hub(hub)
 
