@@ -55,8 +55,10 @@ class HubFilesystem:
     def command(self, argv: list[str] | None = None) -> list[str]:
         """``argv`` (default: the container's args) in the hub's filesystem."""
         script = _SCRIPT.format(dirs=" ".join(OVERLAID))
-        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
-                str(self.root), *(argv or self.argv)]  # fmt: skip
+        # its own PID namespace too, as in its container: when the hub dies, so do the services it
+        # started (the culler runs in a session of its own, which no signal to the hub's group reaches)
+        return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--",
+                "/bin/sh", "-c", script, "sh", str(self.root), *(argv or self.argv)]  # fmt: skip
 
 
 def require_mount_namespaces() -> None:
