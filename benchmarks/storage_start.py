@@ -65,7 +65,7 @@ from kubespawner import KubeSpawner
 from traitlets.config import Config
 
 from benchmarks.form_render import machine, percentile, point_kubespawner_at
-from benchmarks.spawn import Hub, differences, launch
+from benchmarks.spawn import Hub, _plain, differences, launch
 from dcloud_spawner.demo import DEMO_CATALOG
 from dcloud_spawner.hub.offline import OfflineUser, offline_hub
 from dcloud_spawner.hub.state import reset_hub_state
@@ -254,11 +254,6 @@ def write_catalog(path: Path, index_url: str) -> Path:
     data["storage"] = {"home": {"storage_class": STORAGE_CLASS, "min": "1Gi", "default": "1Gi", "max": "4Gi"}}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON data, or raise TypeError (callables, objects)."""
-    return json.loads(json.dumps(value))
 
 
 def _value(spawner: Any, name: str) -> Any:

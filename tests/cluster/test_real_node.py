@@ -31,18 +31,10 @@ from tests.cluster import fleet, harness, host, node, volumes
 from tests.cluster.fixture import KubeCluster
 from tests.cluster.layout import K8S_VERSION, RunDir, bin_dir
 from tests.cluster.pki import Pki
-from tests.support.real_node import require_real_node
+from tests.support.real_node import RESTRICTED, require_real_node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GREETING = "hello from a real container"
-RESTRICTED = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 100,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 TOLERATIONS = [{"key": t["key"], "operator": "Exists", "effect": t["effect"]} for t in node.TAINTS]
 
 

@@ -28,21 +28,13 @@ from kubernetes.utils import parse_quantity
 from tests.cluster import images, node, storage, volumes
 from tests.cluster.fixture import KubeCluster, unavailable
 from tests.cluster.layout import RunDir, bin_dir
-from tests.support.real_node import NODE_SELECTOR, TOLERATIONS, require_real_node
+from tests.support.real_node import NODE_SELECTOR, RESTRICTED, TOLERATIONS, require_real_node
 
 pytestmark = pytest.mark.cluster
 
 MI = 1024**2
 SIZE = 64 * MI
 GROWN = 96 * MI
-RESTRICTED = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 100,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 MOUNT = "/data"
 SCRIPTS = Path(storage.__file__).parent
 

@@ -22,6 +22,15 @@ from tests.support.package_index import serve_index
 # its label, and tolerations of its taints (the node is tainted so that no other test's pod goes there).
 NODE_SELECTOR = {node.NODE_LABEL: "real"}
 TOLERATIONS = [{**taint, "operator": "Equal"} for taint in node.TAINTS]
+# A container's securityContext under Pod Security "restricted", for pods the tests make themselves.
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 100,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
